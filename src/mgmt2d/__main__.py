@@ -1,0 +1,34 @@
+"""``python -m mgmt2d <command>``: the library's own tools (synthetic data, inspection, evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command -> (module, help); modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("mgmt2d.synth", "write a synthetic Task 1 + Task 2 dataset"),
+    "info": ("mgmt2d.info", "print what the readers see in a series, NIfTI file or patient folder"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mgmt2d", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    argv = sys.argv[1:] if argv is None else argv
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text)
+        # Only the chosen command's module is imported (keeps `info` free of torch).
+        if argv and argv[0] == name:
+            modules[name] = importlib.import_module(module_name)
+            modules[name].add_arguments(sp)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(modules[args.command].main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
