@@ -67,9 +67,9 @@ class MGMTClassifier(nn.Module):
             raise ValueError(f"frames must be (N, 3, H, W), got shape {tuple(frames.shape)}")
         device = _model_device(self)
         n = frames.shape[0]
-        step = n if not batch_size or batch_size >= n else int(batch_size)
-        if step < 1:
+        if n == 0:
             return frames.new_zeros((0, self.num_features), device=device)
+        step = n if batch_size is None or batch_size >= n else max(int(batch_size), 1)
         outs = []
         for start in range(0, n, step):
             x = frames[start : start + step].to(device, non_blocking=True)
@@ -217,6 +217,13 @@ def _eval_inference(model: nn.Module, device: torch.device, autocast_dtype: torc
         model.train(was_training)
 
 
+def _check_batch_size(batch_size: int) -> int:
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return batch_size
+
+
 def _check_series(frames: torch.Tensor, pad_frame: torch.Tensor | None) -> torch.Tensor:
     """Validate (N, 3, H, W) frames and return the (3, H, W) padding frame to use."""
     if frames.ndim != 4:
@@ -252,6 +259,7 @@ def predict_series(
     up to float rounding. ``autocast_dtype`` (e.g. torch.float16 on CUDA) enables autocast.
     """
     seq_len = model.seq_len if seq_len is None else int(seq_len)
+    batch_size = _check_batch_size(batch_size)
     pad_frame = _check_series(frames, pad_frame)
     index = torch.from_numpy(chunk_index(frames.shape[0], seq_len, stride))
     device = _model_device(model)
@@ -263,7 +271,7 @@ def predict_series(
             index = torch.where(index < 0, frames.shape[0], index)
         index = index.to(emb.device)
         probs = []
-        for start in range(0, index.shape[0], max(int(batch_size), 1)):
+        for start in range(0, index.shape[0], batch_size):
             rows = index[start : start + batch_size]
             logits = model.forward_embeddings(emb[rows])
             probs.append(torch.sigmoid(logits.float()))
@@ -287,12 +295,13 @@ def predict_series_chunkwise(
     forward pass. Used to test and benchmark :func:`predict_series`.
     """
     seq_len = model.seq_len if seq_len is None else int(seq_len)
+    batch_size = _check_batch_size(batch_size)
     pad_frame = _check_series(frames, pad_frame)
     index = torch.from_numpy(chunk_index(frames.shape[0], seq_len, stride))
     padded = torch.cat([frames, pad_frame.unsqueeze(0)], dim=0)
     index = torch.where(index < 0, frames.shape[0], index)
     device = _model_device(model)
-    per_pass = max(int(batch_size) // seq_len, 1)
+    per_pass = max(batch_size // seq_len, 1)
     with _eval_inference(model, device, autocast_dtype):
         probs = []
         for start in range(0, index.shape[0], per_pass):

@@ -107,17 +107,25 @@ def predict_probs(
     device: torch.device,
     batch_size: int = 32,
     amp: bool = True,
+    threshold: float | None = None,
 ) -> np.ndarray:
-    """Sigmoid probabilities (N, 2, S, S) for prepared inputs, in batches of ``batch_size``."""
+    """Sigmoid probabilities (N, 2, S, S) for prepared inputs, in batches of ``batch_size``.
+
+    With ``threshold`` the result is the uint8 {0,1} mask instead (a quarter of the memory).
+    """
     model.eval()
-    out = np.empty((len(inputs), 2, *inputs.shape[2:]), dtype=np.float32)
+    dtype = np.float32 if threshold is None else np.uint8
+    out = np.empty((len(inputs), 2, *inputs.shape[2:]), dtype=dtype)
     for start in range(0, len(inputs), batch_size):
         batch = torch.from_numpy(inputs[start:start + batch_size])
         if device.type == "cuda":
             batch = batch.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             probs = model(batch)
-        out[start:start + len(batch)] = probs.float().cpu().numpy()
+        probs = probs.float()
+        if threshold is not None:
+            probs = probs > threshold
+        out[start:start + len(batch)] = probs.cpu().numpy()
     return out
 
 
@@ -137,7 +145,6 @@ def segment_slices(
     """
     if len(slices) == 0:
         return np.zeros((0, 2, *slices.shape[1:]), dtype=np.uint8)
-    probs = predict_probs(model, to_input(slices, image_size, zoom), device, batch_size, amp)
-    binary = (probs > threshold).astype(np.uint8)
+    binary = predict_probs(model, to_input(slices, image_size, zoom), device, batch_size, amp, threshold)
     shape = slices.shape[1:]
     return np.stack([from_output(b, shape, zoom, nearest=True) for b in binary])

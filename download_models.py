@@ -1,0 +1,23 @@
+#!/usr/bin/env python
+"""Fetch ImageNet backbone weights and published checkpoints, once, on a connected machine.
+
+    python download_models.py --settings SETTINGS.json [--manifest models/manifest.json]
+        [--pretrained-only | --trained-only] [--offline-check]
+
+Exit status 0 when every file is present and verified, 1 otherwise. The work is done by
+mgmt2d.download; this file only points it at the manifest beside it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+try:
+    from mgmt2d.download import main
+except ModuleNotFoundError:  # run from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
+    from mgmt2d.download import main
+
+if __name__ == "__main__":
+    sys.exit(main(default_manifest=Path(__file__).resolve().parent / "models" / "manifest.json"))
