@@ -13,11 +13,19 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-try:
-    from mgmt2d.download import main
-except ModuleNotFoundError:  # run from a source checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    from mgmt2d.download import main
+HERE = Path(__file__).resolve().parent
+
+
+def _run() -> int:
+    try:
+        from mgmt2d.download import main
+    except ModuleNotFoundError as err:  # a source checkout without `pip install -e .`
+        if err.name != "mgmt2d":
+            raise
+        sys.path.insert(0, str(HERE / "src"))
+        from mgmt2d.download import main
+    return main(default_manifest=HERE / "models" / "manifest.json")
+
 
 if __name__ == "__main__":
-    sys.exit(main(default_manifest=Path(__file__).resolve().parent / "models" / "manifest.json"))
+    sys.exit(_run())

@@ -144,7 +144,9 @@ def _unit_normal(orientation: Sequence[float] | np.ndarray | None) -> np.ndarray
     vec = _as_vector(orientation, 6)
     if vec is None:
         return None
-    normal = np.cross(vec[:3], vec[3:])
+    # Plain arithmetic: np.cross costs more than the rest of the ordering per slice.
+    rx, ry, rz, cx, cy, cz = (float(v) for v in vec)
+    normal = np.array([ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx])
     norm = float(np.linalg.norm(normal))
     if norm < 1e-6:
         return None
@@ -173,28 +175,51 @@ def _per_slice_orientations(
     return items
 
 
+def _position_matrix(positions: Sequence[Any] | np.ndarray | None, n: int) -> np.ndarray | None:
+    """(n, 3) finite float64 positions, or None if any slice lacks a usable one."""
+    if positions is None:
+        return None
+    pos_list = list(positions)
+    if len(pos_list) != n:
+        raise ValueError(f"expected {n} positions, got {len(pos_list)}")
+    if n == 0 or any(p is None for p in pos_list):
+        return None
+    try:
+        arr = np.array(pos_list, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged or non-numeric
+        return None
+    if arr.shape != (n, 3) or not np.all(np.isfinite(arr)):
+        return None
+    return arr
+
+
 def _projected_positions(
     positions: Sequence[Any] | np.ndarray | None,
     orientation: Sequence[Any] | np.ndarray | None,
     n: int,
 ) -> np.ndarray | None:
     """Positions along the common slice normal, or None if geometry can't order slices."""
-    if positions is None or n == 0:
-        return None
-    pos_list = list(positions)
-    if len(pos_list) != n:
-        raise ValueError(f"expected {n} positions, got {len(pos_list)}")
+    pos = _position_matrix(positions, n)
     orients = _per_slice_orientations(orientation, n)
-    if orients is None:
+    if pos is None or orients is None:
         return None
-    normals = [_unit_normal(o) for o in orients]
-    vectors = [_as_vector(p, 3) for p in pos_list]
-    if any(v is None for v in normals) or any(v is None for v in vectors):
-        return None
-    normal_arr = np.stack(normals)  # type: ignore[arg-type]
+    # A series nearly always repeats one orientation: compute each distinct normal once.
+    normals: dict[tuple[float, ...], np.ndarray | None] = {}
+    for o in orients:
+        if o is None:
+            return None
+        try:
+            key = tuple(float(v) for v in o)
+        except (TypeError, ValueError):
+            return None
+        if key not in normals:
+            normals[key] = _unit_normal(key)
+            if normals[key] is None:
+                return None
+    normal_arr = np.stack(list(normals.values()))  # type: ignore[arg-type]
     if np.any(normal_arr @ normal_arr[0] < _MIN_NORMAL_DOT):
         return None
-    projected = np.stack(vectors) @ normal_arr[0]  # type: ignore[arg-type]
+    projected = pos @ normal_arr[0]
     if n > 1 and np.min(np.diff(np.sort(projected))) < _MIN_SLICE_GAP_MM:
         return None
     return projected
@@ -202,8 +227,7 @@ def _projected_positions(
 
 def _filename_key(name: str) -> tuple[int, int, str]:
     """Sort key from the last number in the file stem; names without one sort last."""
-    stem = Path(name).name.split(".", 1)[0] or Path(name).name
-    numbers = re.findall(r"\d+", stem) or re.findall(r"\d+", Path(name).name)
+    numbers = re.findall(r"\d+", Path(name).stem)
     if numbers:
         return (0, int(numbers[-1]), name)
     return (1, 0, name)
@@ -225,13 +249,26 @@ def slice_order(
     name, then the name). Ties are broken by file name so the result never depends on
     the order the caller listed the files in.
     """
+    order, order_by, _ = _order_and_projection(
+        positions, orientation, instance_numbers, filenames
+    )
+    return order, order_by
+
+
+def _order_and_projection(
+    positions: Sequence[Any] | np.ndarray | None,
+    orientation: Sequence[Any] | np.ndarray | None,
+    instance_numbers: Sequence[float | int | None] | None,
+    filenames: Sequence[str],
+) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """slice_order plus the projected positions in reading order (None unless used)."""
     names = [str(f) for f in filenames]
     n = len(names)
     name_keys = [_filename_key(f) for f in names]
     projected = _projected_positions(positions, orientation, n)
     if projected is not None:
         order = sorted(range(n), key=lambda i: (projected[i], name_keys[i]))
-        return np.asarray(order, dtype=np.intp), "position"
+        return np.asarray(order, dtype=np.intp), "position", projected[order]
     if instance_numbers is not None:
         inst = list(instance_numbers)
         if len(inst) != n:
@@ -239,9 +276,9 @@ def slice_order(
         values = [_finite_or_none(v) for v in inst]
         if all(v is not None for v in values) and len(set(values)) == n:
             order = sorted(range(n), key=lambda i: (values[i], name_keys[i]))
-            return np.asarray(order, dtype=np.intp), "instance"
+            return np.asarray(order, dtype=np.intp), "instance", None
     order = sorted(range(n), key=lambda i: name_keys[i])
-    return np.asarray(order, dtype=np.intp), "filename"
+    return np.asarray(order, dtype=np.intp), "filename", None
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -382,7 +419,7 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
 
     positions = [s.position for s in slices]
     orientations = [s.orientation for s in slices]
-    order, order_by = slice_order(
+    order, order_by, projected = _order_and_projection(
         positions, orientations, [s.instance for s in slices], [s.path.name for s in slices]
     )
     slices = [slices[i] for i in order]
@@ -416,9 +453,9 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
         folder=folder,
         plane=_series_plane(slices),
         order_by=order_by,
-        positions=_position_array(slices),
+        positions=_position_matrix([s.position for s in slices], len(slices)),
         pixel_spacing=_pixel_spacing(slices, (height, width)),
-        slice_spacing=_slice_spacing(slices, order_by),
+        slice_spacing=_slice_spacing(slices, projected),
         files=[s.path for s in slices],
         skipped=skipped,
         resized=resized,
@@ -427,18 +464,12 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
 
 
 def _series_plane(slices: Sequence[_Slice]) -> str:
+    """Plane of the first slice (in reading order) whose orientation is usable."""
     for s in slices:
         plane = plane_from_orientation(s.orientation)
         if plane != "unknown":
             return plane
     return "unknown"
-
-
-def _position_array(slices: Sequence[_Slice]) -> np.ndarray | None:
-    vectors = [_as_vector(s.position, 3) for s in slices]
-    if any(v is None for v in vectors):
-        return None
-    return np.stack(vectors)  # type: ignore[arg-type]
 
 
 def _pixel_spacing(
@@ -450,13 +481,9 @@ def _pixel_spacing(
     return None
 
 
-def _slice_spacing(slices: Sequence[_Slice], order_by: str) -> float | None:
-    if order_by == "position" and len(slices) > 1:
-        projected = _projected_positions(
-            [s.position for s in slices], [s.orientation for s in slices], len(slices)
-        )
-        if projected is not None:
-            return float(np.median(np.abs(np.diff(projected))))
+def _slice_spacing(slices: Sequence[_Slice], projected: np.ndarray | None) -> float | None:
+    if projected is not None and len(projected) > 1:
+        return float(np.median(np.abs(np.diff(projected))))
     for s in slices:
         if s.spacing_between is not None and s.spacing_between > 0:
             return s.spacing_between

@@ -60,6 +60,7 @@ __all__ = [
     "download_file",
     "fetch_pretrained",
     "file_sha256",
+    "hub_unreachable",
     "load_manifest",
     "load_pretrained_state_dict",
     "main",
@@ -387,6 +388,30 @@ def fetch_pretrained(
     return results
 
 
+def hub_unreachable(endpoint: str | None = None, timeout: float = 10.0) -> str | None:
+    """None when the Hugging Face hub answers (any HTTP status), else why not.
+
+    huggingface_hub retries an unreachable host for about 40 s per file; one quick request
+    first turns "offline" into an immediate, clear message. Proxies are honoured (urllib).
+    """
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:  # the user wants the local hub cache only: let the fetchers try it
+            return None
+        endpoint = constants.ENDPOINT
+    request = urllib.request.Request(endpoint, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - fixed hub endpoint
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as err:
+        return f"{endpoint} unreachable: {err.reason}"
+    except (http.client.HTTPException, OSError) as err:
+        return f"{endpoint} unreachable: {type(err).__name__}: {err}"
+
+
 def check_pretrained(pretrained_dir: str | Path, names: Iterable[str] = PRETRAINED_NAMES) -> list[Result]:
     """Offline check of the stored ImageNet weights (no network)."""
     results = []
@@ -708,7 +733,13 @@ def main(argv: Sequence[str] | None = None, *, default_manifest: str | Path | No
             results += check_pretrained(pretrained_dir)
         else:
             print(f"ImageNet weights -> {pretrained_dir}")
-            results += fetch_pretrained(pretrained_dir, force=args.force)
+            todo = [n for n in PRETRAINED_NAMES if args.force or verify_pretrained(pretrained_dir, n) is not None]
+            offline = hub_unreachable(timeout=min(args.timeout, 10.0)) if todo else None
+            if offline:
+                results += [r for r in check_pretrained(pretrained_dir) if r.ok]
+                results += [Result(n, pretrained_path(pretrained_dir, n), "failed", offline) for n in todo]
+            else:
+                results += fetch_pretrained(pretrained_dir, force=args.force)
 
     if not args.pretrained_only:
         manifest = Path(args.manifest) if args.manifest else Path(

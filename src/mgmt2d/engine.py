@@ -183,10 +183,6 @@ def batch_field(batch: Batch, key: str, index: int) -> Any:
     return batch[index]
 
 
-def _batch_size(batch: Batch, input_key: str) -> int:
-    return int(batch_field(batch, input_key, 0).shape[0])
-
-
 # --------------------------------------------------------------------------- losses and metrics
 
 
@@ -401,6 +397,78 @@ def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) 
     state = obj["model"] if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else obj
     model.load_state_dict(state, strict=strict)
     return model
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+def run_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    loss_fn: LossFn,
+    metrics: Metrics,
+    device: torch.device | str = "cpu",
+    step: Callable[[Tensor], None] | None = None,
+    input_key: str = "image",
+    amp: bool = False,
+    progress: bool | None = None,
+    desc: str = "",
+) -> dict[str, float]:
+    """One pass over ``loader``: training when ``step`` (loss -> update) is given, else eval
+    under no_grad. Returns ``{"loss": mean loss weighted by batch size, **metrics.compute()}``.
+    ``amp`` only takes effect on CUDA."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    train = step is not None
+    model.train(train)
+    metrics.reset()
+    total, count = 0.0, 0
+    n_batches = len(loader) if hasattr(loader, "__len__") else 0
+    every = max(1, n_batches // 10) if n_batches else 10
+    disable = None if progress is None else not progress
+    bar = tqdm(loader, desc=desc, total=n_batches or None, disable=disable, leave=False,
+               dynamic_ncols=True, file=sys.stderr)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+    try:
+        with torch.set_grad_enabled(train):
+            for i, batch in enumerate(bar):
+                batch = batch_to_device(batch, device)
+                inputs = batch_field(batch, input_key, 0)
+                with autocast:
+                    outputs = model(inputs)
+                    loss = loss_fn(outputs, batch)
+                if step is not None:
+                    step(loss)
+                n = int(inputs.shape[0])
+                total += float(loss.detach()) * n
+                count += n
+                metrics.update(outputs.detach(), batch)
+                if not bar.disable:
+                    post = {"loss": f"{total / count:.4f}"}
+                    if (i + 1) % every == 0:
+                        post.update({k: f"{v:.4f}" for k, v in metrics.compute().items()})
+                    bar.set_postfix(post, refresh=False)
+    finally:
+        bar.close()
+    if count == 0:
+        raise ValueError(f"{desc or 'run_epoch'}: the loader yielded no batch")
+    return {"loss": total / count, **{k: float(v) for k, v in metrics.compute().items()}}
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    loss_fn: LossFn,
+    metrics: Metrics,
+    device: torch.device | str = "cpu",
+    input_key: str = "image",
+    amp: bool = False,
+    progress: bool | None = False,
+) -> dict[str, float]:
+    """Validation loss and metrics of ``model`` on ``loader`` (eval mode, no gradient)."""
+    model.to(device)
+    return run_epoch(model, loader, loss_fn, metrics, device, None, input_key, amp, progress, "eval")
 
 
 # --------------------------------------------------------------------------- configuration
@@ -623,7 +691,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"], strict=True)
         self._set_phase(ckpt["phase"])
         assert self.optimizer is not None and self.scheduler is not None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        pass
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.use_amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -651,45 +719,12 @@ class Trainer:
             if getattr(loader, "persistent_workers", False):
                 log.warning("persistent_workers=True: resume will not be exact")
 
-    def _autocast(self) -> Any:
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
-
-    def _progress(self, loader: Iterable[Batch], desc: str) -> Any:
-        from tqdm.auto import tqdm
-
-        disable = None if self.cfg.progress is None else not self.cfg.progress
-        total = len(loader) if hasattr(loader, "__len__") else None
-        return tqdm(loader, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True, file=sys.stderr)
-
     def _run_epoch(self, loader: Iterable[Batch], train: bool, desc: str) -> dict[str, float]:
-        """One pass; returns {"loss": mean loss (weighted by batch size), **metrics}."""
-        self.model.train(train)
-        self.metrics.reset()
-        total, count = 0.0, 0
-        bar = self._progress(loader, desc)
-        every = max(1, (len(bar) if hasattr(bar, "__len__") and bar.total else 10) // 10)
-        with torch.set_grad_enabled(train):
-            for i, batch in enumerate(bar):
-                batch = batch_to_device(batch, self.device)
-                inputs = batch_field(batch, self.input_key, 0)
-                with self._autocast():
-                    outputs = self.model(inputs)
-                    loss = self.loss_fn(outputs, batch)
-                if train:
-                    self._step(loss)
-                n = _batch_size(batch, self.input_key)
-                total += float(loss.detach()) * n
-                count += n
-                self.metrics.update(outputs.detach(), batch)
-                if not bar.disable:
-                    post = {"loss": f"{total / count:.4f}"}
-                    if (i + 1) % every == 0:
-                        post.update({k: f"{v:.4f}" for k, v in self.metrics.compute().items()})
-                    bar.set_postfix(post, refresh=False)
-        bar.close()
-        if count == 0:
-            raise ValueError(f"{desc}: the loader yielded no batch")
-        return {"loss": total / count, **{k: float(v) for k, v in self.metrics.compute().items()}}
+        return run_epoch(
+            self.model, loader, self.loss_fn, self.metrics, self.device,
+            step=self._step if train else None, input_key=self.input_key,
+            amp=self.use_amp, progress=self.cfg.progress, desc=desc,
+        )
 
     def _step(self, loss: Tensor) -> None:
         assert self.optimizer is not None
@@ -702,7 +737,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    @torch.no_grad()
     def evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
         """Loss and metrics of the current model on ``loader`` (eval mode, no gradient)."""
         return self._run_epoch(loader, train=False, desc="eval")
@@ -721,7 +755,7 @@ class Trainer:
         if self.cfg.resume:
             if not last.is_file():
                 raise FileNotFoundError(f"--resume: no {LAST} in {self.out_dir}")
-            self.load_state_dict(load_checkpoint(last, map_location=self.device))
+            self.load_state_dict(load_checkpoint(last))
             log.info("resumed %s at epoch %d (%s)", last, self.epoch, self.phase)
         else:
             if last.exists() and not self.cfg.overwrite:
@@ -747,8 +781,7 @@ class Trainer:
             lr = self.lr
             tag = f"epoch {epoch + 1}/{cfg.epochs}"
             train = self._run_epoch(self.train_loader, train=True, desc=f"{tag} train")
-            with torch.no_grad():
-                val = self._run_epoch(self.val_loader, train=False, desc=f"{tag} val")
+            val = self._run_epoch(self.val_loader, train=False, desc=f"{tag} val")
             record: dict[str, Any] = {"epoch": epoch + 1, "phase": self.phase, "lr": lr}
             record.update({f"train_{k}": v for k, v in train.items()})
             record.update({f"val_{k}": v for k, v in val.items()})
@@ -817,10 +850,10 @@ def plot_history(
     FigureCanvasAgg(fig)
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
-        for split, style in (("train", "-"), ("val", "-")):
+        for split in ("train", "val"):
             key = f"{split}_{name}"
             if any(key in r for r in history):
-                ax.plot(epochs, [r.get(key, math.nan) for r in history], style, marker=".", label=split)
+                ax.plot(epochs, [r.get(key, math.nan) for r in history], marker=".", label=split)
         if 0 < warmup_epochs < (epochs[-1] if epochs else 0):
             ax.axvline(warmup_epochs + 0.5, color="grey", ls=":", label="unfreeze")
         if best_epoch is not None:

@@ -1,0 +1,96 @@
+"""Training samples of stage 2: 35-slice chunks of a prepared series, read from memory-mapped arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from mgmt2d import frames
+from mgmt2d.chunks import chunk_index
+
+SEQ_LEN = 35
+STRIDE = 5
+
+
+def load_index(data_dir: Path, mri_type: str = "All") -> pd.DataFrame:
+    """Series of a prepared split with at least one kept slice, filtered by MRI type ("All": every type)."""
+    path = Path(data_dir) / "index.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; run prepare_classification.py first")
+    frame = pd.read_csv(path, dtype={"patient": str}, keep_default_na=False)
+    frame = frame[frame.kept > 0]
+    if mri_type != "All":
+        frame = frame[frame.type == mri_type]
+    return frame.reset_index(drop=True)
+
+
+def split_by_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) series; whole patients go to one side (folds are per patient)."""
+    if (index.fold < 0).any():
+        missing = sorted(index[index.fold < 0].patient.unique())
+        raise ValueError(f"patients without a fold: {', '.join(missing[:5])}; check KFOLD_PATH")
+    val = index[index.fold == fold].reset_index(drop=True)
+    train = index[index.fold != fold].reset_index(drop=True)
+    if val.empty or train.empty:
+        raise ValueError(f"fold {fold} leaves an empty training or validation set")
+    return train, val
+
+
+class ChunkDataset(Dataset):
+    """One sample per chunk: dict(image (T, 3, S, S) float32, label float32, patient_id str).
+
+    Frames are gathered from the memory-mapped series array (pad positions are black
+    frames), resized, augmented with one draw for the whole chunk, then normalised.
+    """
+
+    def __init__(
+        self,
+        index: pd.DataFrame,
+        data_dir: Path,
+        image_size: int = 224,
+        seq_len: int = SEQ_LEN,
+        stride: int = STRIDE,
+        augment: bool = False,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.image_size, self.seq_len = image_size, seq_len
+        self.files = index.file.tolist()
+        self.labels = index.label.astype(np.float32).tolist()
+        self.patients = index.patient.astype(str).tolist()
+        self.samples: list[tuple[int, np.ndarray]] = []
+        for i, kept in enumerate(index.kept.astype(int)):
+            self.samples.extend((i, row) for row in chunk_index(kept, seq_len, stride))
+        self.transform = frames.train_augmentation() if augment else None
+        self._arrays: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _array(self, i: int) -> np.ndarray:
+        if i not in self._arrays:  # opened lazily, so each loader worker maps its own
+            self._arrays[i] = np.load(self.data_dir / self.files[i], mmap_mode="r", allow_pickle=False)
+        return self._arrays[i]
+
+    def chunk_frames(self, idx: int) -> np.ndarray:
+        """The chunk's uint8 frames (T, S, S, 3), resized, before augmentation."""
+        series, rows = self.samples[idx]
+        arr = self._array(series)
+        out = np.zeros((self.seq_len, self.image_size, self.image_size, 3), dtype=np.uint8)
+        valid = rows >= 0
+        out[: valid.sum()] = frames.resize(np.asarray(arr[rows[valid]]), self.image_size)
+        return out
+
+    def __getitem__(self, idx: int) -> dict:
+        chunk = self.chunk_frames(idx)
+        if self.transform is not None:
+            chunk = frames.augment(chunk, self.transform, int(np.random.randint(2**31 - 1)))
+        series = self.samples[idx][0]
+        return {
+            "image": torch.from_numpy(frames.normalise(chunk)),
+            "label": torch.tensor(self.labels[series]),
+            "patient_id": self.patients[series],
+        }

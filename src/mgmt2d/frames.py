@@ -1,0 +1,84 @@
+"""Stacked [slice, WT, ET] frames -> classifier input: resize, zoom TTA, augmentation, normalisation.
+
+Shared by the training dataset and inference so both feed the network identically.
+A chunk is handled as one (H, W, T*3) image, so one augmentation draw covers all its frames.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_CV_MAX_CHANNELS = 512
+
+
+def _per_channel_groups(image: np.ndarray, fn) -> np.ndarray:
+    """Apply an OpenCV call to a many-channel image in groups it accepts."""
+    if image.ndim == 2 or image.shape[2] <= 4:
+        return fn(image)
+    parts = [fn(np.ascontiguousarray(image[..., i:i + 4])) for i in range(0, image.shape[2], 4)]
+    return np.concatenate([p if p.ndim == 3 else p[..., None] for p in parts], axis=2)
+
+
+def to_channels(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) -> (H, W, T*3)."""
+    t, h, w, c = frames.shape
+    return np.ascontiguousarray(frames.transpose(1, 2, 0, 3).reshape(h, w, t * c))
+
+
+def from_channels(image: np.ndarray, t: int) -> np.ndarray:
+    """(H, W, T*3) -> (T, H, W, 3)."""
+    h, w, _ = image.shape
+    return image.reshape(h, w, t, 3).transpose(2, 0, 1, 3)
+
+
+def resize(frames: np.ndarray, size: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8, bilinear."""
+    if frames.shape[1:3] == (size, size):
+        return frames
+    image = _per_channel_groups(to_channels(frames), lambda x: cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR))
+    return from_channels(image, len(frames))
+
+
+def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
+    """Test-time zoom-in: affine scale about the centre (GUIDE 4); 1.0 returns the input."""
+    if scale == 1.0:
+        return frames
+    h, w = frames.shape[1:3]
+    matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 0.0, scale)
+    image = _per_channel_groups(
+        to_channels(frames),
+        lambda x: cv2.warpAffine(x, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+    )
+    return from_channels(image, len(frames))
+
+
+def normalise(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 with ImageNet mean/std."""
+    x = frames.astype(np.float32) / 255.0
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def train_augmentation() -> A.Compose:
+    """The reference's train augmentation: flips and shift-scale-rotate, p = 0.5 each."""
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(
+            translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
+            border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5,
+        ),
+    ])
+
+
+def augment(frames: np.ndarray, transform: A.Compose, seed: int) -> np.ndarray:
+    """One draw of ``transform`` (seeded) applied identically to every frame of a chunk."""
+    transform.set_random_seed(seed)
+    image = to_channels(frames)
+    if image.shape[2] > _CV_MAX_CHANNELS:
+        raise ValueError(f"a chunk of {len(frames)} frames exceeds OpenCV's {_CV_MAX_CHANNELS} channels")
+    return from_channels(np.ascontiguousarray(transform(image=image)["image"]), len(frames))
