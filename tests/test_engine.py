@@ -118,17 +118,19 @@ def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[k], sb[k]), k
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_equals_uninterrupted_run(tmp_path: Path, num_workers: int) -> None:
-    full = seg_trainer(tmp_path / "full", num_workers=num_workers, warmup_epochs=1)
+@pytest.mark.parametrize(("num_workers", "warmup"), [(0, 1), (2, 1), (0, 0)])
+def test_resume_equals_uninterrupted_run(tmp_path: Path, num_workers: int, warmup: int) -> None:
+    """Stop after epoch 1, resume to 2 == 2 epochs at once; warm-up 1 puts the unfreeze at the
+    resume point, warm-up 0 makes the AdamW moments carry over."""
+    full = seg_trainer(tmp_path / "full", num_workers=num_workers, warmup_epochs=warmup)
     res_full = full.fit()
-    assert [r["phase"] for r in res_full.history] == ["frozen", "unfrozen"]
+    assert [r["phase"] for r in res_full.history] == (["frozen", "unfrozen"] if warmup else ["unfrozen"] * 2)
 
-    first = seg_trainer(tmp_path / "split", num_workers=num_workers, warmup_epochs=1, epochs=1)
+    first = seg_trainer(tmp_path / "split", num_workers=num_workers, warmup_epochs=warmup, epochs=1)
     first.fit()
     torch.manual_seed(123)  # a different fresh model: everything must come from last.pt
     resumed = seg_trainer(tmp_path / "split", model=TinySeg(), num_workers=num_workers,
-                          warmup_epochs=1, resume=True)
+                          warmup_epochs=warmup, resume=True)
     res_split = resumed.fit()
 
     assert strip_time(res_split.history) == strip_time(res_full.history)
@@ -186,7 +188,7 @@ def test_warmup_freezes_encoder_then_fresh_optimiser(tmp_path: Path) -> None:
     assert [s["n_opt"] for s in seen] == [n_all - n_enc, n_all - n_enc, n_all]
 
 
-def test_warmup_needs_a_module(tmp_path: Path) -> None:
+def test_trainer_argument_checks(tmp_path: Path) -> None:
     model = TinySeg()
     loader = make_loader(SegData(4), 2, False)
     with pytest.raises(ValueError, match="freeze_module"):
@@ -195,6 +197,13 @@ def test_warmup_needs_a_module(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="held-out"):
         Trainer(model, loader, loader, SegmentationLoss(), SegmentationMetrics(),
                 TrainConfig(device="cpu", out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="held-out"):
+        Trainer(model, loader, make_loader(loader.dataset, 3, False), SegmentationLoss(), SegmentationMetrics(),
+                TrainConfig(device="cpu", out_dir=str(tmp_path)))
+    # AMP is only ever active on CUDA
+    trainer = Trainer(model, loader, make_loader(SegData(4), 2, False), SegmentationLoss(), SegmentationMetrics(),
+                      TrainConfig(amp=True, device="cpu", out_dir=str(tmp_path)))
+    assert not trainer.use_amp and not trainer.scaler.is_enabled() and trainer.config["amp_active"] is False
 
 
 def test_early_stopping_after_patience(tmp_path: Path) -> None:
@@ -234,6 +243,8 @@ def test_outputs_written_every_epoch_atomically(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
     with pytest.raises(FileExistsError):  # an existing run is never silently overwritten
         seg_trainer(tmp_path).fit()
+    assert seg_trainer(tmp_path, epochs=1, overwrite=True).fit().epochs_run == 1
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 1
     with pytest.raises(FileNotFoundError):
         seg_trainer(tmp_path / "new", resume=True).fit()
 

@@ -605,8 +605,9 @@ class Trainer:
         extra_config: Mapping[str, Any] | None = None,
         on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
     ) -> None:
-        if train_loader is val_loader:
-            raise ValueError("train_loader and val_loader are the same object: validate on a held-out split")
+        train_ds, val_ds = getattr(train_loader, "dataset", None), getattr(val_loader, "dataset", None)
+        if train_loader is val_loader or (train_ds is not None and train_ds is val_ds):
+            raise ValueError("train and validation loaders share their data: validate on a held-out split")
         if config.warmup_epochs > 0 and freeze_module is None:
             raise ValueError("warmup_epochs > 0 needs freeze_module (e.g. model.encoder)")
         self.cfg = config
@@ -691,7 +692,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"], strict=True)
         self._set_phase(ckpt["phase"])
         assert self.optimizer is not None and self.scheduler is not None
-        pass
+        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.use_amp and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -762,6 +763,9 @@ class Trainer:
                 raise FileExistsError(
                     f"{self.out_dir} already holds a run ({LAST}); pass --resume to continue or --overwrite"
                 )
+            if self.cfg.overwrite:  # only this engine's own outputs, never the folder
+                for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):
+                    (self.out_dir / name).unlink(missing_ok=True)
             self._set_phase(FROZEN if self.cfg.warmup_epochs > 0 else UNFROZEN)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(self.out_dir, RUN_CONFIG, {**self.config, "resumed_at_epoch": self.epoch})
@@ -841,13 +845,15 @@ def plot_history(
     """Loss and metric curves (train vs val) into a PNG, atomically; Agg canvas, no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     names = ["loss"] + sorted(
         {k[4:] for r in history for k in r if k.startswith("val_") and k != "val_loss"}
     )
-    fig = Figure(figsize=(5 * len(names), 3.8), layout="constrained")
+    fig = Figure(figsize=(4.5 * len(names), 3.6))
     FigureCanvasAgg(fig)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.25)
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
         for split in ("train", "val"):
@@ -860,7 +866,9 @@ def plot_history(
             ax.axvline(best_epoch, color="tab:red", ls="--", lw=0.8, label=f"best ({monitor})")
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        if i == 0:
+            ax.legend(fontsize="small")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
