@@ -717,6 +717,9 @@ class Trainer:
             sampler = getattr(loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+            dataset = getattr(loader, "dataset", None)
+            if hasattr(dataset, "set_epoch"):  # datasets that seed augmentation per (seed, epoch, index)
+                dataset.set_epoch(epoch)
             if getattr(loader, "persistent_workers", False):
                 log.warning("persistent_workers=True: resume will not be exact")
 
