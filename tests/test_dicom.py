@@ -232,12 +232,14 @@ def test_junk_files_are_skipped_with_reasons(tmp_path: Path) -> None:
     axial_stack(tmp_path, n=3)
     (tmp_path / "garbage.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
     (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 200)
+    (tmp_path / "empty.dcm").write_bytes(b"")
     (tmp_path / "sub").mkdir()  # folders are not files: ignored
     write_slice(tmp_path / "header_only.dcm", np.zeros((6, 5)), with_pixels=False)
     volume, meta = read_series(tmp_path)
     assert volume.shape == (3, 6, 5)
     reasons = {Path(s.file).name: s.reason for s in meta.skipped}
-    assert set(reasons) == {"garbage.dcm", ".DS_Store", "header_only.dcm"}
+    assert set(reasons) == {"garbage.dcm", ".DS_Store", "empty.dcm", "header_only.dcm"}
+    assert reasons["empty.dcm"] == "not a DICOM file: empty file"
     assert reasons["garbage.dcm"].startswith("not a DICOM file")
     assert reasons[".DS_Store"].startswith("not a DICOM file")
     assert reasons["header_only.dcm"] == "DICOM without pixel data"
@@ -366,7 +368,9 @@ def test_missing_position_and_instance_fall_back_to_filename(tmp_path: Path) -> 
 
 def test_duplicate_positions_fall_back_to_instance(tmp_path: Path) -> None:
     for i, inst in enumerate([2, 1, 3]):
-        write_slice(tmp_path / f"x{i}.dcm", np.full((2, 2), inst), position=(0, 0, 0), instance=inst)
+        write_slice(
+            tmp_path / f"x{i}.dcm", np.full((2, 2), inst), position=(0, 0, 0), instance=inst
+        )
     volume, meta = read_series(tmp_path)
     assert meta.order_by == "instance"
     assert slice_values(volume) == [1.0, 2.0, 3.0]

@@ -328,12 +328,23 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= _REASON_MAX_CHARS else text[: _REASON_MAX_CHARS - 3] + "..."
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _decode_file(path: Path) -> _Slice | str:
     """Read and decode one file once; a string is the reason it cannot be a slice."""
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        return f"not a DICOM file: {_short(exc)}"
+        if _is_empty(path):
+            return "not a DICOM file: empty file"
+        # pydicom's advice to use force=True does not apply to a reader of series.
+        message = str(exc).split(" Use force=True", 1)[0]
+        return f"not a DICOM file: {_short(InvalidDicomError(message))}"
     except Exception as exc:  # truncated or corrupt headers raise many types
         return f"unreadable DICOM: {_short(exc)}"
     if not any(tag in ds for tag in _PIXEL_DATA_TAGS):
@@ -362,7 +373,7 @@ def _decode_file(path: Path) -> _Slice | str:
         position=_numbers(ds, _TAG_IMAGE_POSITION),
         orientation=_numbers(ds, _TAG_IMAGE_ORIENTATION),
         instance=_number(ds, _TAG_INSTANCE_NUMBER),
-        slope=1.0 if slope is None else slope,
+        slope=1.0 if not slope else slope,  # absent, or an invalid 0: identity
         intercept=0.0 if intercept is None else intercept,
         monochrome1=photometric == "MONOCHROME1",
         pixel_spacing=(spacing[0], spacing[1]) if spacing and len(spacing) >= 2 else None,
@@ -389,17 +400,20 @@ def _list_files(folder: Path) -> list[Path]:
 def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
     """Read one series folder into a float32 (S, H, W) volume in anatomical order.
 
-    Pixel values are RescaleSlope * stored + RescaleIntercept. MONOCHROME1 slices are
-    mirrored as ``max - value`` (max over the series' MONOCHROME1 slices) so larger means
-    brighter and the display-white background becomes 0. Slices whose size differs from
-    the majority are resized to it with bilinear interpolation and listed in
-    ``meta.resized``. Subfolders are ignored; every other unreadable file is reported in
-    ``meta.skipped``. Raises :class:`DicomSeriesError` when the folder is missing or has
-    no readable slice.
+    Order: see :func:`slice_order` (ascending along the slice normal when the geometry
+    allows). Values are RescaleSlope * stored + RescaleIntercept (a missing or zero slope
+    counts as 1). Colour images become luminance (0.299 R + 0.587 G + 0.114 B); only
+    single-frame images are read. MONOCHROME1 slices are mirrored as ``max - value``
+    (max over the series' MONOCHROME1 slices) so larger means brighter and the
+    display-white background becomes 0. Slices whose size differs from the majority are
+    resized to it (bilinear) and listed in ``meta.resized``. Subfolders are ignored;
+    every other unreadable file is listed in ``meta.skipped`` with its reason.
+    Raises :class:`DicomSeriesError` when the folder is missing or has no readable slice.
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise DicomSeriesError(f"DICOM series folder does not exist: {folder}")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise DicomSeriesError(f"DICOM series folder {problem}: {folder}")
     slices: list[_Slice] = []
     skipped: list[SkippedFile] = []
     for path in _list_files(folder):
@@ -538,17 +552,15 @@ def _read_many(
             pending.append((Path(folder), _submit(pool, Path(folder))))
         while pending:
             folder, future = pending.popleft()
+            item: tuple[Path, np.ndarray | Exception, SeriesMeta | None]
             try:
-                volume, meta = future.result()
-                item: tuple[Path, np.ndarray | Exception, SeriesMeta | None] = (
-                    folder, volume, meta,
-                )
+                item = (folder, *future.result())
             except Exception as exc:  # yielded to the caller, by contract
                 item = (folder, exc, None)
             # Refill before yielding so workers stay busy while the caller works.
             for nxt in islice(folders, 1):
                 pending.append((Path(nxt), _submit(pool, Path(nxt))))
-            del future
+            del future  # no reference here may keep a consumed volume alive
             yield item
             del item
     finally:

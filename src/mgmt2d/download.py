@@ -57,7 +57,11 @@ __all__ = [
     "MissingWeightsError",
     "PretrainedError",
     "Result",
+    "build_parser",
+    "check_manifest",
+    "check_pretrained",
     "download_file",
+    "fetch_manifest",
     "fetch_pretrained",
     "file_sha256",
     "hub_unreachable",
@@ -384,7 +388,8 @@ def fetch_pretrained(
             results.append(save_pretrained(pretrained_dir, name, fetch, force=force))
         except Exception as err:  # noqa: BLE001 - hub libraries raise many types; report them all
             reason = (str(err).strip().splitlines() or [""])[0] or type(err).__name__
-            results.append(Result(name, pretrained_path(pretrained_dir, name), "failed", f"{type(err).__name__}: {reason}"))
+            path = pretrained_path(pretrained_dir, name)
+            results.append(Result(name, path, "failed", f"{type(err).__name__}: {reason}"))
     return results
 
 
@@ -445,7 +450,8 @@ def load_manifest(path: str | Path) -> list[ManifestEntry]:
         where = f"manifest {path} entry {i}"
         if not isinstance(item, dict):
             raise ManifestError(f"{where} must be an object")
-        missing = [k for k in ("name", "url", "sha256", "destination") if not isinstance(item.get(k), str) or not item.get(k)]
+        required = ("name", "url", "sha256", "destination")
+        missing = [k for k in required if not item.get(k) or not isinstance(item[k], str)]
         if missing:
             raise ManifestError(f"{where} lacks string field(s): {', '.join(missing)}")
         name, url, sha, dest = item["name"], item["url"], item["sha256"].lower(), item["destination"]
@@ -536,7 +542,8 @@ def _transfer(
         if response.status == 206:
             start, total = _content_range_start(response.headers.get("Content-Range"))
             if start != offset:
-                raise _Refused(f"server resumed at byte {start} instead of {offset}")
+                got = response.headers.get("Content-Range")
+                raise _Refused(f"server answered Range bytes={offset}- with Content-Range {got!r}")
             mode = "ab"
         else:  # 200: the server ignored Range, start over
             offset, mode, total = 0, "wb", length
@@ -593,8 +600,11 @@ def download_file(
     dest = Path(dest)
     sha256 = sha256.lower()
     name = name or dest.name
-    if dest.is_file() and file_sha256(dest) == sha256:
-        return Result(name, dest, "present")
+    stale = ""
+    if dest.is_file():
+        if file_sha256(dest) == sha256:
+            return Result(name, dest, "present")
+        stale = "existing file has the wrong sha256 and is kept until a verified copy replaces it; "
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     host = urllib.parse.urlsplit(url).netloc
@@ -612,18 +622,18 @@ def download_file(
             total = f" of {err.total}" if err.total else ""
             return Result(
                 name, dest, "failed",
-                f"transfer interrupted at {err.have}{total} bytes ({err.reason}); "
+                stale + f"transfer interrupted at {err.have}{total} bytes ({err.reason}); "
                 f"{part.name} kept, run again to resume",
             )
         except _Refused as err:
             part.unlink(missing_ok=True)
-            return Result(name, dest, "failed", f"{err}; partial download deleted")
+            return Result(name, dest, "failed", stale + f"{err}; partial download deleted")
         except urllib.error.HTTPError as err:
-            return Result(name, dest, "failed", f"HTTP {err.code} {err.reason} for {url}")
+            return Result(name, dest, "failed", stale + f"HTTP {err.code} {err.reason} for {url}")
         except urllib.error.URLError as err:
-            return Result(name, dest, "failed", f"cannot reach {host}: {err.reason}")
+            return Result(name, dest, "failed", stale + f"cannot reach {host}: {err.reason}")
         except (http.client.HTTPException, OSError) as err:
-            return Result(name, dest, "failed", f"cannot download from {host}: {type(err).__name__}: {err}")
+            return Result(name, dest, "failed", stale + f"cannot download from {host}: {type(err).__name__}: {err}")
         if digest == sha256:
             os.replace(part, dest)
             return Result(name, dest, "downloaded")
@@ -633,7 +643,7 @@ def download_file(
             continue
         return Result(
             name, dest, "failed",
-            f"sha256 mismatch (expected {sha256}, got {digest}); download deleted",
+            stale + f"sha256 mismatch (expected {sha256}, got {digest}); download deleted",
         )
 
 
@@ -707,12 +717,12 @@ def _report(results: Sequence[Result], *, offline: bool) -> int:
     print(f"error: {len(bad)} of {len(results)} file(s) missing or unverified:", file=sys.stderr)
     for r in bad:
         print(f"  - {r.name}: {r.path}: {r.message}", file=sys.stderr)
-    hint = (
-        "run `python download_models.py` on a machine with internet and copy the model folders here"
-        if offline
-        else "no internet? run this on a connected machine and copy the model folders (see README)"
-    )
-    print(hint, file=sys.stderr)
+    if offline:
+        print("run `python download_models.py` on a machine with internet and copy the model folders here",
+              file=sys.stderr)
+    elif any(word in r.message for r in bad for word in ("unreachable", "cannot reach", "interrupted")):
+        print("no internet? run this on a connected machine and copy the model folders (see README); "
+              "an interrupted download resumes when run again", file=sys.stderr)
     return 1
 
 

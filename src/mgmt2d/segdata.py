@@ -37,9 +37,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import pandas as pd
@@ -50,6 +49,9 @@ from mgmt2d.brats import MODALITIES, BratsCaseError, case_id, list_cases, parse_
 from mgmt2d.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
 from mgmt2d.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.task2 import Task2Error, format_id, task2_patient_ids
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +284,7 @@ class CaseResult:
     """What happened to one case (returned from a worker, so plain data only)."""
 
     case: str
-    status: str                 # "done", "resumed" or "broken"
+    status: str                 # "done" or "broken"
     n_slices: int = 0
     warnings: list[str] = field(default_factory=list)
     error: str = ""
@@ -591,12 +593,15 @@ def seed_transform(transform: Any, seed: int, epoch: int, index: int) -> None:
     _seed_transform(transform, np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
 
 
-def train_transform(seed: int | None = None) -> A.Compose:
+def train_transform(seed: int | None = None) -> "A.Compose":
     """Flips and shift-scale-rotate, each with p=0.5, applied to image and mask together.
 
     Shift-scale-rotate as A.Affine with the ShiftScaleRotate defaults of albumentations
     1.x (the reference's): shift 6.25 %, scale 0.9-1.1, rotate +-45 deg, reflect-101 border.
+    Per-sample seeding is done by the dataset (:func:`seed_transform`); ``seed`` only
+    seeds the Compose for use outside it.
     """
+    import albumentations as A  # imported here: preparing data does not need it
     return A.Compose(
         [
             A.HorizontalFlip(p=0.5),
@@ -624,10 +629,14 @@ class SegmentationSliceDataset(Dataset):
 
     Arrays are memory-mapped lazily in each worker process (a bounded cache of open maps).
     Order per sample: resize (image linear, mask nearest), augment, normalise.
-    With a transform, sample ``i`` in epoch ``e`` is augmented with a seed derived from
-    (seed, e, i), so results do not depend on worker count or order. Call
-    :meth:`set_epoch` before each epoch's DataLoader iterator is created (with
-    ``persistent_workers=True`` the workers keep the epoch they were started with).
+
+    Augmentation seeding, per sample: after :meth:`set_epoch` ``(e)``, sample ``i`` is
+    augmented with a seed derived from (seed, e, i), so results depend on neither worker
+    count nor order; call it before each epoch's DataLoader iterator is created (workers
+    copy the dataset then; not with ``persistent_workers=True``). Until ``set_epoch`` is
+    called, the per-sample key is drawn from NumPy's global RNG instead, which the
+    engine re-seeds every epoch (and ``seed_worker`` in each worker): reproducible for
+    a given (seed, epoch, worker count) and different from epoch to epoch.
     """
 
     def __init__(
@@ -651,7 +660,7 @@ class SegmentationSliceDataset(Dataset):
         self.image_size = int(image_size)
         self.transform = transform
         self.seed = int(seed)
-        self.epoch = 0
+        self.epoch: int | None = None
         self.max_open = int(max_open)
         self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pid: int | None = None
@@ -660,6 +669,7 @@ class SegmentationSliceDataset(Dataset):
         return len(self.image_rows)
 
     def set_epoch(self, epoch: int) -> None:
+        """Seed augmentation from (seed, epoch, index) from now on."""
         self.epoch = int(epoch)
 
     def _array(self, rel: str) -> np.ndarray:
@@ -688,7 +698,11 @@ class SegmentationSliceDataset(Dataset):
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
         mask = cv2.resize(np.ascontiguousarray(mask.transpose(1, 2, 0)), size, interpolation=cv2.INTER_NEAREST)
         if self.transform is not None:
-            seed_transform(self.transform, self.seed, self.epoch, i)
+            if self.epoch is not None:
+                key = self.epoch
+            else:  # the engine's per-epoch global seeding; offset keeps it apart from epochs
+                key = 2**32 + int(np.random.randint(0, 2**32, dtype=np.int64))
+            seed_transform(self.transform, self.seed, key, i)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         x = normalise_slice(image)

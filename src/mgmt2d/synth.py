@@ -21,6 +21,7 @@ import argparse
 import gzip
 import json
 import logging
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,7 @@ _OFFSETS_SIGNED = (0, -1024, 1000)
 _MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 _EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 _UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; the suffix is a hash
+_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.97903726617071906369440521769836981421"  # _uid("mgmt2d-synth-implementation")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class SeriesTruth:
     blank: tuple[int, int]  # all-zero slices at the start / end of the reading order
     tilt_deg: float
     mri_type: str
+    seg: np.ndarray | None = None  # uint8 (S, H, W) labels when labels_xyz was given
 
     def summary(self) -> dict[str, Any]:
         """One flat row for truth/series.csv."""
@@ -291,7 +294,7 @@ def _draw_tumour(
         centre=tuple(float(c) for c in centre + pos * radii),
         radii=tumour_radii,
         core_fraction=core,
-        edema_margin=float(rng.uniform(0.35, 1.0)),
+        edema_margin=float(rng.uniform(0.3, 0.8)),
         label=int(label),
     )
 
@@ -300,7 +303,8 @@ def _paint_tumour(
     tissue: np.ndarray, brain: np.ndarray, tumour: Tumour, rng: np.random.Generator
 ) -> None:
     """Edema, enhancing tumour and necrotic core with lumpy borders, inside the brain."""
-    reach = max(tumour.radii) * (1.0 + tumour.edema_margin) * 1.35 + 2
+    # Fields are clipped to +-2, so the edema never reaches past 1.4 x its radius.
+    reach = max(tumour.radii) * (1.0 + tumour.edema_margin) * 1.4 + 2
     lo = [max(int(np.floor(c - reach)), 0) for c in tumour.centre]
     hi = [min(int(np.ceil(c + reach)) + 1, n) for c, n in zip(tumour.centre, tissue.shape)]
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
@@ -308,9 +312,12 @@ def _paint_tumour(
     centre = np.asarray(tumour.centre) - np.asarray(lo)
     u = _axes(sub_shape, centre, np.asarray(tumour.radii))
     d = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2)
-    d_tumour = d / (1.0 + 0.10 * _wave_field(u, rng, 4, (0.3, 0.7)))
-    d_edema = d / ((1.0 + tumour.edema_margin) * (1.0 + 0.20 * _wave_field(u, rng, 5, (0.25, 0.6))))
-    d_core = d / (1.0 + 0.06 * _wave_field(u, rng, 3, (0.4, 0.9)))
+    def lumps(terms: int, freq: tuple[float, float]) -> np.ndarray:
+        return np.clip(_wave_field(u, rng, terms, freq), -2.0, 2.0)
+
+    d_tumour = d / (1.0 + 0.10 * lumps(4, (0.3, 0.7)))
+    d_edema = d / ((1.0 + tumour.edema_margin) * (1.0 + 0.20 * lumps(5, (0.25, 0.6))))
+    d_core = d / (1.0 + 0.06 * lumps(3, (0.4, 0.9)))
 
     sub = tissue[box]
     in_brain = brain[box]
@@ -457,6 +464,40 @@ def _nonzero_bbox(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
 
 
+def _encode_element(elem: Any) -> bytes:
+    """One data element in Explicit VR Little Endian (pydicom's own encoder)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_data_element(fp, elem)
+    return fp.getvalue()
+
+
+def _text_element(tag: int, vr: bytes, text: str) -> bytes:
+    """A short-form Explicit VR LE element (UI, IS, DS, SH...), padded to even length."""
+    value = text.encode("ascii")
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _file_meta_bytes(sop_instance_uid: str) -> bytes:
+    """Preamble, 'DICM' and a complete File Meta Information group (Part 10)."""
+    body = b"".join((
+        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+        _text_element(0x00020002, b"UI", _MR_IMAGE_STORAGE),
+        _text_element(0x00020003, b"UI", sop_instance_uid),
+        _text_element(0x00020010, b"UI", _EXPLICIT_VR_LE),
+        _text_element(0x00020012, b"UI", _IMPLEMENTATION_UID),
+        _text_element(0x00020013, b"SH", "MGMT2D_SYNTH"),
+    ))
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + length + body
+
+
 def _uid(*parts: object) -> str:
     from pydicom.uid import generate_uid
 
@@ -482,6 +523,7 @@ def write_dicom_series(
     signed: bool | None = None,
     value_scale: float | None = None,
     noise: float = 0.0,
+    labels_xyz: np.ndarray | None = None,
     voxel_mm: float = 1.0,
     series_number: int = 1,
     study_uid: str | None = None,
@@ -495,9 +537,11 @@ def write_dicom_series(
     zeroed at each end; ``rescale`` (slope, intercept) where intercept / slope must be a
     whole number (the stored value of 0); ``signed`` int16 vs uint16; ``value_scale``
     (stored units per phantom unit). ``rescale_tags=False`` omits the tags, allowed only
-    with (1, 0). Returns the ground truth a correct reader reproduces.
+    with (1, 0). ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is
+    resampled nearest-neighbour onto the series grid and returned as ``truth.seg``.
+    Returns the ground truth a correct reader reproduces.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.dataset import Dataset
 
     if volume_xyz.ndim != 3:
         raise ValueError(f"volume_xyz must be 3-D, got shape {volume_xyz.shape}")
@@ -611,6 +655,20 @@ def write_dicom_series(
             src, mat, offset=offset0 + mat[:, 0] * s0, output_shape=(s1 - s0, rows, cols),
             output=vol[s0:s1], order=1, mode="constant", cval=0.0, prefilter=False,
         )
+    seg = None
+    if labels_xyz is not None:
+        if labels_xyz.shape != volume_xyz.shape:
+            raise ValueError(f"labels_xyz shape {labels_xyz.shape} != volume {volume_xyz.shape}")
+        seg = np.empty((n_slices, rows, cols), dtype=np.uint8)
+        lab = np.asarray(labels_xyz, dtype=np.uint8)
+        for s0 in range(0, n_slices, step):
+            s1 = min(s0 + step, n_slices)
+            ndi.affine_transform(
+                lab, mat, offset=offset0 + mat[:, 0] * s0, output_shape=(s1 - s0, rows, cols),
+                output=seg[s0:s1], order=0, mode="constant", cval=0, prefilter=False,
+            )
+        seg[: blank[0]] = 0
+        seg[n_slices - blank[1]:] = 0
     if noise > 0:
         inside = vol > 0
         vol = _rician(vol, noise, rng) * inside
@@ -631,18 +689,11 @@ def write_dicom_series(
     else:
         numbers = rng.permutation(n_slices) + 1
 
-    # ---- DICOM: one Dataset per series, per-slice fields updated in place
+    # ---- DICOM: the series' constant elements are encoded once, per slice only the rest
     study_uid = study_uid or _uid("study", uid_key, patient_id)
     frame_uid = frame_uid or _uid("frame", uid_key, patient_id)
     series_uid = _uid("series", uid_key, patient_id, mri_type, series_number)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = _MR_IMAGE_STORAGE
-    meta.TransferSyntaxUID = _EXPLICIT_VR_LE
-    meta.ImplementationClassUID = _uid("mgmt2d-synth-implementation")
-    meta.ImplementationVersionName = "MGMT2D_SYNTH"
     ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\x00" * 128
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.SOPClassUID = _MR_IMAGE_STORAGE
@@ -650,14 +701,14 @@ def write_dicom_series(
     ds.SeriesDescription = mri_type
     ds.PatientName = patient_id
     ds.PatientID = patient_id
-    ds.PatientPosition = "HFS"
     ds.SliceThickness = _fmt(thickness, 4)
     ds.SpacingBetweenSlices = _fmt(spacing, 4)
+    ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = int(series_number)
-    ds.FrameOfReferenceUID = frame_uid
     ds.ImageOrientationPatient = [_fmt(v, 6) for v in orientation]
+    ds.FrameOfReferenceUID = frame_uid
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
@@ -671,19 +722,27 @@ def write_dicom_series(
         ds.RescaleIntercept = _fmt(intercept, 4)
         ds.RescaleSlope = _fmt(slope, 4)
         ds.RescaleType = "US"
+    static = [(int(e.tag), _encode_element(e)) for e in ds]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     little = stored.astype(stored.dtype.newbyteorder("<"), copy=False)
     for s in range(n_slices):
         n = int(numbers[s])
         sop_uid = _uid("image", uid_key, patient_id, mri_type, series_number, n)
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = n
-        ds.ImagePositionPatient = pos_text[s]
-        ds.SliceLocation = _fmt(float(positions[s] @ normal), 4)
-        ds.add_new(0x7FE00010, "OW", little[s].tobytes())
-        ds.save_as(folder / f"Image-{n}.dcm", enforce_file_format=True)
+        per_slice = [
+            (0x00080018, _text_element(0x00080018, b"UI", sop_uid)),
+            (0x00200013, _text_element(0x00200013, b"IS", str(n))),
+            (0x00200032, _text_element(0x00200032, b"DS", "\\".join(pos_text[s]))),
+            (0x00201041, _text_element(0x00201041, b"DS", _fmt(float(positions[s] @ normal), 4))),
+        ]
+        elements = static + per_slice
+        elements.sort(key=lambda item: item[0])
+        pixels = little[s].tobytes()
+        with open(folder / f"Image-{n}.dcm", "wb") as fh:
+            fh.write(_file_meta_bytes(sop_uid))
+            fh.writelines(b for _, b in elements)
+            fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, len(pixels)))
+            fh.write(pixels)
 
     return SeriesTruth(
         volume=truth,
@@ -703,6 +762,7 @@ def write_dicom_series(
         blank=blank,
         tilt_deg=float(tilt_deg),
         mri_type=mri_type,
+        seg=seg,
     )
 
 
@@ -748,6 +808,13 @@ def _plan(patients: int, seed: int) -> dict[str, Any]:
     return {"task1": task1, "train": train, "test": test, "shared": shared, "labels": labels}
 
 
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Compressed .npz, written atomically (zip entries carry a fixed 1980 timestamp)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
 def _settings_json() -> dict[str, str]:
     """SETTINGS.json for this dataset, paths relative to the dataset folder."""
     return {
@@ -765,12 +832,17 @@ def _settings_json() -> dict[str, str]:
     }
 
 
-def generate(out: Path, patients: int, seed: int, size: str = "small") -> dict[str, Any]:
+def generate(
+    out: Path, patients: int, seed: int, size: str = "small", *, series_seg: bool = False
+) -> dict[str, Any]:
     """Write a synthetic dataset (Task 1 NIfTI + Task 2 DICOM + truth) under ``out``.
 
     ``out`` must be absent or empty: a partial earlier run is never mixed in. The file
     ``out/synth.json`` is written last and marks a complete dataset. Same arguments give
-    byte-identical files. Returns a summary (IDs, labels, counts, seconds).
+    byte-identical files. ``series_seg`` also writes each Task 2 series' true BraTS
+    labels on its own grid, (S, H, W) in reading order, to
+    ``truth/series_seg/<id>/<type>.npz`` (key ``seg``), to score stage 1 on DICOM.
+    Returns a summary (IDs, labels, counts, seconds).
     """
     from mgmt2d import __version__
 
@@ -829,7 +901,10 @@ def generate(out: Path, patients: int, seed: int, size: str = "small") -> dict[s
                     mri_type=mri_type, patient_id=pid, size=size,
                     noise=float(rng.uniform(0.015, 0.035)), voxel_mm=phantom.voxel_mm,
                     series_number=int(number), study_uid=study, frame_uid=frame,
+                    labels_xyz=seg if series_seg else None,
                 )
+                if truth.seg is not None:
+                    _save_npz(out / "truth" / "series_seg" / pid / f"{mri_type}.npz", seg=truth.seg)
                 n_files += truth.volume.shape[0]
                 series_rows.append({"BraTS21ID": pid, "split": split[pid], "type": mri_type,
                                     **truth.summary()})
@@ -862,6 +937,7 @@ def generate(out: Path, patients: int, seed: int, size: str = "small") -> dict[s
             "0": f"no core (half) or core radius {CORE_FRACTION_LABEL0}, thick solid rim",
         },
         "files": n_files,
+        "series_seg": bool(series_seg),
     }
     write_json_atomic(out / "synth.json", summary)
     return {**summary, "out": str(out), "seconds": round(time.perf_counter() - t0, 2)}
@@ -877,12 +953,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="same seed -> identical files")
     parser.add_argument("--size", choices=sorted(SIZES), default="small",
                         help="small: 96x96x64 grid, 64-112 px DICOM (tests); full: BraTS 240x240x155, 256-512 px")
+    parser.add_argument("--series-seg", action="store_true",
+                        help="also write each DICOM series' true labels to truth/series_seg/")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the generator; one-line error and exit code 2 on bad arguments."""
     try:
-        summary = generate(args.out, args.patients, args.seed, args.size)
+        summary = generate(args.out, args.patients, args.seed, args.size,
+                           series_seg=bool(getattr(args, "series_seg", False)))
     except (ValueError, FileExistsError) as err:
         logger.error("%s", err)
         return 2
