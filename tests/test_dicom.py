@@ -394,6 +394,25 @@ def test_slice_order_pure() -> None:
     assert by == "filename" and order.tolist() == [2, 3, 1, 0]
 
 
+def test_slice_order_accepts_arrays() -> None:
+    positions = np.array([[0, 0, 3.0], [0, 0, 1.0], [0, 0, 2.0]])
+    order, by = slice_order(positions, np.array(AXIAL), np.array([1, 2, 3]), ["a", "b", "c"])
+    assert by == "position" and order.tolist() == [1, 2, 0]
+    order, by = slice_order(positions, np.tile(AXIAL, (3, 1)), None, ["a", "b", "c"])
+    assert by == "position" and order.tolist() == [1, 2, 0]
+
+
+def test_single_slice_spacing_falls_back_to_header(tmp_path: Path) -> None:
+    path = write_slice(tmp_path / "one.dcm", np.ones((3, 3)), position=(1, 2, 3))
+    ds = pydicom.dcmread(path)
+    ds.SliceThickness = 2.5
+    ds.save_as(path)
+    volume, meta = read_series(tmp_path)
+    assert volume.shape == (1, 3, 3) and meta.order_by == "position"
+    assert meta.slice_spacing == 2.5
+    assert meta.pixel_spacing == (0.5, 0.75)
+
+
 @pytest.mark.parametrize(
     ("orientation", "plane"),
     [(AXIAL, "axial"), (CORONAL, "coronal"), (SAGITTAL, "sagittal"), (None, "unknown"),
@@ -419,7 +438,7 @@ class CountingIterable:
             yield item
 
 
-@pytest.mark.parametrize(("workers", "executor"), [(1, None), (2, "thread"), (2, "process")])
+@pytest.mark.parametrize(("workers", "executor"), [(1, None), (2, None), (2, "process")])
 def test_read_series_many_order_errors_and_lookahead(
     tmp_path: Path, workers: int, executor: str | None
 ) -> None:
@@ -448,7 +467,7 @@ def test_read_series_many_can_stop_early(tmp_path: Path) -> None:
     for k in range(4):
         axial_stack(tmp_path / f"s{k}", n=2, shape=(3, 3))
         folders.append(tmp_path / f"s{k}")
-    results = read_series_many(folders, workers=2, executor="thread")
+    results = read_series_many(folders, workers=2)
     folder, volume, _ = next(results)
     assert folder == folders[0] and isinstance(volume, np.ndarray)
     results.close()  # type: ignore[attr-defined]  # must not hang or raise

@@ -116,6 +116,20 @@ def test_dicom_variety(dataset: tuple[Path, dict]) -> None:
     assert series.rows.nunique() > 1 and series.slices.nunique() > 1
 
 
+def test_every_generated_series_reads_back(dataset: tuple[Path, dict]) -> None:
+    dicom = pytest.importorskip("mgmt2d.dicom")
+    out, _ = dataset
+    series = pd.read_csv(out / "truth" / "series.csv", dtype={"BraTS21ID": str})
+    for row in series.itertuples():
+        volume, meta = dicom.read_series(out / "task2" / row.split / row.BraTS21ID / row.type)
+        assert volume.shape == (row.slices, row.rows, row.cols)
+        assert meta.plane == row.plane and meta.order_by == "position"
+        assert not volume[: row.blank_start].any()
+        assert not volume[row.slices - row.blank_end:].any()
+        assert volume.min() == 0.0  # background is exactly 0 after rescale
+        assert volume[row.slices // 2].max() > 100
+
+
 def test_dicom_files_are_what_pydicom_writes(dataset: tuple[Path, dict]) -> None:
     """The hand-assembled files equal pydicom's own Part-10 encoding, byte for byte."""
     out, _ = dataset
@@ -282,6 +296,27 @@ def test_label_visible_in_segmentation() -> None:
         ph = make_phantom(grid, label, np.random.default_rng([99, k]))
         fractions[label].append(_necrotic_fraction(ph.seg))
     assert min(fractions[1]) > 0.15 > max(fractions[0])
+
+
+def test_label_visible_on_dicom_slices(tmp_path: Path) -> None:
+    """Labels resampled with the series: necrosis is dark in T1CE, the rim bright."""
+    grid = synth.SIZES["small"].grid
+    for label in (0, 1):
+        ph = make_phantom(grid, label, np.random.default_rng([5, label]))
+        img = render(ph, "T1wCE", np.random.default_rng(0))
+        truth = write_dicom_series(tmp_path / str(label), img, "coronal",
+                                   np.random.default_rng(1), labels_xyz=ph.seg)
+        seg = truth.seg
+        assert seg is not None and seg.shape == truth.volume.shape
+        assert set(np.unique(seg).tolist()) <= {0, 1, 2, 4} and (seg == 4).any()
+        assert np.all(truth.volume[seg > 0] > 0)
+        et = truth.volume[seg == 4].mean()
+        assert et > truth.volume[seg == 2].mean()
+        if label == 1:
+            assert truth.volume[seg == 1].mean() < 0.5 * et
+            assert _necrotic_fraction(seg) > 0.15
+        else:
+            assert _necrotic_fraction(seg) < 0.15
 
 
 def test_label_visible_in_images(dataset: tuple[Path, dict]) -> None:

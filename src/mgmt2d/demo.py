@@ -38,28 +38,29 @@ def demo_settings(root: Path) -> dict[str, str]:
 def steps(settings: Path, args: argparse.Namespace) -> list[tuple[str, list[str], bool]]:
     """(title, argv, must succeed) of each stage, smallest settings that still exercise everything."""
     s = ["--settings", str(settings)]
-    size = str(args.image_size)
+    seg_size, cls_size = str(args.seg_image_size), str(args.cls_image_size)
     common_train = ["--device", "cpu", "--pretrained", "none", "--workers", "0", "--no-progress"]
     return [
         ("6. download_models.py (offline check: the demo uses random initialisation)",
          [sys.executable, str(REPO / "download_models.py"), *s, "--offline-check"], False),
         ("1. prepare_segmentation_data.py",
-         [sys.executable, str(REPO / "prepare_segmentation_data.py"), *s, "--workers", "1", "--no-progress"], True),
+         [sys.executable, str(REPO / "prepare_segmentation_data.py"), *s, "--workers", "1", "--no-progress",
+          "--modalities", "flair", "t1ce", "--keep-rate", str(args.keep_rate)], True),
         ("2. train_segmentation.py",
-         [sys.executable, str(REPO / "train_segmentation.py"), *s, *common_train, "--image-size", size,
+         [sys.executable, str(REPO / "train_segmentation.py"), *s, *common_train, "--image-size", seg_size,
           "--epochs", str(args.seg_epochs), "--warmup-epochs", "1", "--batch-size", "16", "--lr", "1e-3"], True),
         ("3. prepare_classification.py --split train",
          [sys.executable, str(REPO / "prepare_classification.py"), *s, "--split", "train", "--device", "cpu",
-          "--image-size", size, "--workers", "1"], True),
+          "--image-size", seg_size, "--workers", "1"], True),
         ("3. prepare_classification.py --split test",
          [sys.executable, str(REPO / "prepare_classification.py"), *s, "--split", "test", "--device", "cpu",
-          "--image-size", size, "--workers", "1"], True),
+          "--image-size", seg_size, "--workers", "1"], True),
         ("4. train_classification.py --mri-type All",
          [sys.executable, str(REPO / "train_classification.py"), *s, *common_train, "--mri-type", "All",
-          "--image-size", size, "--seq-len", str(args.seq_len), "--stride", str(max(args.seq_len // 2, 1)),
+          "--image-size", cls_size, "--seq-len", str(args.seq_len), "--stride", str(max(args.seq_len // 2, 1)),
           "--epochs", str(args.cls_epochs), "--warmup-epochs", "1", "--batch-size", "4", "--lr", "1e-4"], True),
         ("5. inference_on_test.py",
-         [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--image-size", size,
+         [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--image-size", seg_size,
           "--workers", "1"], True),
     ]
 
@@ -68,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "demo", help="demo folder (data, models, submission)")
     parser.add_argument("--patients", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--seg-image-size", type=int, default=32, help="segmenter input (reference 224)")
+    parser.add_argument("--cls-image-size", type=int, default=64, help="classifier input (reference 224)")
+    parser.add_argument("--keep-rate", type=float, default=0.5, help="stage-1 slice sampling (reference 0.1)")
     parser.add_argument("--seg-epochs", type=int, default=2)
     parser.add_argument("--cls-epochs", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=8, help="chunk length (reference 35; small for speed)")

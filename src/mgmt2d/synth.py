@@ -138,6 +138,7 @@ class Phantom:
 
     @property
     def head_mask(self) -> np.ndarray:
+        """Everything but air: the support of the (not skull-stripped) DICOM images."""
         return self.tissue != AIR
 
 
@@ -284,7 +285,7 @@ def _draw_tumour(
         if abs(pos[0]) >= 0.2 and pos[2] > -0.5:
             break
     mean_r = float(np.mean(radii))
-    size = rng.uniform(0.17, 0.28) * mean_r
+    size = rng.uniform(0.20, 0.32) * mean_r
     tumour_radii = tuple(float(size * a) for a in rng.uniform(0.85, 1.15, 3))
     if label == 1:
         core = float(rng.uniform(*CORE_FRACTION_LABEL1))
@@ -363,7 +364,7 @@ def render(
     img = lut[phantom.tissue]
     img = ndi.gaussian_filter(img, sigma=0.6, mode="constant")
     img *= _bias_field(phantom.tissue.shape, phantom.bias_coeffs)
-    mask = (phantom.tissue >= CSF) if skull_strip else (phantom.tissue != AIR)
+    mask = phantom.brain_mask if skull_strip else phantom.head_mask
     if noise > 0:
         img = _rician(img, noise, rng)
     img *= mask
@@ -519,7 +520,7 @@ def write_dicom_series(
     tilt_deg: float | None = None,
     blank: tuple[int, int] | None = None,
     rescale: tuple[float, float] | None = None,
-    rescale_tags: bool = True,
+    rescale_tags: bool | None = None,
     signed: bool | None = None,
     value_scale: float | None = None,
     noise: float = 0.0,
@@ -536,8 +537,8 @@ def write_dicom_series(
     file numbers relative to anatomy; ``tilt_deg`` (small obliquity); ``blank`` slices
     zeroed at each end; ``rescale`` (slope, intercept) where intercept / slope must be a
     whole number (the stored value of 0); ``signed`` int16 vs uint16; ``value_scale``
-    (stored units per phantom unit). ``rescale_tags=False`` omits the tags, allowed only
-    with (1, 0). ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is
+    (stored units per phantom unit). ``rescale_tags=False`` omits the tags (slope 1,
+    intercept 0 only); None writes them, except in some drawn (1, 0) series. ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is
     resampled nearest-neighbour onto the series grid and returned as ``truth.seg``.
     Returns the ground truth a correct reader reproduces.
     """
@@ -570,6 +571,8 @@ def write_dicom_series(
         raise ValueError(f"{n_slices} slices leave none after blank {blank}")
     if signed is None:
         signed = bool(rng.random() < 0.5)
+    if rescale is None and rescale_tags is False:
+        rescale = (1.0, 0.0)
     if rescale is None:
         if rng.random() < 0.5:
             slope, offset = 1.0, 0
@@ -583,10 +586,13 @@ def write_dicom_series(
                     break
     else:
         slope = float(rescale[0])
+        if not slope > 0:
+            raise ValueError(f"rescale {rescale}: slope must be positive")
         offset_f = -float(rescale[1]) / slope
-        if slope <= 0 or offset_f != round(offset_f):
+        if offset_f != round(offset_f):
             raise ValueError(f"rescale {rescale}: intercept / slope must be a whole number")
         offset = int(round(offset_f))
+    rescale_tags = True if rescale_tags is None else bool(rescale_tags)
     intercept = -offset * slope + 0.0
     if not rescale_tags and (slope, intercept) != (1.0, 0.0):
         raise ValueError("rescale tags can be omitted only for slope 1, intercept 0")
@@ -613,11 +619,8 @@ def write_dicom_series(
         [[(lo, hi)[a][0], (lo, hi)[b][1], (lo, hi)[c][2]] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
     )
     corners = (corners - grid_centre) * voxel_mm
-    def extent(d: np.ndarray) -> tuple[float, float]:
-        p = corners @ d
-        return float(p.min()), float(p.max())
-
-    ext_r, ext_c, ext_n = extent(row_cos), extent(col_cos), extent(normal)
+    ext_r, ext_c, ext_n = ((float(p.min()), float(p.max())) for p in (
+        corners @ row_cos, corners @ col_cos, corners @ normal))
     fov_r = (ext_r[1] - ext_r[0] + voxel_mm) * rng.uniform(1.05, 1.3)
     fov_c = (ext_c[1] - ext_c[0] + voxel_mm) * rng.uniform(1.05, 1.3)
     pixel = round(max(fov_r / cols, fov_c / rows), 4)
@@ -910,6 +913,8 @@ def generate(
                                     **truth.summary()})
 
     task2_dir = out / "task2"
+    for split_name in ("train", "test"):  # both exist even when one is empty (1 patient)
+        (task2_dir / split_name).mkdir(parents=True, exist_ok=True)
     train_df = pd.DataFrame({"BraTS21ID": plan["train"],
                              "MGMT_value": [labels[i] for i in plan["train"]]})
     write_csv_atomic(task2_dir / "train_labels.csv", train_df)
