@@ -88,7 +88,8 @@ _OFFSETS_SIGNED = (0, -1024, 1000)
 _MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 _EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 _UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; the suffix is a hash
-_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.97903726617071906369440521769836981421"  # _uid("mgmt2d-synth-implementation")
+# = _uid("mgmt2d-synth-implementation"), fixed so the files never depend on pydicom's hashing.
+_IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.97903726617071906369440521769836981421"
 
 
 @dataclass(frozen=True)
@@ -538,8 +539,9 @@ def write_dicom_series(
     zeroed at each end; ``rescale`` (slope, intercept) where intercept / slope must be a
     whole number (the stored value of 0); ``signed`` int16 vs uint16; ``value_scale``
     (stored units per phantom unit). ``rescale_tags=False`` omits the tags (slope 1,
-    intercept 0 only); None writes them, except in some drawn (1, 0) series. ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is
-    resampled nearest-neighbour onto the series grid and returned as ``truth.seg``.
+    intercept 0 only); None writes them, except in some drawn (1, 0) series.
+    ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is resampled
+    nearest-neighbour onto the series grid and returned as ``truth.seg``.
     Returns the ground truth a correct reader reproduces.
     """
     from pydicom.dataset import Dataset
@@ -957,7 +959,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=8, help="Task 2 patients (Task 1 gets as many cases)")
     parser.add_argument("--seed", type=int, default=0, help="same seed -> identical files")
     parser.add_argument("--size", choices=sorted(SIZES), default="small",
-                        help="small: 96x96x64 grid, 64-112 px DICOM (tests); full: BraTS 240x240x155, 256-512 px")
+                        help="small: 96x96x64 grid, 64-112 px DICOM (tests); "
+                        "full: BraTS 240x240x155, 256-512 px")
     parser.add_argument("--series-seg", action="store_true",
                         help="also write each DICOM series' true labels to truth/series_seg/")
 
