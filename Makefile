@@ -22,3 +22,6 @@ test-fast: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+demo: install
+	$(PY) -m mgmt2d demo --out demo --overwrite

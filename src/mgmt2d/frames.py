@@ -48,7 +48,7 @@ def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
     if scale == 1.0:
         return frames
     h, w = frames.shape[1:3]
-    matrix = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), 0.0, scale)
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), 0.0, scale)  # pixel-centre convention
     image = _per_channel_groups(
         to_channels(frames),
         lambda x: cv2.warpAffine(x, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0),

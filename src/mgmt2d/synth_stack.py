@@ -1,0 +1,134 @@
+"""Stage-2 training data from synthetic ground truth: segment-and-stack with the *true* masks.
+
+Why: to check that stage 2 learns on its own (the learning test in tests/test_learning.py),
+stage 1 is bypassed. For each synthetic Task 2 series the true BraTS labels written by
+``mgmt2d.synth.generate(..., series_seg=True)`` (``truth/series_seg/<id>/<type>.npz``, key
+``seg``, (S, H, W) in the reading order of :func:`mgmt2d.dicom.read_series`) replace the
+segmenter's output; everything else is what :mod:`mgmt2d.stack` does: drop near-empty
+slices, min-max scale the rest to uint8, keep a slice by the reference's tumour filter and
+stack ``[slice, WT*255, ET*255]``. WT = labels {1, 2, 4}, ET = label 4.
+
+The output is the layout ``train_classification.py`` reads (see
+``mgmt2d.classification_prep``): ``<out>/series/<patient>_<type>.npy`` ((K, H, W, 3) uint8)
+and ``<out>/index.csv`` (``patient,type,kept,total,file,label,fold,note``). Labels come
+from the generator's ``synth.json``; both its Task 2 splits (train and test) are used,
+since every synthetic patient has a known label.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mgmt2d import dicom
+from mgmt2d.classification_prep import INDEX_COLUMNS, make_folds
+from mgmt2d.intensity import minmax_uint8
+from mgmt2d.io import save_npy_atomic, write_csv_atomic, write_json_atomic
+from mgmt2d.stack import (
+    MAX_WT_CONTOURS,
+    MIN_AREA_RATIO,
+    MIN_NONZERO_FRACTION,
+    StackedSeries,
+    keep_slice,
+    select_nonempty,
+    stack_channels,
+)
+
+__all__ = ["true_masks", "stack_with_truth", "prepare_from_synth"]
+
+WT_LABELS = (1, 2, 4)
+ET_LABEL = 4
+
+
+def true_masks(seg: np.ndarray) -> np.ndarray:
+    """BraTS labels (..., H, W) -> {0, 1} uint8 masks (2, ..., H, W): WT {1, 2, 4}, ET {4}."""
+    seg = np.asarray(seg)
+    return np.stack([np.isin(seg, WT_LABELS), seg == ET_LABEL]).astype(np.uint8)
+
+
+def stack_with_truth(
+    volume: np.ndarray,
+    seg: np.ndarray,
+    min_nonzero_fraction: float = MIN_NONZERO_FRACTION,
+    min_area_ratio: float = MIN_AREA_RATIO,
+    max_wt_contours: int = MAX_WT_CONTOURS,
+) -> StackedSeries:
+    """What ``stack.segment_and_stack`` returns, with true labels ``seg`` as the segmentation.
+
+    ``volume`` (S, H, W) as read by ``dicom.read_series``; ``seg`` (S, H, W) BraTS labels on
+    the same grid and in the same slice order.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if seg.shape != volume.shape:
+        raise ValueError(f"labels {seg.shape} do not match the series {volume.shape}")
+    total = len(volume)
+    h, w = volume.shape[1:]
+
+    def empty(nonempty: int, reason: str) -> StackedSeries:
+        return StackedSeries(np.zeros((0, h, w, 3), np.uint8), np.zeros(0, np.int64), total, nonempty, reason)
+
+    idx = select_nonempty(volume, min_nonzero_fraction)
+    if len(idx) == 0:
+        return empty(0, "no non-empty slice")
+    scaled = minmax_uint8(volume[idx])
+    if scaled is None:
+        return empty(len(idx), "constant series")
+    masks = true_masks(seg[idx])
+    images, kept = [], []
+    for i, img in enumerate(scaled):
+        if keep_slice(img, masks[0, i], min_area_ratio, max_wt_contours):
+            images.append(stack_channels(img, masks[:, i]))
+            kept.append(int(idx[i]))
+    if not images:
+        return empty(len(idx), "no slice passed the tumour filter")
+    return StackedSeries(np.stack(images), np.asarray(kept, dtype=np.int64), total, len(idx))
+
+
+def prepare_from_synth(
+    synth_dir: str | Path,
+    out_dir: str | Path,
+    mri_types: tuple[str, ...] = ("FLAIR", "T1w", "T1wCE", "T2w"),
+    n_folds: int = 4,
+    seed: int = 42,
+) -> pd.DataFrame:
+    """Write the stage-2 prepared layout for every labelled Task 2 patient of a synthetic set.
+
+    ``synth_dir`` holds a dataset generated with ``series_seg=True``. Folds come from
+    ``classification_prep.make_folds`` (stratified by label, one fold per patient).
+    Returns the index (also written to ``out_dir/index.csv``).
+    """
+    synth_dir, out_dir = Path(synth_dir), Path(out_dir)
+    meta = json.loads((synth_dir / "synth.json").read_text())
+    if not meta.get("series_seg"):
+        raise ValueError(f"{synth_dir} was generated without series_seg: no true series labels")
+    split_of = {p: "train" for p in meta["task2_train_ids"]} | {p: "test" for p in meta["task2_test_ids"]}
+    labels = {p: int(meta["labels"][p]) for p in split_of}
+    fold_table = make_folds(labels, n_folds=n_folds, seed=seed)
+    folds = dict(zip(fold_table.BraTS21ID, fold_table.fold.astype(int)))
+    rows: list[dict[str, Any]] = []
+    for patient in sorted(split_of):
+        for mri_type in mri_types:
+            row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "",
+                   "label": labels[patient], "fold": int(folds[patient]), "note": ""}
+            folder = synth_dir / "task2" / split_of[patient] / patient / mri_type
+            volume, _ = dicom.read_series(folder)
+            seg = np.load(synth_dir / "truth" / "series_seg" / patient / f"{mri_type}.npz")["seg"]
+            res = stack_with_truth(volume, seg)
+            row["total"], row["kept"], row["note"] = res.total, res.kept, res.reason
+            if res.kept:
+                row["file"] = f"series/{patient}_{mri_type}.npy"
+                save_npy_atomic(out_dir / row["file"], res.images)
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=INDEX_COLUMNS)
+    write_csv_atomic(out_dir / "index.csv", frame)
+    write_json_atomic(out_dir / "dataset.json", {
+        "source": str(synth_dir), "segmentation": "ground truth (truth/series_seg)",
+        "mri_types": list(mri_types), "n_folds": n_folds, "seed": seed,
+        "counts": {"patients": len(split_of), "series": len(frame),
+                   "series_with_slices": int((frame.kept > 0).sum()), "kept_slices": int(frame.kept.sum())},
+    })
+    return frame

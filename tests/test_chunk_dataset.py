@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mgmt2d import frames
+from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
+from mgmt2d.classification_prep import make_folds
+from mgmt2d.classifier import normalised_zero_frame
+
+
+def _store(tmp_path: Path, kept=(3, 12)) -> pd.DataFrame:
+    rows = []
+    rng = np.random.default_rng(0)
+    (tmp_path / "series").mkdir()
+    for i, k in enumerate(kept):
+        arr = (rng.random((k, 30, 20, 3)) * 255).astype(np.uint8)
+        np.save(tmp_path / "series" / f"0000{i}_FLAIR.npy", arr)
+        rows.append({"patient": f"0000{i}", "type": "FLAIR", "kept": k, "total": k + 2,
+                     "file": f"series/0000{i}_FLAIR.npy", "label": i % 2, "fold": i, "note": ""})
+    rows.append({"patient": "00009", "type": "T2w", "kept": 0, "total": 5, "file": "", "label": 1, "fold": 0,
+                 "note": "no slice passed the tumour filter"})
+    index = pd.DataFrame(rows)
+    index.to_csv(tmp_path / "index.csv", index=False)
+    return index
+
+
+def test_chunks_pad_with_black_frames_and_keep_series_order(tmp_path: Path):
+    _store(tmp_path)
+    index = load_index(tmp_path)
+    assert len(index) == 2                      # the empty series is skipped
+    ds = ChunkDataset(index, tmp_path, image_size=16, seq_len=5, stride=2)
+    assert len(ds) == 1 + 5                     # n=3 -> 1 chunk; n=12 -> ceil(7/2)+1 = 5
+    first = ds[0]
+    assert first["image"].shape == (5, 3, 16, 16) and first["patient_id"] == "00000"
+    pad = normalised_zero_frame(16, 16)
+    assert np.allclose(first["image"][3:].numpy(), pad.numpy())   # 2 pad frames at the end
+    arr = np.load(tmp_path / "series/00001_FLAIR.npy")
+    second_chunk = ds.chunk_frames(2)           # series 1, window [2, 7)
+    np.testing.assert_array_equal(second_chunk, frames.resize(arr[2:7], 16))
+
+
+def test_one_augmentation_draw_for_the_whole_chunk(tmp_path: Path):
+    _store(tmp_path)
+    ds = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2, augment=True)
+    chunk = ds.chunk_frames(3)
+    changed = 0
+    for seed in range(8):
+        out = frames.augment(chunk, ds.transform, seed)
+        each = [frames.augment(chunk[i:i + 1], ds.transform, seed)[0] for i in range(len(chunk))]
+        for i in range(len(chunk)):
+            np.testing.assert_array_equal(out[i], each[i])
+        changed += not np.array_equal(out, chunk)
+    assert changed > 0
+
+
+def test_split_by_fold_is_patient_disjoint(tmp_path: Path):
+    index = _store(tmp_path, kept=(3, 4, 5))
+    train, val = split_by_fold(index[index.kept > 0], 1)
+    assert set(val.patient) == {"00001"} and not set(train.patient) & set(val.patient)
+    with pytest.raises(ValueError):
+        split_by_fold(index[index.kept > 0], 7)
+
+
+def test_make_folds_stratified_and_seeded():
+    labels = {f"{i:05d}": i % 2 for i in range(20)}
+    a, b = make_folds(labels, seed=1), make_folds(labels, seed=1)
+    assert a.equals(b) and sorted(a.fold.unique()) == [0, 1, 2, 3, 4]
+    assert (a.groupby("fold").MGMT_value.mean() == 0.5).all()
+    assert not a.equals(make_folds(labels, seed=2))
+    with pytest.raises(ValueError):
+        make_folds({"00001": 0, "00002": 1}, n_folds=5)

@@ -1,0 +1,159 @@
+"""End to end: the real stage scripts on small synthetic data, real architectures, random init.
+
+One module-scoped run of the demo driver (which runs the six scripts in order) feeds every
+test here; each test then checks one promise of a stage on those outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from mgmt2d import task2
+from mgmt2d.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(argv: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True)
+    if ok and proc.returncode != 0:
+        raise AssertionError(f"{argv[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "demo"
+    proc = run(["-m", "mgmt2d", "demo", "--out", str(out), "--patients", "10", "--seed", "3",
+                "--seg-epochs", "2", "--cls-epochs", "2"], REPO)
+    assert "submission:" in proc.stdout and "patient AUC" in proc.stdout
+    return out
+
+
+def test_demo_prints_both_stages_and_a_submission(demo: Path):
+    sub = pd.read_csv(demo / "submission.csv", dtype={"BraTS21ID": str})
+    sample = pd.read_csv(demo / "data/task2/sample_submission.csv", dtype={"BraTS21ID": str})
+    assert sub.BraTS21ID.tolist() == sample.BraTS21ID.tolist()
+    assert sub.MGMT_value.between(0, 1).all()
+    for run_dir in ("models/segmentation/fold0", "models/classification/All/fold0"):
+        for name in ("best.pt", "last.pt", "history.csv", "curves.png", "train_config.json"):
+            assert (demo / run_dir / name).is_file(), f"{run_dir}/{name}"
+
+
+def test_stage1_folds_are_patient_disjoint_and_leakage_filtered(demo: Path):
+    settings = load_settings(demo / "SETTINGS.json")
+    index = pd.read_csv(settings["SEGMENT_DATA_DIR"] / "index.csv", dtype={"case": str})
+    assert index.groupby("case").fold.nunique().max() == 1
+    config = json.loads((settings["SEGMENT_MODEL_DIR"] / "fold0/train_config.json").read_text())["config"]
+    train_cases, val_cases = set(config["train_cases"]), set(config["val_cases"])
+    assert train_cases and val_cases and not train_cases & val_cases
+    assert val_cases == set(index[index.fold == 0].case)
+    task2_ids = task2.task2_patient_ids(settings["DICOM_DATA_DIR"])
+    task1_ids = {p.name.split("_")[1] for p in settings["TASK1_DIR"].iterdir()}
+    assert task1_ids & task2_ids, "the synthetic data must give the leakage filter work"
+    assert not set(index.case) & task2_ids
+    dataset = json.loads((settings["SEGMENT_DATA_DIR"] / "dataset.json").read_text())
+    assert dataset["counts"]
+
+
+def test_evaluate_segmentation_writes_niftis_and_dice(demo: Path, tmp_path: Path):
+    settings = load_settings(demo / "SETTINGS.json")
+    cases = sorted(settings["TASK1_DIR"].iterdir())[:2]
+    task1 = tmp_path / "task1"
+    task1.mkdir()
+    for case in cases:
+        (task1 / case.name).symlink_to(case)
+    out = tmp_path / "eval"
+    proc = run(["-m", "mgmt2d", "evaluate-segmentation", "--settings", str(demo / "SETTINGS.json"),
+                "--task1-dir", str(task1), "--modalities", "flair", "t1ce", "--out", str(out), "--device", "cpu"], REPO)
+    assert "mean dice_wt" in proc.stdout
+    metrics = pd.read_csv(out / "metrics.csv", dtype={"case": str})
+    assert metrics.columns.tolist() == ["case", "dice_wt", "dice_et"]
+    assert metrics.case.tolist() == [c.name for c in cases]
+    assert metrics[["dice_wt", "dice_et"]].apply(lambda c: c.between(0, 1)).all().all()
+    for case in cases:
+        pred = nib.load(str(out / f"{case.name}_pred.nii.gz"))
+        ref = nib.load(str(case / f"{case.name}_flair.nii.gz"))
+        assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 2, 4}
+
+
+def test_stage2_prepared_data_folds_and_resume(demo: Path):
+    settings = load_settings(demo / "SETTINGS.json")
+    train_dir = settings["CLASSIFICATION_DATA_DIR"] / "train"
+    index = pd.read_csv(train_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
+    assert index.columns.tolist() == ["patient", "type", "kept", "total", "file", "label", "fold", "note"]
+    for row in index[index.kept > 0].itertuples():
+        arr = np.load(train_dir / row.file, mmap_mode="r")
+        assert arr.shape[0] == row.kept and arr.shape[-1] == 3 and arr.dtype == np.uint8
+        assert row.kept <= row.total
+    folds = pd.read_csv(settings["KFOLD_PATH"], dtype={"BraTS21ID": str})
+    assert folds.groupby("BraTS21ID").fold.nunique().max() == 1
+    labels = task2.read_labels(settings["DICOM_DATA_DIR"] / "train_labels.csv")
+    assert set(folds.BraTS21ID) == set(labels)
+    before = {p: p.stat().st_mtime_ns for p in (train_dir / "series").iterdir()}
+    # A re-run resumes: every patient is already done, nothing is rewritten.
+    proc = run(["prepare_classification.py", "--settings", str(demo / "SETTINGS.json"), "--split", "train",
+                "--device", "cpu", "--image-size", "32", "--workers", "1"], demo)
+    assert "already prepared" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in (train_dir / "series").iterdir()} == before
+    # Other parameters without --overwrite: refused, nothing deleted.
+    proc = run(["prepare_classification.py", "--settings", str(demo / "SETTINGS.json"), "--split", "train",
+                "--device", "cpu", "--image-size", "48", "--workers", "1"], demo, ok=False)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in (train_dir / "series").iterdir()} == before
+    config = json.loads((settings["CLASSIFICATION_MODEL_DIR"] / "All/fold0/train_config.json").read_text())["config"]
+    assert not set(config["train_patients"]) & set(config["val_patients"])
+
+
+def _blank_series(folder: Path) -> None:
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PixelData = np.zeros_like(ds.pixel_array).tobytes()
+        ds.save_as(f)
+
+
+def test_submission_contract_with_broken_patients(demo: Path, tmp_path: Path):
+    settings = load_settings(demo / "SETTINGS.json")
+    test_dir = settings["DICOM_DATA_DIR"] / "test"
+    good = sorted(p for p in test_dir.iterdir() if p.is_dir())
+    inp = tmp_path / "test"
+    shutil.copytree(test_dir, inp)
+    # 90001: only an empty FLAIR folder. 90002: a corrupt and a truncated file in a good patient.
+    # 90003: every slice blank.
+    (inp / "90001" / "FLAIR").mkdir(parents=True)
+    shutil.copytree(good[0], inp / "90002")
+    t1 = sorted((inp / "90002" / "T1w").glob("*.dcm"))
+    t1[0].write_bytes(b"not a dicom at all")
+    t1[1].write_bytes(t1[1].read_bytes()[:300])
+    shutil.copytree(good[0], inp / "90003")
+    for series in (inp / "90003").iterdir():
+        _blank_series(series)
+    ids = ["90003", *[p.name for p in good], "90001", "90002"]
+    spelled = [i.lstrip("0") if i.startswith("0") else i for i in ids]   # spelling is kept as given
+    sample = tmp_path / "sample_submission.csv"
+    pd.DataFrame({"BraTS21ID": spelled, "MGMT_value": 0.5}).to_csv(sample, index=False)
+    out = tmp_path / "out" / "sub.csv"
+    proc = run(["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp),
+                "--sample-submission", str(sample), "--output", str(out), "--device", "cpu",
+                "--image-size", "32", "--workers", "2"], demo)
+    sub = pd.read_csv(out, dtype={"BraTS21ID": str})
+    assert sub.BraTS21ID.tolist() == spelled
+    assert sub.MGMT_value.between(0, 1).all() and sub.MGMT_value.notna().all()
+    values = dict(zip(ids, sub.MGMT_value))
+    assert values["90001"] == 0.5 and values["90003"] == 0.5
+    assert "90001" in proc.stderr + proc.stdout and "90003" in proc.stderr + proc.stdout
+    detail = pd.read_csv(out.with_name("sub_per_type.csv"), dtype={"BraTS21ID": str}, keep_default_na=False)
+    assert set(detail.BraTS21ID) == set(ids)
+    assert (detail[detail.BraTS21ID == "90002"].kept > 0).any()   # the corrupt files did not sink the patient
+    assert sorted(p.name for p in out.parent.iterdir()) == ["sub.csv", "sub_config.json", "sub_per_type.csv"]
