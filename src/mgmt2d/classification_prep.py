@@ -14,7 +14,6 @@ import logging
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from mgmt2d import dicom, segmenter, task2
@@ -40,18 +38,23 @@ N_FOLDS = 5
 
 
 def make_folds(labels: dict[str, int], n_folds: int = N_FOLDS, seed: int = 42) -> pd.DataFrame:
-    """Patient folds stratified by label (one row per patient, so grouping is by patient)."""
+    """Patient folds stratified by label: each class shuffled (seeded) and dealt round-robin.
+
+    One row per patient, so folds are grouped by patient. Unlike sklearn's StratifiedKFold
+    this also works when a class has fewer patients than folds (small or synthetic sets).
+    """
     ids = sorted(labels)
-    y = np.array([labels[i] for i in ids])
     if len(ids) < n_folds:
         raise ValueError(f"{len(ids)} labelled patients cannot fill {n_folds} folds")
-    folds = np.full(len(ids), -1)
-    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():  # tiny datasets: a class rarer than n_folds is fine here
-        warnings.simplefilter("ignore", UserWarning)
-        for k, (_, val) in enumerate(splitter.split(np.zeros(len(ids)), y)):
-            folds[val] = k
-    return pd.DataFrame({"BraTS21ID": ids, "MGMT_value": y, "fold": folds})
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    start = 0
+    for label in sorted(set(labels.values())):
+        members = [i for i in ids if labels[i] == label]
+        for k, pid in enumerate(rng.permutation(members)):
+            fold_of[str(pid)] = (start + k) % n_folds
+        start += len(members)  # the next class continues where this one stopped: folds stay even
+    return pd.DataFrame({"BraTS21ID": ids, "MGMT_value": [labels[i] for i in ids], "fold": [fold_of[i] for i in ids]})
 
 
 def read_folds(path: Path) -> dict[str, int]:
