@@ -157,3 +157,11 @@ def test_submission_contract_with_broken_patients(demo: Path, tmp_path: Path):
     assert set(detail.BraTS21ID) == set(ids)
     assert (detail[detail.BraTS21ID == "90002"].kept > 0).any()   # the corrupt files did not sink the patient
     assert sorted(p.name for p in out.parent.iterdir()) == ["sub.csv", "sub_config.json", "sub_per_type.csv"]
+
+
+@pytest.mark.parametrize("script", ["train_segmentation.py", "train_classification.py"])
+def test_missing_imagenet_weights_is_a_one_line_error_not_a_random_start(demo: Path, script: str):
+    proc = run([script, "--settings", str(demo / "SETTINGS.json"), "--device", "cpu"], demo, ok=False)
+    assert proc.returncode == 2
+    assert "download_models.py" in proc.stderr and "Traceback" not in proc.stderr
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mgmt2d import segdata
+from mgmt2d import intensity, segdata
 from mgmt2d.segdata import PrepareParams, SegDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,8 +334,8 @@ def test_dataset_shapes_and_values(store: Path):
     assert mask.dtype == torch.float32 and mask.shape == (2, 32, 32)
     assert set(torch.unique(mask).tolist()) <= {0.0, 1.0}
     # gray repeated: undo the per-channel normalisation and the channels agree
-    mean = torch.tensor(segdata.IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(segdata.IMAGENET_STD)[:, None, None]
+    mean = torch.tensor(intensity.IMAGENET_MEAN)[:, None, None]
+    std = torch.tensor(intensity.IMAGENET_STD)[:, None, None]
     gray = image * std + mean
     assert torch.allclose(gray[0], gray[1], atol=1e-5) and torch.allclose(gray[0], gray[2], atol=1e-5)
     # raw slice = the stored pixels, shape of its plane

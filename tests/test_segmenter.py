@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from mgmt2d import evaluate, segmenter
+from mgmt2d.intensity import IMAGENET_MEAN, IMAGENET_STD
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference_state_dicts.json"
 
@@ -36,7 +37,7 @@ def test_input_transform_normalises_and_crops():
     sl = np.full((1, 50, 40), 255, np.uint8)
     x = segmenter.to_input(sl, 32, zoom=1.2)
     assert x.shape == (1, 3, 32, 32)
-    np.testing.assert_allclose(x[0, :, 5, 5], (1 - segmenter.IMAGENET_MEAN) / segmenter.IMAGENET_STD, rtol=1e-6)
+    np.testing.assert_allclose(x[0, :, 5, 5], (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD), rtol=1e-6)
 
 
 def test_brats_dice_conventions():

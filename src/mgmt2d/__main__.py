@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
             modules[name] = importlib.import_module(module_name)
             modules[name].add_arguments(sp)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # `info` reports skipped files in its JSON; its stderr stays for the one-line error.
+    level = logging.WARNING if args.command == "info" else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     return int(modules[args.command].main(args) or 0)
 
 

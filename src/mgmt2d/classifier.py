@@ -29,11 +29,10 @@ import torch
 from torch import nn
 
 from mgmt2d.chunks import SEQ_LEN, STRIDE, chunk_index
+from mgmt2d.intensity import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 DEFAULT_BACKBONE = "eca_nfnet_l0"
 LSTM_HIDDEN = 128

@@ -10,8 +10,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from mgmt2d.intensity import IMAGENET_MEAN, IMAGENET_STD
+
 _CV_MAX_CHANNELS = 512
 
 
@@ -59,7 +59,7 @@ def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
 def normalise(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 with ImageNet mean/std."""
     x = frames.astype(np.float32) / 255.0
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

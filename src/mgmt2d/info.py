@@ -34,7 +34,7 @@ def series_info(folder: Path) -> dict[str, Any]:
         "first_position": positions[0].tolist() if positions is not None else None,
         "last_position": positions[-1].tolist() if positions is not None else None,
         "intensity_range": [float(volume.min()), float(volume.max())],
-        "blank_slices": int(np.sum(volume.reshape(len(volume), -1).ptp(axis=1) == 0)),
+        "blank_slices": int(np.sum(np.ptp(volume.reshape(len(volume), -1), axis=1) == 0)),
         "resized": list(meta.resized),
         "skipped": [{"file": s.file, "reason": s.reason} for s in meta.skipped],
     }

@@ -46,6 +46,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mgmt2d.brats import MODALITIES, BratsCaseError, case_id, list_cases, parse_modalities, read_case
+from mgmt2d.intensity import minmax_uint8, normalise_gray
 from mgmt2d.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
 from mgmt2d.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.task2 import Task2Error, format_id, task2_patient_ids
@@ -61,8 +62,6 @@ DEFAULT_KEEP_RATE = 0.1
 DEFAULT_MIN_TUMOUR_RATIO = 0.01
 DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 42
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CASE_MARKER = "case.json"
 CASE_INDEX = "index.csv"
 OWNED = ("cases", "index.csv", "folds.csv", "dataset.json")  # what --overwrite may remove
@@ -86,23 +85,11 @@ class SegDataError(ValueError):
 
 
 def scale_to_uint8(volume: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Min-max scale a volume to uint8 [0, 255]; (zeros, False) for a constant volume.
-
-    Non-finite voxels count as the minimum, so a stray NaN cannot poison the scale.
-    Rounded, not truncated. The background (the minimum in BraTS) maps to 0, which is
-    what makes "brain = non-zero pixels" work even on z-scored volumes.
-    """
-    vol = np.asarray(volume, dtype=np.float32)
-    finite = np.isfinite(vol)
-    if not finite.any():
-        return np.zeros(vol.shape, np.uint8), False
-    lo = float(vol[finite].min())
-    hi = float(vol[finite].max())
-    if not hi > lo:
-        return np.zeros(vol.shape, np.uint8), False
-    vol = np.where(finite, vol, lo)
-    scaled = (vol - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8), True
+    """:func:`mgmt2d.intensity.minmax_uint8` as (volume, ok); (zeros, False) when constant."""
+    scaled = minmax_uint8(volume)
+    if scaled is None:
+        return np.zeros(np.shape(volume), np.uint8), False
+    return scaled, True
 
 
 def plane_slices(volume: np.ndarray, plane: str) -> np.ndarray:
@@ -616,12 +603,7 @@ def train_transform(seed: int | None = None) -> "A.Compose":
     )
 
 
-def normalise_slice(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) -> float32 (3, H, W): gray repeated to 3 channels, ImageNet mean/std."""
-    x = image.astype(np.float32) / 255.0
-    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-    return (np.broadcast_to(x, (3, *x.shape)) - mean) / std
+normalise_slice = normalise_gray  # kept name: the training input transform
 
 
 class SegmentationSliceDataset(Dataset):

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from mgmt2d.intensity import normalise_gray
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 ENCODER = "densenet121"
 
 
@@ -76,8 +76,7 @@ def to_input(slices: np.ndarray, image_size: int, zoom: float = 1.0) -> np.ndarr
     out = np.empty((len(slices), 3, image_size, image_size), dtype=np.float32)
     for i, sl in enumerate(slices):
         img = cv2.resize(sl, (big, big), interpolation=cv2.INTER_LINEAR)
-        img = img[lo:lo + image_size, lo:lo + image_size].astype(np.float32) / 255.0
-        out[i] = (img[None] - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+        out[i] = normalise_gray(img[lo:lo + image_size, lo:lo + image_size])
     return out
 
 

@@ -1,0 +1,282 @@
+"""Inference per patient, step by step: our schedule (backbone once per slice) vs the reference's
+chunk-by-chunk schedule, on synthetic full-size DICOM patients with random-init models (CPU).
+
+    python benchmarks/inference.py [--synth DIR | --patients 3] [--mri-types FLAIR T1wCE]
+        [--seg-slices 8] [--cls-slices 60] [--image-size 224] [--tta-zoom 1.2] [--no-verify]
+
+What runs, per patient (the steps of ``mgmt2d.inference.predict``, called one by one so each
+is timed on its own; nothing in the library is modified):
+
+  read          ``dicom.read_series`` of each series (sequential; ``predict`` overlaps it with
+                the previous patient's model work through ``read_series_many``)
+  seg_prep      ``stack._prepared`` (non-empty filter, min-max to uint8) + ``segmenter.to_input``
+  seg_model     ``segmenter.predict_probs`` (UNet++, one batched pass over the patient's series)
+  filter_stack  the loop of ``stack.segment_and_stack_many``: ``segmenter.from_output``,
+                ``stack.keep_slice``, ``stack.stack_channels``
+  frames        ``inference.series_frames`` (zoom TTA, resize, normalise)
+  classify      ``classifier.predict_series`` (ours) or ``predict_series_chunkwise`` (the
+                reference's schedule), on the same frames, in alternating order
+
+Everything but the classify step is shared by both schedules, so the two "whole" totals
+differ only there. Models: a random-init UNet++/DenseNet121 and eca_nfnet_l0 + BiLSTM saved as
+checkpoints in a temp weights dir and loaded with ``inference.load_models`` (one "All"
+classifier, fold 0, so one model per type as with ``--folds 0``).
+
+Slice counts (CPU time budget; UNet++ at 224 costs seconds per slice here and the
+chunk-by-chunk schedule ~35*n_chunks backbone passes per series):
+
+* ``--seg-slices`` M: each series is cut, after reading, to the M central non-empty slices
+  before segment-and-stack (0 = no cut). Per-slice costs of the segment steps are then
+  projected to each series' full non-empty count ("projected" lines).
+* ``--cls-slices`` n: a random segmenter keeps an arbitrary number of slices, so the classify
+  step gets a fixed realistic stack instead: the first n non-empty slices of the series
+  (min-max scaled, mask channels zero; content does not change the cost), the same for both
+  schedules. The kept counts of the random segmenter are reported for information.
+
+The speed-up of the classify step is bounded by the frame ratio 35 * n_chunks(n) / n, which
+is printed: it tends to 7 for long series and reaches 5 at n = 105.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mgmt2d import dicom, inference, segmenter, stack
+from mgmt2d.chunks import chunk_index, n_chunks
+from mgmt2d.classifier import build_classifier, predict_series, predict_series_chunkwise
+from mgmt2d.intensity import minmax_uint8
+
+STEPS = ("read", "seg_prep", "seg_model", "filter_stack", "frames", "classify")
+NON_MODEL = ("read", "seg_prep", "filter_stack", "frames")
+SEG_STEPS = ("seg_prep", "seg_model", "filter_stack")
+
+
+def loadavg() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def header(title: str) -> None:
+    print(f"== {title}")
+    print(f"   {datetime.now().isoformat(timespec='seconds')}  {platform.node()}  {platform.machine()}  "
+          f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}", flush=True)
+
+
+def backbone_frames(n: int, seq_len: int = 35, stride: int = 5) -> tuple[int, int]:
+    """Backbone passes for a series of n frames: (ours, chunk-by-chunk)."""
+    pad = int((chunk_index(n, seq_len, stride) < 0).any())
+    return n + pad, seq_len * n_chunks(n, seq_len, stride)
+
+
+def save_weights(root: Path, seed: int) -> tuple[Path, Path]:
+    torch.manual_seed(seed)
+    seg_path = root / "segmentation" / "fold0" / "best.pt"
+    seg_path.parent.mkdir(parents=True)
+    torch.save({"model": segmenter.build_segmenter().state_dict()}, seg_path)
+    cls_dir = root / "classification"
+    path = cls_dir / "All" / "fold0" / "best.pt"
+    path.parent.mkdir(parents=True)
+    config = {"backbone": "eca_nfnet_l0", "lstm_hidden": 128, "seq_len": 35, "stride": 5, "image_size": 224}
+    torch.save({"model": build_classifier().state_dict(), "config": config}, path)
+    return seg_path, cls_dir
+
+
+def central(idx: np.ndarray, m: int) -> np.ndarray:
+    if m <= 0 or len(idx) <= m:
+        return idx
+    lo = (len(idx) - m) // 2
+    return idx[lo:lo + m]
+
+
+def segment_steps(model, volumes: list[np.ndarray], device, opts: stack.StackOptions, t: dict[str, float]):
+    """stack.segment_and_stack_many, step by step, adding seconds to ``t``; returns kept indices per series."""
+    t0 = time.perf_counter()
+    prepared = [stack._prepared(np.asarray(v, dtype=np.float32), opts) for v in volumes]
+    inputs = [segmenter.to_input(s, opts.image_size, opts.zoom) for _, s, _ in prepared if s is not None]
+    batch = np.concatenate(inputs) if inputs else np.zeros((0, 3, opts.image_size, opts.image_size), np.float32)
+    t1 = time.perf_counter()
+    binary = segmenter.predict_probs(model, batch, device, opts.seg_batch_size, opts.amp, opts.threshold)
+    t2 = time.perf_counter()
+    kept_all, images_all, offset = [], [], 0
+    for idx, scaled, _reason in prepared:
+        kept, images = [], []
+        if scaled is not None:
+            masks_all = binary[offset:offset + len(scaled)]
+            offset += len(scaled)
+            for i, (img, small) in enumerate(zip(scaled, masks_all)):
+                masks = segmenter.from_output(small, img.shape, opts.zoom, nearest=True)
+                if stack.keep_slice(img, masks[0], opts.min_area_ratio, opts.max_wt_contours):
+                    images.append(stack.stack_channels(img, masks))
+                    kept.append(idx[i])
+        kept_all.append(np.asarray(kept, dtype=np.int64))
+        images_all.append(np.stack(images) if images else None)
+    t3 = time.perf_counter()
+    t["seg_prep"] += t1 - t0
+    t["seg_model"] += t2 - t1
+    t["filter_stack"] += t3 - t2
+    return kept_all, images_all, len(batch)
+
+
+def classify_stack(volume: np.ndarray, n: int) -> np.ndarray:
+    """The stand-in kept stack: first n non-empty slices, min-max scaled, [slice, 0, 0]."""
+    idx = stack.select_nonempty(volume)[:n]
+    scaled = minmax_uint8(volume[idx]) if len(idx) else None
+    if scaled is None:
+        raise SystemExit("error: a series has no non-empty or only constant slices; choose other patients")
+    out = np.zeros((*scaled.shape, 3), np.uint8)
+    out[..., 0] = scaled
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--synth", type=Path, help="reuse a synthetic dataset (--size full) instead of generating one")
+    parser.add_argument("--patients", type=int, default=3, help="patients (synth --patients; Task 2 train+test folders)")
+    parser.add_argument("--mri-types", nargs="+", default=["FLAIR", "T1wCE"], choices=["FLAIR", "T1w", "T1wCE", "T2w"],
+                        help="series per patient (default 2 of 4 to fit the CPU time budget)")
+    parser.add_argument("--seg-slices", type=int, default=8, help="central non-empty slices segmented per series (0 = all)")
+    parser.add_argument("--cls-slices", type=int, default=60, help="slices classified per series (first non-empty)")
+    parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (classifier: 224 from its config)")
+    parser.add_argument("--tta-zoom", type=float, default=1.2)
+    parser.add_argument("--seg-batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call (both schedules)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip checking the step-by-step segment path against stack.segment_and_stack_many "
+                             "(first patient; costs one more segmenter pass)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    header("inference per patient: predict_series vs predict_series_chunkwise")
+
+    with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-inf-") as tmp_name:
+        tmp = Path(tmp_name)
+        if args.synth is not None:
+            synth = args.synth
+        else:
+            synth = tmp / "synth"
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
+                            str(args.patients), "--size", "full", "--seed", str(args.seed)],
+                           check=True, stdout=subprocess.DEVNULL)
+            print(f"synthetic data: --patients {args.patients} --size full in {time.perf_counter() - t0:.1f} s")
+        folders = sorted((p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()),
+                         key=lambda p: p.name)[: args.patients]
+        t0 = time.perf_counter()
+        seg_path, cls_dir = save_weights(tmp / "weights", args.seed)
+        models = inference.load_models(seg_path, cls_dir, list(args.mri_types), [0], device)
+        print(f"models: random init saved + loaded with inference.load_models in {time.perf_counter() - t0:.1f} s; "
+              f"classifier image size {models.image_size}, seq_len {models.seq_len}, stride {models.stride}; "
+              f"segmenter image size {args.image_size}, zoom {stack.SEG_ZOOM}; TTA zoom {args.tta_zoom}")
+        opts = stack.StackOptions(image_size=args.image_size, seg_batch_size=args.seg_batch_size, amp=False)
+        print(f"per series: segment the {args.seg_slices or 'all'} central non-empty slices, classify the first "
+              f"{args.cls_slices} non-empty slices; types {' '.join(args.mri_types)}", flush=True)
+
+        per_patient: list[dict[str, float]] = []   # steps (classify = ours) + classify_chunkwise
+        projected: list[dict[str, float]] = []
+        frame_counts = [0, 0]
+        max_diff = 0.0
+        for pi, folder in enumerate(folders):
+            t = defaultdict(float)
+            volumes, full_nonempty, types = [], [], []
+            for mri_type in args.mri_types:
+                series = folder / mri_type
+                if not series.is_dir():
+                    continue
+                t0 = time.perf_counter()
+                volume, _meta = dicom.read_series(series)
+                t["read"] += time.perf_counter() - t0
+                volumes.append(volume)
+                types.append(mri_type)
+            # Benchmark-only cut (untimed): the central non-empty slices of each series.
+            idx_full = [stack.select_nonempty(v) for v in volumes]
+            full_nonempty = [len(i) for i in idx_full]
+            capped = [v[np.sort(central(i, args.seg_slices))] for v, i in zip(volumes, idx_full)]
+            kept, images, n_seg = segment_steps(models.segmenter, capped, device, opts, t)
+            if pi == 0 and not args.no_verify:
+                ref = stack.segment_and_stack_many(models.segmenter, capped, device, opts)
+                for r, k, im in zip(ref, kept, images):
+                    assert np.array_equal(r.slice_index, k), "step-by-step kept slices differ from segment_and_stack_many"
+                    assert (im is None and r.kept == 0) or np.array_equal(r.images, im)
+                print("verify: step-by-step segment path == stack.segment_and_stack_many on patient "
+                      f"{folder.name} ({[r.kept for r in ref]} kept)")
+            descr = []
+            for si, (mri_type, volume) in enumerate(zip(types, volumes)):
+                stack_u8 = classify_stack(volume, args.cls_slices)
+                t0 = time.perf_counter()
+                x = inference.series_frames(stack_u8, models.image_size, args.tta_zoom)
+                t["frames"] += time.perf_counter() - t0
+                ours_f, ref_f = backbone_frames(len(x), models.seq_len, models.stride)
+                frame_counts[0] += ours_f
+                frame_counts[1] += ref_f
+                order = ("ours", "chunkwise") if (pi + si) % 2 == 0 else ("chunkwise", "ours")
+                probs = {}
+                for name in order:
+                    fn = predict_series if name == "ours" else predict_series_chunkwise
+                    t0 = time.perf_counter()
+                    probs[name] = np.mean(np.stack([fn(m, x, models.seq_len, models.stride, args.batch_size)
+                                                    for m in models.classifiers[mri_type]]), axis=0)
+                    t["classify" if name == "ours" else "classify_chunkwise"] += time.perf_counter() - t0
+                max_diff = max(max_diff, float(np.abs(probs["ours"] - probs["chunkwise"]).max()))
+                descr.append(f"{mri_type} {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]} non-empty "
+                             f"{full_nonempty[si]}, segmented {len(capped[si])} (kept {len(kept[si])}), "
+                             f"classified {len(x)} ({n_chunks(len(x), models.seq_len, models.stride)} chunks)")
+            per_patient.append(dict(t))
+            scale = sum(full_nonempty) / max(n_seg, 1)
+            projected.append({**t, **{s: t[s] * scale for s in SEG_STEPS}})
+            print(f"patient {folder.name}: " + " | ".join(f"{s} {t[s]:.1f}" for s in (*STEPS, "classify_chunkwise"))
+                  + f" s  {loadavg()}")
+            for d in descr:
+                print(f"   {d}")
+            sys.stdout.flush()
+
+    def report(title: str, rows: list[dict[str, float]]) -> None:
+        mean = {s: statistics.mean(r.get(s, 0.0) for r in rows) for s in (*STEPS, "classify_chunkwise")}
+        ours_total = sum(mean[s] for s in STEPS)
+        ref_total = ours_total - mean["classify"] + mean["classify_chunkwise"]
+        non_model = sum(mean[s] for s in NON_MODEL)
+        model_ours = mean["seg_model"] + mean["classify"]
+        model_ref = mean["seg_model"] + mean["classify_chunkwise"]
+        print(f"RESULT {title} (seconds per patient, mean of {len(rows)})")
+        print(f"  {'step':<14}{'ours':>10}{'chunk-by-chunk':>16}")
+        for s in STEPS:
+            ref = mean["classify_chunkwise"] if s == "classify" else mean[s]
+            print(f"  {s:<14}{mean[s]:>10.2f}{ref:>16.2f}")
+        print(f"  {'whole':<14}{ours_total:>10.2f}{ref_total:>16.2f}")
+        cls_speed = mean["classify_chunkwise"] / mean["classify"]
+        print(f"  classify speed-up  {cls_speed:.2f}x  (goal >= 5: {'met' if cls_speed >= 5 else 'NOT met'}; "
+              f"backbone frames {frame_counts[1]} vs {frame_counts[0]} = {frame_counts[1] / frame_counts[0]:.2f}x)")
+        whole = ref_total / ours_total
+        print(f"  whole-inference speed-up  {whole:.2f}x  (goal >= 1.3: {'met' if whole >= 1.3 else 'NOT met'})")
+        frac = non_model / model_ours
+        print(f"  non-model time (read + seg_prep + filter_stack + frames) {non_model:.2f} s = {100 * frac:.1f} % of "
+              f"model time {model_ours:.2f} s (ours; {100 * non_model / model_ref:.1f} % chunk-by-chunk) "
+              f"(goal <= 10 %: {'met' if frac <= 0.10 else 'NOT met'})")
+
+    report(f"measured ({args.seg_slices or 'all'} segmented slices per series)", per_patient)
+    if args.seg_slices:
+        report("projected to every non-empty slice segmented (segment steps scaled by non-empty/segmented; "
+               "read and classify as measured)", projected)
+    ns = (35, 40, 60, 80, 105, 150, 200)
+    print("  frame ratio 35*n_chunks(n)/frames_ours(n), the bound on the classify speed-up: "
+          + ", ".join(f"n={n}: {backbone_frames(n)[1] / backbone_frames(n)[0]:.2f}" for n in ns))
+    print(f"  max |p_ours - p_chunkwise| over chunks: {max_diff:.2e}")
+    print(f"   end  {loadavg()}; total {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
