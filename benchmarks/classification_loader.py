@@ -2,7 +2,7 @@
 
     python benchmarks/classification_loader.py [--part loader|memory|both]
         loader: [--series 8] [--workers 2] [--batch-size 2] [--image-size 224] [--loader-batches 20]
-                [--model-batch 2] [--model-steps 1] [--rounds 2] [--no-frozen]
+                [--model-batch 1] [--model-steps 1] [--rounds 2] [--no-frozen]
         memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--prep-image-size 64] [--prep-workers 2]
 
 (a) ``--part loader``. Prepared stage-2 data is written directly in the layout of
@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -195,7 +196,8 @@ def run_loader_part(args: argparse.Namespace) -> None:
         rss1 = psutil.Process().memory_info().rss
         print(f"model: eca_nfnet_l0 + BiLSTM, {sum(p.numel() for p in step.model.parameters()) / 1e6:.1f} M params, "
               f"batch {args.model_batch} x {args.seq_len} x 3 x {args.image_size}^2, device {device}; warm-up step "
-              f"{warm:.1f} s, process RSS +{(rss1 - rss0) / MB:.0f} MB after it", flush=True)
+              f"{warm:.1f} s, process RSS +{(rss1 - rss0) / MB:.0f} MB after it, peak RSS so far "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB", flush=True)
         if not args.no_frozen:
             step.rate(1, frozen=True)  # warm-up of the frozen phase (its own optimiser)
 
@@ -397,7 +399,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--seq-len", type=int, default=chunk_dataset.SEQ_LEN)
     g.add_argument("--stride", type=int, default=chunk_dataset.STRIDE)
     g.add_argument("--loader-batches", type=int, default=20)
-    g.add_argument("--model-batch", type=int, default=2, help="chunks per training step")
+    g.add_argument("--model-batch", type=int, default=1,
+                   help="chunks per training step (1 = 35 frames; 2 needs ~2x the memory, several GB at 224)")
     g.add_argument("--model-steps", type=int, default=1, help="timed steps per round and phase")
     g.add_argument("--rounds", type=int, default=2)
     g.add_argument("--no-frozen", action="store_true", help="skip the frozen-backbone step rate")

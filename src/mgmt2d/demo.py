@@ -57,7 +57,7 @@ def steps(settings: Path, args: argparse.Namespace) -> list[tuple[str, list[str]
           "--image-size", seg_size, "--workers", "1"], True),
         ("4. train_classification.py --mri-type All",
          [sys.executable, str(REPO / "train_classification.py"), *s, *common_train, "--mri-type", "All",
-          "--image-size", cls_size, "--seq-len", str(args.seq_len), "--stride", str(max(args.seq_len // 2, 1)),
+          "--image-size", cls_size, "--seq-len", str(args.seq_len), "--stride", str(args.stride or max(args.seq_len // 2, 1)),
           "--epochs", str(args.cls_epochs), "--warmup-epochs", "1", "--batch-size", "4", "--lr", "1e-4"], True),
         ("5. inference_on_test.py",
          [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--image-size", seg_size,
@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-epochs", type=int, default=2)
     parser.add_argument("--cls-epochs", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=8, help="chunk length (reference 35; small for speed)")
+    parser.add_argument("--stride", type=int, default=None, help="chunk stride (default seq-len / 2; reference 5)")
     parser.add_argument("--overwrite", action="store_true", help="start from an empty demo folder")
 
 
