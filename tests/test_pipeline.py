@@ -25,6 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(argv: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    if argv[0].endswith(".py"):
+        argv = [str(REPO / argv[0]), *argv[1:]]   # the top-level scripts, run from any folder
     proc = subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True)
     if ok and proc.returncode != 0:
         raise AssertionError(f"{argv[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
