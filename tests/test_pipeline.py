@@ -43,7 +43,7 @@ def demo(tmp_path_factory) -> Path:
 
 
 def test_demo_prints_both_stages_and_a_submission(demo: Path):
-    sub = pd.read_csv(demo / "submission.csv", dtype={"BraTS21ID": str})
+    sub = pd.read_csv(load_settings(demo / "SETTINGS.json")["TEST_PREDICTION_FILE"], dtype={"BraTS21ID": str})
     sample = pd.read_csv(demo / "data/task2/sample_submission.csv", dtype={"BraTS21ID": str})
     assert sub.BraTS21ID.tolist() == sample.BraTS21ID.tolist()
     assert sub.MGMT_value.between(0, 1).all()

@@ -16,23 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mgmt2d import synth
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def demo_settings(root: Path) -> dict[str, str]:
-    return {
-        "DICOM_DATA_DIR": "data/task2",
-        "TASK1_DIR": "data/task1",
-        "CLASSIFICATION_RAW_JPG": "data/jpg",
-        "SEGMENT_DATA_DIR": "work/segmentation_data",
-        "CLASSIFICATION_DATA_DIR": "work/classification_data",
-        "KFOLD_PATH": "work/classification_folds.csv",
-        "SEGMENT_MODEL_DIR": "models/segmentation",
-        "CLASSIFICATION_MODEL_DIR": "models/classification",
-        "PRETRAINED_DIR": "models/pretrained",
-        "TEMP_DATA_DIR": "work/tmp",
-        "TEST_PREDICTION_FILE": "submission.csv",
-    }
 
 
 def steps(settings: Path, args: argparse.Namespace) -> list[tuple[str, list[str], bool]]:
@@ -94,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True)
     (out / "demo.json").write_text(json.dumps(vars(args), default=str, indent=2))
     settings = out / "SETTINGS.json"
-    settings.write_text(json.dumps(demo_settings(out), indent=2))
+    settings.write_text(json.dumps(synth.settings_json(data_root="data/"), indent=2))
     t_start = time.time()
     print(f"== synthetic data: {args.patients} patients, seed {args.seed} -> {out / 'data'}", flush=True)
     subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(out / "data"), "--patients", str(args.patients),
@@ -116,6 +102,6 @@ def main(args: argparse.Namespace) -> int:
           f"(epoch {int(best_seg.epoch)})")
     print(f"stage 2 validation (held-out fold 0): chunk AUC {best_cls.val_chunk_auc:.3f}, "
           f"patient AUC {best_cls.val_patient_auc:.3f} (epoch {int(best_cls.epoch)})")
-    print(f"submission: {out / 'submission.csv'}")
+    print(f"submission: {out / synth.settings_json()['TEST_PREDICTION_FILE']}")
     print(f"demo took {time.time() - t_start:.0f} s")
     return 0

@@ -820,12 +820,12 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
             np.savez_compressed(fh, **arrays)
 
 
-def _settings_json() -> dict[str, str]:
-    """SETTINGS.json for this dataset, paths relative to the dataset folder."""
+def settings_json(data_root: str = "") -> dict[str, str]:
+    """SETTINGS.json for this dataset: data under ``data_root``, work and models beside it."""
     return {
-        "DICOM_DATA_DIR": "task2",
-        "TASK1_DIR": "task1",
-        "CLASSIFICATION_RAW_JPG": "task2_jpg",
+        "DICOM_DATA_DIR": f"{data_root}task2",
+        "TASK1_DIR": f"{data_root}task1",
+        "CLASSIFICATION_RAW_JPG": f"{data_root}task2_jpg",
         "SEGMENT_DATA_DIR": "work/segmentation_data",
         "CLASSIFICATION_DATA_DIR": "work/classification_data",
         "KFOLD_PATH": "work/classification_folds.csv",
@@ -927,7 +927,7 @@ def generate(
                                    "MGMT_value": [labels[i] for i in plan["test"]]}))
     write_csv_atomic(out / "truth" / "patients.csv", pd.DataFrame(patient_rows))
     write_csv_atomic(out / "truth" / "series.csv", pd.DataFrame(series_rows))
-    write_json_atomic(out / "SETTINGS.json", _settings_json())
+    write_json_atomic(out / "SETTINGS.json", settings_json())
     summary: dict[str, Any] = {
         "generator": f"mgmt2d.synth {__version__}",
         "seed": int(seed),
