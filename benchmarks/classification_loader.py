@@ -3,7 +3,7 @@
     python benchmarks/classification_loader.py [--part loader|memory|both]
         loader: [--series 8] [--workers 2] [--batch-size 2] [--image-size 224] [--loader-batches 20]
                 [--model-batch 1] [--model-steps 1] [--rounds 2] [--no-frozen]
-        memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--prep-image-size 64] [--prep-workers 2]
+        memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--prep-image-size 32] [--prep-workers 2]
 
 (a) ``--part loader``. Prepared stage-2 data is written directly in the layout of
 prepare_classification.py (``series/<patient>_<type>.npy``, (K, H, W, 3) uint8, K drawn in
@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -236,11 +237,17 @@ def run_loader_part(args: argparse.Namespace) -> None:
 
 
 class TreeRSS:
-    """Poll the summed RSS of a process and its descendants every ``interval`` seconds."""
+    """Poll the summed RSS of a process and its descendants every ``interval`` seconds.
 
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
+    ``phase()`` (optional) labels each sample, e.g. the number of patients finished so far;
+    ``phase_peak`` holds the peak per label.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.1, phase: Callable[[], int] | None = None) -> None:
         self.proc = psutil.Process(pid)
         self.interval = interval
+        self.phase = phase
+        self.phase_peak: dict[int, int] = {}
         self.peak = 0
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -262,6 +269,9 @@ class TreeRSS:
                     pass
             if total:
                 self.peak = max(self.peak, total)
+                if self.phase is not None:
+                    label = self.phase()
+                    self.phase_peak[label] = max(self.phase_peak.get(label, 0), total)
                 self.samples.append((time.perf_counter() - self._t0, total))
             self._stop.wait(self.interval)
 
@@ -270,11 +280,11 @@ class TreeRSS:
         self._thread.join()
 
 
-def run_measured(cmd: list[str], log_path: Path) -> tuple[int, float, TreeRSS]:
+def run_measured(cmd: list[str], log_path: Path, phase: Callable[[], int] | None = None) -> tuple[int, float, TreeRSS]:
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        mon = TreeRSS(proc.pid)
+        mon = TreeRSS(proc.pid, phase=phase)
         rc = proc.wait()
     mon.stop()
     return rc, time.perf_counter() - t0, mon
@@ -356,12 +366,15 @@ def run_memory_part(args: argparse.Namespace) -> None:
             cmd = [sys.executable, str(REPO / "prepare_classification.py"), "--settings", str(settings), "--split", "train",
                    "--seg-model", str(ckpt), "--device", "cpu", "--image-size", str(args.prep_image_size),
                    "--workers", str(args.prep_workers), "--exclude"]
-            rc, secs, mon = run_measured(cmd, run_dir / "prepare.log")
+            out = run_dir / "work" / "classification_data_dir" / "train"
+            done = out / "done"
+            rc, secs, mon = run_measured(cmd, run_dir / "prepare.log",
+                                         phase=lambda d=done: len(os.listdir(d)) if d.is_dir() else -1)
             if rc:
                 print((run_dir / "prepare.log").read_text()[-3000:])
                 raise SystemExit(f"error: prepare_classification.py exited {rc}")
-            index = pd.read_csv(run_dir / "work" / "classification_data_dir" / "train" / "index.csv",
-                                dtype={"patient": str}, keep_default_na=False)
+            index = pd.read_csv(out / "index.csv", dtype={"patient": str}, keep_default_na=False)
+            order = [f.stem for f in sorted(done.iterdir(), key=lambda f: f.stat().st_mtime)]
             biggest = max(per_patient[p] for p in chosen)
             results.append((count, mon.peak, secs, int(index.kept.sum()), int(index.total.sum()), biggest))
             kept = ", ".join(f"{r.patient}/{r.type} {r.kept}/{r.total}" for r in index.itertuples())
@@ -369,6 +382,11 @@ def run_memory_part(args: argparse.Namespace) -> None:
                   f"baseline), {secs:.0f} s, {len(mon.samples)} samples, {slices_sum(slices, chosen)} slices read, "
                   f"kept {index.kept.sum()}/{index.total.sum()}  {loadavg()}", flush=True)
             print(f"   kept per series: {kept}")
+            steps = [f"{p} {mon.phase_peak.get(i, 0) / MB:.0f} MB (volumes {per_patient[p] / MB:.0f} MB)"
+                     for i, p in enumerate(order)]
+            print(f"   peak RSS while preparing each patient, in order: {', '.join(steps)}; before the first: "
+                  f"{mon.phase_peak.get(-1, 0) / MB:.0f} MB, after the last (index, dataset.json): "
+                  f"{mon.phase_peak.get(len(order), 0) / MB:.0f} MB", flush=True)
     print("RESULT (b) prepare_classification.py peak RSS (process tree, polled every 0.1 s; "
           f"--image-size {args.prep_image_size}, --workers {args.prep_workers}, cpu)")
     for count, peak, secs, kept, total, biggest in results:
@@ -408,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--synth", type=Path, help="reuse a synthetic dataset made with --size full")
     g.add_argument("--synth-patients", type=int, default=8, help="synth --patients (about 3/4 go to train)")
     g.add_argument("--counts", type=int, nargs="+", default=[2, 6], help="train patients per run")
-    g.add_argument("--prep-image-size", type=int, default=64,
+    g.add_argument("--prep-image-size", type=int, default=32,
                    help="segmenter input size for prepare (224 costs seconds per slice on CPU)")
     g.add_argument("--prep-workers", type=int, default=2)
     args = parser.parse_args(argv)
