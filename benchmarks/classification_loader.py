@@ -3,7 +3,7 @@
     python benchmarks/classification_loader.py [--part loader|memory|both]
         loader: [--series 8] [--workers 2] [--batch-size 2] [--image-size 224] [--loader-batches 20]
                 [--model-batch 1] [--model-steps 1] [--rounds 2] [--no-frozen]
-        memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--prep-image-size 32] [--prep-workers 2]
+        memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--pick largest] [--prep-image-size 32] [--prep-workers 2]
 
 (a) ``--part loader``. Prepared stage-2 data is written directly in the layout of
 prepare_classification.py (``series/<patient>_<type>.npy``, (K, H, W, 3) uint8, K drawn in
@@ -23,13 +23,17 @@ Printed: RATIO loader/model (goal >= 3) per round and for the medians, and the i
 (0 workers) loader cost per chunk.
 
 (b) ``--part memory``. Synthetic ``--size full`` data (``python -m mgmt2d synth``); for each
-patient count in ``--counts`` a DICOM_DATA_DIR is assembled from symlinks to that many train
-patients (with a pre-written KFOLD_PATH, so fewer than 5 patients work), and the real
+patient count N in ``--counts`` a DICOM_DATA_DIR is assembled from symlinks to N train
+patients (``--pick largest``: the N largest, so the smaller run already holds the largest
+patient and a bigger peak in the larger run could only come from the number of patients;
+``first``: the first N by ID), with a pre-written KFOLD_PATH (so fewer than 5 patients work), and the real
 ``prepare_classification.py`` runs in a subprocess (random-init segmenter checkpoint,
 ``--device cpu``, ``--image-size --prep-image-size``). The resident memory of the process
 and its children is summed every 0.1 s (psutil); the peak is compared between counts (goal:
-it does not grow with the number of patients). A baseline (interpreter + libraries + the
-segmenter, nothing read) and one patient's float32 volume size are printed for scale.
+it does not grow with the number of patients), and so is the peak while each patient is
+prepared (a sample belongs to the patient whose ``done/`` marker comes next). A baseline
+(interpreter + libraries + the segmenter, nothing read) and each patient's float32 volume
+size are printed for scale.
 """
 
 from __future__ import annotations
@@ -354,8 +358,12 @@ def run_memory_part(args: argparse.Namespace) -> None:
         print(f"baseline (imports + segmenter loaded): peak RSS {base.peak / MB:.0f} MB", flush=True)
 
         results = []
+        patient_peaks: dict[int, dict[str, int]] = {}
         for count in args.counts:
-            chosen = train[:count]
+            if args.pick == "largest":  # the small run holds the largest patients: growth can only come from the count
+                chosen = sorted(sorted(train, key=lambda p: -per_patient[p])[:count])
+            else:
+                chosen = train[:count]
             run_dir = tmp / f"run{count}"
             run_dir.mkdir()
             make_dicom_subset(task2, chosen, run_dir / "dicom")
@@ -377,6 +385,7 @@ def run_memory_part(args: argparse.Namespace) -> None:
             order = [f.stem for f in sorted(done.iterdir(), key=lambda f: f.stat().st_mtime)]
             biggest = max(per_patient[p] for p in chosen)
             results.append((count, mon.peak, secs, int(index.kept.sum()), int(index.total.sum()), biggest))
+            patient_peaks[count] = {p: mon.phase_peak.get(i, 0) for i, p in enumerate(order)}
             kept = ", ".join(f"{r.patient}/{r.type} {r.kept}/{r.total}" for r in index.itertuples())
             print(f"{count} patient(s): peak RSS {mon.peak / MB:7.0f} MB  ({(mon.peak - base.peak) / MB:+.0f} MB over "
                   f"baseline), {secs:.0f} s, {len(mon.samples)} samples, {slices_sum(slices, chosen)} slices read, "
@@ -391,12 +400,18 @@ def run_memory_part(args: argparse.Namespace) -> None:
           f"--image-size {args.prep_image_size}, --workers {args.prep_workers}, cpu)")
     for count, peak, secs, kept, total, biggest in results:
         print(f"  {count} patient(s): {peak / MB:7.0f} MB peak, {(peak - base.peak) / MB:+6.0f} MB over baseline; "
-              f"largest patient's float32 volumes {biggest / MB:.0f} MB; kept {kept}/{total} slices; {secs:.0f} s")
+              f"largest patient's float32 volumes {biggest / MB:.0f} MB (over-baseline / that = "
+              f"{(peak - base.peak) / biggest:.1f}); kept {kept}/{total} slices; {secs:.0f} s")
     (c0, p0, *_), (c1, p1, *_) = results[0], results[-1]
     growth = (p1 - p0) / MB
     print(f"  RATIO peak({c1})/peak({c0}) = {p1 / p0:.2f}; growth {growth:+.0f} MB for {c1 - c0} more patient(s) "
           f"= {growth / (c1 - c0):+.0f} MB/patient vs {statistics.mean(per_patient.values()) / MB:.0f} MB "
           "mean float32 volumes per patient (goal: no growth with the number of patients)")
+    small, large = patient_peaks[c0], patient_peaks[c1]
+    common = [p for p in small if p in large]
+    if common:
+        print("  same patient, peak while preparing it: " + ", ".join(
+            f"{p} {small[p] / MB:.0f} MB ({c0}-patient run) vs {large[p] / MB:.0f} MB ({c1}-patient run)" for p in common))
     print(f"   end  {loadavg()}", flush=True)
 
 
@@ -429,6 +444,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--prep-image-size", type=int, default=32,
                    help="segmenter input size for prepare (224 costs seconds per slice on CPU)")
     g.add_argument("--prep-workers", type=int, default=2)
+    g.add_argument("--pick", choices=["largest", "first"], default="largest",
+                   help="which train patients a run of N takes: the N largest (default; then a smaller run already "
+                        "holds the largest patient) or the first N by ID")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.part in ("loader", "both"):
