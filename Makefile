@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo clean-venv
+.PHONY: install test test-slow test-all demo clean-venv
 
 install: $(STAMP)
 
@@ -14,11 +14,14 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The default suite; the slow learning check runs separately (CI runs both: .ci/run).
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
-test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+test-slow: install
+	$(PY) -m pytest -q -m slow -s --durations=5
+
+test-all: test test-slow
 
 clean-venv:
 	rm -rf $(VENV)

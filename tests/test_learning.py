@@ -5,28 +5,41 @@ Stage 1 is bypassed so the check measures stage 2 alone: the true labels of ever
 DICOM series (``synth.generate(..., series_seg=True)``) stand in for the segmenter, and
 ``mgmt2d.synth_stack`` stacks them exactly as ``mgmt2d.stack`` does. The real script
 ``train_classification.py`` then trains ECA-NFNet-L0 + BiLSTM from random initialisation on
-CPU, and the best validation patient AUC in its ``history.csv`` must reach 0.8. The label
+CPU, and the patient AUC of its best checkpoint on patients it never saw must reach 0.8. The label
 (MGMT_value) sets the tumour's architecture: 1 = large necrotic core in a thin enhancing
 rim, 0 = solid enhancement (see ``mgmt2d.synth``); nothing but the images and the stacked
 masks carries it.
 
-Status: the slow learning check itself is not in the suite yet: random-init ECA-NFNet-L0 on
-this CPU did not reach 0.8 within a test's time budget (see the issue notes). What is here
-checks the ground-truth stacking it will train on.
+The check (marked ``slow``: ``make test-slow``, run by CI after ``make test``) trains
+on the synthetic Task 2 *train* patients (fold 0 of them picks the best epoch) and scores the
+best checkpoint on the synthetic Task 2 *test* patients, which neither training nor model
+selection saw, through the inference path itself (``inference.classify_series``, zoom TTA
+1.2). Measured on this 2-core CPU: see ``LEARN_*`` below and the README.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+
+from sklearn.metrics import roc_auc_score
 
 from mgmt2d import dicom, synth
 from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification_prep import INDEX_COLUMNS
+from mgmt2d.classifier import build_classifier, load_classifier_weights, prepare_for_inference
+from mgmt2d.inference import classify_series
+from mgmt2d.settings import KEYS
+from mgmt2d.stack import StackedSeries
 from mgmt2d.synth_stack import prepare_from_synth, stack_with_truth, true_masks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,3 +141,110 @@ def test_series_truth_is_aligned_with_the_dicom_reading_order(small_prepared):
             assert contrast(np.flip(seg, axis)) < aligned
         checked += 1
     assert checked == 3
+
+
+def test_prepare_from_synth_splits(small_prepared, tmp_path):
+    synth_dir, _, _ = small_prepared
+    meta = json.loads((synth_dir / "synth.json").read_text())
+    test_only = prepare_from_synth(synth_dir, tmp_path / "test", mri_types=("T1wCE",), n_folds=1, splits=("test",))
+    assert set(test_only.patient) == set(meta["task2_test_ids"])
+    assert not set(test_only.patient) & set(meta["task2_train_ids"])
+    with pytest.raises(ValueError, match="splits"):
+        prepare_from_synth(synth_dir, tmp_path / "bad", splits=("val",))
+
+
+# --------------------------------------------------------------------------- the learning check
+
+# Synthetic Task 2: LEARN_PATIENTS patients, ~3/4 train (LEARN_FOLDS folds: fold 0 selects the
+# best epoch) and ~1/4 test (scored once, at the end). One MRI type, as the reference trains.
+LEARN_PATIENTS = 80
+LEARN_FOLDS = 4
+LEARN_TYPE = "T1wCE"
+LEARN_SEED = 0  # data, folds, initialisation, shuffling and augmentation
+LEARN_THREADS = 2
+# Reduced size (64 px, 8-slice chunks) so a CPU trains in minutes; random initialisation
+# (no ImageNet weights offline). lr 2e-4: at 1e-3 the random-init NFNet collapses to a
+# constant output. Augmentation stays on (the default): without it the model memorises the
+# ~100 training chunks and does not generalise.
+LEARN_ARGS = [
+    "--image-size", "64", "--seq-len", "8", "--stride", "8", "--batch-size", "4",
+    "--epochs", "12", "--warmup-epochs", "0", "--lr", "2e-4", "--patience", "12",
+]
+# A fixed-seed regression check, deterministic on CPU at a fixed thread count. Learning from
+# random initialisation at 64 px is seed dependent: measured held-out AUC (TTA 1.2 / none)
+# seed 0: 0.930 / 0.900 (this check), seed 1: 0.820 / 0.780, seed 2: 0.600 (the training
+# loss stays at ~0.69; 4 frozen warm-up epochs, 1.5x larger tumours, 96 px or resnet18 did not
+# rescue it within 12-16 epochs). A drop below MIN_AUC after a change means the change broke
+# what used to learn -- or moved this seed onto a plateau: rerun with LEARN_SEED = 1 to tell.
+MIN_AUC = 0.8
+
+
+def _write_settings(root: Path) -> Path:
+    """SETTINGS.json with every key; only the stage-2 data and model folders are used."""
+    paths = {key: f"unused/{key.lower()}" for key in KEYS}
+    paths.update(CLASSIFICATION_DATA_DIR="classification_data", CLASSIFICATION_MODEL_DIR="models")
+    path = root / "SETTINGS.json"
+    path.write_text(json.dumps(paths, indent=2))
+    return path
+
+
+def score_held_out(checkpoint: Path, test_dir: Path, zoom: float) -> tuple[float, pd.DataFrame]:
+    """Patient AUC of ``checkpoint`` on the prepared test series, through the inference path."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = ckpt["config"]
+    model = build_classifier(config["backbone"], int(config["lstm_hidden"]), int(config["seq_len"]))
+    model = prepare_for_inference(load_classifier_weights(model, checkpoint), "cpu")
+    index = pd.read_csv(test_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
+    rows = []
+    for row in index[index.kept > 0].itertuples():
+        images = np.load(test_dir / row.file, allow_pickle=False)
+        stacked = StackedSeries(images, np.arange(len(images)), row.total, row.total)
+        prob = classify_series([model], stacked, int(config["image_size"]), int(config["seq_len"]),
+                               int(config["stride"]), zoom, 32, None)
+        rows.append({"patient": row.patient, "label": row.label, "prob": prob})
+    table = pd.DataFrame(rows)
+    return float(roc_auc_score(table.label, table.prob)), table
+
+
+@pytest.mark.slow
+def test_stage2_learns_visible_tumour_property(tmp_path):
+    t0 = time.perf_counter()
+    synth.generate(tmp_path / "synth", patients=LEARN_PATIENTS, seed=LEARN_SEED, size="small", series_seg=True)
+    data = tmp_path / "classification_data"
+    train_index = prepare_from_synth(tmp_path / "synth", data / "train", mri_types=(LEARN_TYPE,),
+                                     n_folds=LEARN_FOLDS, seed=LEARN_SEED, splits=("train",))
+    test_index = prepare_from_synth(tmp_path / "synth", tmp_path / "held_out", mri_types=(LEARN_TYPE,),
+                                    n_folds=LEARN_FOLDS, seed=LEARN_SEED, splits=("test",))
+    t1 = time.perf_counter()
+    settings = _write_settings(tmp_path)
+    cmd = [sys.executable, "train_classification.py", "--settings", str(settings),
+           "--mri-type", LEARN_TYPE, "--device", "cpu", "--pretrained", "none", "--workers", "0",
+           "--no-progress", "--monitor", "patient_auc", "--seed", str(LEARN_SEED), *LEARN_ARGS]
+    # A fixed thread count keeps CPU float reductions, hence the whole trajectory, the same
+    # on machines with more cores (see MIN_AUC).
+    env = {**os.environ, "OMP_NUM_THREADS": str(LEARN_THREADS), "MKL_NUM_THREADS": str(LEARN_THREADS)}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    t2 = time.perf_counter()
+    assert proc.returncode == 0, f"train_classification.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    out = tmp_path / "models" / LEARN_TYPE / "fold0"
+    history = pd.read_csv(out / "history.csv")
+    config = json.loads((out / "train_config.json").read_text())["config"]
+
+    # What was trained on, selected on and scored on are three disjoint patient sets.
+    train, val = set(config["train_patients"]), set(config["val_patients"])
+    test = set(test_index.patient)
+    assert train and val and not train & val and not (train | val) & test
+    assert train | val == set(train_index.patient)
+    assert config["pretrained"] == "none" and config["backbone"] == "eca_nfnet_l0"
+    assert config["augment"] is True
+
+    auc, table = score_held_out(out / "best.pt", tmp_path / "held_out", zoom=1.2)
+    auc_no_tta, _ = score_held_out(out / "best.pt", tmp_path / "held_out", zoom=1.0)
+    t3 = time.perf_counter()
+    assert len(table) >= 16 and set(table.label) == {0, 1}
+    shown = history[["epoch", "train_loss", "val_loss", "val_chunk_auc", "val_patient_auc", "time"]]
+    report = (f"{shown.to_string(index=False)}\nheld-out test patients: {len(table)}, "
+              f"patient AUC {auc:.3f} (TTA 1.2) / {auc_no_tta:.3f} (no TTA); seconds: prepare "
+              f"{t1 - t0:.0f}, train {t2 - t1:.0f}, score {t3 - t2:.0f}")
+    print(report)
+    assert auc >= MIN_AUC, f"held-out patient AUC {auc:.3f} < {MIN_AUC}\n{report}"

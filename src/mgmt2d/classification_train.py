@@ -81,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
         extra_config={
             "mri_type": args.mri_type, "fold": args.fold, "image_size": args.image_size, "seq_len": args.seq_len,
             "stride": args.stride, "lstm_hidden": args.lstm_hidden, "backbone": args.backbone,
-            "batch_size": args.batch_size, "pretrained": str(pretrained) if pretrained else "none",
+            "batch_size": args.batch_size, "augment": args.augment,
+            "pretrained": str(pretrained) if pretrained else "none",
             "data_dir": str(data_dir), "train_patients": sorted(train_rows.patient.unique()),
             "val_patients": sorted(val_rows.patient.unique()),
         },

@@ -94,18 +94,24 @@ def prepare_from_synth(
     mri_types: tuple[str, ...] = ("FLAIR", "T1w", "T1wCE", "T2w"),
     n_folds: int = 4,
     seed: int = 42,
+    splits: tuple[str, ...] = ("train", "test"),
 ) -> pd.DataFrame:
-    """Write the stage-2 prepared layout for every labelled Task 2 patient of a synthetic set.
+    """Write the stage-2 prepared layout for the labelled Task 2 patients of a synthetic set.
 
-    ``synth_dir`` holds a dataset generated with ``series_seg=True``. Folds come from
-    ``classification_prep.make_folds`` (stratified by label, one fold per patient).
-    Returns the index (also written to ``out_dir/index.csv``).
+    ``synth_dir`` holds a dataset generated with ``series_seg=True``; ``splits`` picks its
+    Task 2 train and/or test patients (every synthetic patient has a known label), so a
+    learning check can keep the test patients out of training and model selection alike.
+    Folds come from ``classification_prep.make_folds`` (stratified by label, one fold per
+    patient). Returns the index (also written to ``out_dir/index.csv``).
     """
     synth_dir, out_dir = Path(synth_dir), Path(out_dir)
     meta = json.loads((synth_dir / "synth.json").read_text())
     if not meta.get("series_seg"):
         raise ValueError(f"{synth_dir} was generated without series_seg: no true series labels")
-    split_of = {p: "train" for p in meta["task2_train_ids"]} | {p: "test" for p in meta["task2_test_ids"]}
+    unknown = sorted(set(splits) - {"train", "test"})
+    if unknown or not splits:
+        raise ValueError(f"splits must be a non-empty subset of ('train', 'test'), got {splits}")
+    split_of = {p: split for split in splits for p in meta[f"task2_{split}_ids"]}
     labels = {p: int(meta["labels"][p]) for p in split_of}
     fold_table = make_folds(labels, n_folds=n_folds, seed=seed)
     folds = dict(zip(fold_table.BraTS21ID, fold_table.fold.astype(int)))
@@ -127,7 +133,7 @@ def prepare_from_synth(
     write_csv_atomic(out_dir / "index.csv", frame)
     write_json_atomic(out_dir / "dataset.json", {
         "source": str(synth_dir), "segmentation": "ground truth (truth/series_seg)",
-        "mri_types": list(mri_types), "n_folds": n_folds, "seed": seed,
+        "splits": list(splits), "mri_types": list(mri_types), "n_folds": n_folds, "seed": seed,
         "counts": {"patients": len(split_of), "series": len(frame),
                    "series_with_slices": int((frame.kept > 0).sum()), "kept_slices": int(frame.kept.sum())},
     })
