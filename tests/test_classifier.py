@@ -16,6 +16,7 @@ from mgmt2d.classifier import (
     build_classifier,
     load_backbone_weights,
     load_classifier_weights,
+    load_trained_classifier,
     normalised_zero_frame,
     predict_series,
     predict_series_chunkwise,
@@ -78,6 +79,25 @@ def test_state_dict_round_trip(small_model: MGMTClassifier, tmp_path: Path) -> N
     other = build_classifier(seq_len=SEQ + 1)
     with pytest.raises(RuntimeError):
         load_classifier_weights(other, raw)
+
+
+def test_trained_classifier_is_built_from_its_checkpoint_config(small_model: MGMTClassifier, tmp_path: Path) -> None:
+    """inference's loader: architecture from the saved config, weights strict, eval mode."""
+    x = _frames(SEQ).unsqueeze(0)
+    with torch.no_grad():
+        expected = small_model(x)
+    config = {"backbone": "eca_nfnet_l0", "lstm_hidden": 128, "seq_len": SEQ, "image_size": SIZE}
+    path = tmp_path / "best.pt"
+    torch.save({"model": small_model.state_dict(), "config": config, "epoch": 3}, path)
+    model, loaded = load_trained_classifier(path, "cpu")
+    assert loaded == config and not model.training and model.seq_len == SEQ
+    with torch.no_grad():
+        assert torch.equal(model(x), expected)
+    # a raw state dict has no config: the reference's 35 steps, so a 5-step head must not load
+    raw = tmp_path / "raw.pth"
+    torch.save(small_model.state_dict(), raw)
+    with pytest.raises(RuntimeError):
+        load_trained_classifier(raw, "cpu")
 
 
 def test_backbone_weights_ignore_only_the_classifier(tmp_path: Path) -> None:

@@ -29,16 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-
 from sklearn.metrics import roc_auc_score
 
 from mgmt2d import dicom, synth
 from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification_prep import INDEX_COLUMNS
-from mgmt2d.classifier import build_classifier, load_classifier_weights, prepare_for_inference
+from mgmt2d.classifier import load_trained_classifier
 from mgmt2d.inference import classify_series
-from mgmt2d.settings import KEYS
 from mgmt2d.stack import StackedSeries
 from mgmt2d.synth_stack import prepare_from_synth, stack_with_truth, true_masks
 
@@ -179,44 +176,35 @@ LEARN_ARGS = [
 MIN_AUC = 0.8
 
 
-def _write_settings(root: Path) -> Path:
-    """SETTINGS.json with every key; only the stage-2 data and model folders are used."""
-    paths = {key: f"unused/{key.lower()}" for key in KEYS}
-    paths.update(CLASSIFICATION_DATA_DIR="classification_data", CLASSIFICATION_MODEL_DIR="models")
-    path = root / "SETTINGS.json"
-    path.write_text(json.dumps(paths, indent=2))
-    return path
-
-
-def score_held_out(checkpoint: Path, test_dir: Path, zoom: float) -> tuple[float, pd.DataFrame]:
-    """Patient AUC of ``checkpoint`` on the prepared test series, through the inference path."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config = ckpt["config"]
-    model = build_classifier(config["backbone"], int(config["lstm_hidden"]), int(config["seq_len"]))
-    model = prepare_for_inference(load_classifier_weights(model, checkpoint), "cpu")
+def score_held_out(checkpoint: Path, test_dir: Path, zooms: tuple[float, ...]) -> list[pd.DataFrame]:
+    """Patient probabilities of ``checkpoint`` on the prepared test series, one table per zoom,
+    through the inference path (the loader and ``classify_series`` of inference_on_test.py)."""
+    model, config = load_trained_classifier(checkpoint, "cpu")
     index = pd.read_csv(test_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
-    rows = []
+    rows: dict[float, list[dict]] = {zoom: [] for zoom in zooms}
     for row in index[index.kept > 0].itertuples():
         images = np.load(test_dir / row.file, allow_pickle=False)
         stacked = StackedSeries(images, np.arange(len(images)), row.total, row.total)
-        prob = classify_series([model], stacked, int(config["image_size"]), int(config["seq_len"]),
-                               int(config["stride"]), zoom, 32, None)
-        rows.append({"patient": row.patient, "label": row.label, "prob": prob})
-    table = pd.DataFrame(rows)
-    return float(roc_auc_score(table.label, table.prob)), table
+        for zoom in zooms:
+            prob = classify_series([model], stacked, int(config["image_size"]), int(config["seq_len"]),
+                                   int(config["stride"]), zoom, 32, None)
+            rows[zoom].append({"patient": row.patient, "label": row.label, "prob": prob})
+    return [pd.DataFrame(rows[zoom]) for zoom in zooms]
 
 
 @pytest.mark.slow
 def test_stage2_learns_visible_tumour_property(tmp_path):
     t0 = time.perf_counter()
-    synth.generate(tmp_path / "synth", patients=LEARN_PATIENTS, seed=LEARN_SEED, size="small", series_seg=True)
-    data = tmp_path / "classification_data"
-    train_index = prepare_from_synth(tmp_path / "synth", data / "train", mri_types=(LEARN_TYPE,),
-                                     n_folds=LEARN_FOLDS, seed=LEARN_SEED, splits=("train",))
-    test_index = prepare_from_synth(tmp_path / "synth", tmp_path / "held_out", mri_types=(LEARN_TYPE,),
+    root = tmp_path / "synth"
+    synth.generate(root, patients=LEARN_PATIENTS, seed=LEARN_SEED, size="small", series_seg=True)
+    settings = root / "SETTINGS.json"  # written by the generator; paths relative to root
+    paths = json.loads(settings.read_text())
+    train_index = prepare_from_synth(root, root / paths["CLASSIFICATION_DATA_DIR"] / "train",
+                                     mri_types=(LEARN_TYPE,), n_folds=LEARN_FOLDS, seed=LEARN_SEED,
+                                     splits=("train",))
+    test_index = prepare_from_synth(root, tmp_path / "held_out", mri_types=(LEARN_TYPE,),
                                     n_folds=LEARN_FOLDS, seed=LEARN_SEED, splits=("test",))
     t1 = time.perf_counter()
-    settings = _write_settings(tmp_path)
     cmd = [sys.executable, "train_classification.py", "--settings", str(settings),
            "--mri-type", LEARN_TYPE, "--device", "cpu", "--pretrained", "none", "--workers", "0",
            "--no-progress", "--monitor", "patient_auc", "--seed", str(LEARN_SEED), *LEARN_ARGS]
@@ -226,7 +214,7 @@ def test_stage2_learns_visible_tumour_property(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     t2 = time.perf_counter()
     assert proc.returncode == 0, f"train_classification.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    out = tmp_path / "models" / LEARN_TYPE / "fold0"
+    out = root / paths["CLASSIFICATION_MODEL_DIR"] / LEARN_TYPE / "fold0"
     history = pd.read_csv(out / "history.csv")
     config = json.loads((out / "train_config.json").read_text())["config"]
 
@@ -238,8 +226,8 @@ def test_stage2_learns_visible_tumour_property(tmp_path):
     assert config["pretrained"] == "none" and config["backbone"] == "eca_nfnet_l0"
     assert config["augment"] is True
 
-    auc, table = score_held_out(out / "best.pt", tmp_path / "held_out", zoom=1.2)
-    auc_no_tta, _ = score_held_out(out / "best.pt", tmp_path / "held_out", zoom=1.0)
+    table, no_tta = score_held_out(out / "best.pt", tmp_path / "held_out", zooms=(1.2, 1.0))
+    auc, auc_no_tta = (float(roc_auc_score(t.label, t.prob)) for t in (table, no_tta))
     t3 = time.perf_counter()
     assert len(table) >= 16 and set(table.label) == {0, 1}
     shown = history[["epoch", "train_loss", "val_loss", "val_chunk_auc", "val_patient_auc", "time"]]

@@ -177,6 +177,23 @@ def load_classifier_weights(model: MGMTClassifier, path: str | Path) -> MGMTClas
     return model
 
 
+def load_trained_classifier(
+    path: str | Path, device: torch.device | str, channels_last: bool = False, backbone: str = "eca_nfnet_l0"
+) -> tuple[MGMTClassifier, dict]:
+    """A trained classifier ready for inference, built from the config saved in its checkpoint.
+
+    The file is read once. A raw state dict (no ``config``) gets ``backbone`` and the
+    reference sizes (hidden 128, 35 slices). Returns the model and that config.
+    """
+    obj = _read_state_dict(path)
+    config = obj.get("config")
+    config = dict(config) if isinstance(config, Mapping) else {}
+    model = build_classifier(config.get("backbone", backbone), int(config.get("lstm_hidden", 128)),
+                             int(config.get("seq_len", 35)))
+    model.load_state_dict(_unwrap(obj, ("model", "state_dict"), path), strict=True)
+    return prepare_for_inference(model, device, channels_last), config
+
+
 def normalised_zero_frame(
     height: int,
     width: int,

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from mgmt2d import dicom, frames, segmenter, task2
 from mgmt2d.chunks import n_chunks
-from mgmt2d.classifier import MGMTClassifier, build_classifier, load_classifier_weights, predict_series, prepare_for_inference
+from mgmt2d.classifier import MGMTClassifier, load_trained_classifier, predict_series
 from mgmt2d.device import add_device_argument, resolve_device
 from mgmt2d.io import save_npy_atomic, write_csv_atomic, write_run_config
 from mgmt2d.settings import SettingsError, add_settings_argument, load_settings
@@ -79,10 +79,7 @@ def load_models(
             if path is None:
                 continue
             if path not in cache:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                config = ckpt.get("config", {}) if isinstance(ckpt, dict) else {}
-                model = build_classifier(config.get("backbone", backbone), int(config.get("lstm_hidden", 128)), int(config.get("seq_len", 35)))
-                cache[path] = prepare_for_inference(load_classifier_weights(model, path), device, channels_last)
+                cache[path], config = load_trained_classifier(path, device, channels_last, backbone)
             classifiers.setdefault(mri_type, []).append(cache[path])
     if not classifiers:
         raise SettingsError(f"no classifier checkpoint for types {mri_types} folds {folds} under {cls_dir}")
