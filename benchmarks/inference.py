@@ -9,18 +9,18 @@ is timed on its own; nothing in the library is modified):
 
   read          ``dicom.read_series`` of each series (sequential; ``predict`` overlaps it with
                 the previous patient's model work through ``read_series_many``)
-  seg_prep      ``stack._prepared`` (non-empty filter, min-max to uint8) + ``segmenter.to_input``
+  seg_prep      ``stack.prepare_series`` (non-empty filter, float min-max) + ``segmenter.to_input``
   seg_model     ``segmenter.predict_probs`` (UNet++, one batched pass over the patient's series)
-  filter_stack  the loop of ``stack.segment_and_stack_many``: ``segmenter.from_output``,
-                ``stack.keep_slice``, ``stack.stack_channels``
-  frames        ``inference.series_frames`` (zoom TTA, resize, normalise)
+  filter_stack  ``segmenter.from_output`` + ``stack.stack_series`` (tumour filter, stacking)
+  frames        ``inference.series_frames`` (zoom TTA, resize, normalise; a padded last chunk
+                also in float, as the published code made it)
   classify      ``classifier.predict_series`` (ours) or ``predict_series_chunkwise`` (the
                 reference's schedule), on the same frames, in alternating order
 
 Everything but the classify step is shared by both schedules, so the two "whole" totals
 differ only there. Models: a random-init UNet++/DenseNet121 and eca_nfnet_l0 + BiLSTM saved as
-checkpoints in a temp weights dir and loaded with ``inference.load_models`` (one "All"
-classifier, fold 0, so one model per type as with ``--folds 0``).
+checkpoints in a temp weights dir and loaded with ``inference.load_models`` (one "pooled"
+classifier, fold 0, so one model per type as with ``--folds 0``), run with our input contract.
 
 Slice counts (CPU time budget; UNet++ at 224 costs seconds per slice here and the
 chunk-by-chunk schedule ~35*n_chunks backbone passes per series):
@@ -58,7 +58,8 @@ import torch
 from mgmt2d import dicom, inference, segmenter, stack
 from mgmt2d.chunks import chunk_index, n_chunks
 from mgmt2d.classifier import build_classifier, predict_series, predict_series_chunkwise
-from mgmt2d.intensity import minmax_uint8
+from mgmt2d.contract import OURS
+from mgmt2d.published import WeightsLayout
 
 STEPS = ("read", "seg_prep", "seg_model", "filter_stack", "frames", "classify")
 NON_MODEL = ("read", "seg_prep", "filter_stack", "frames")
@@ -76,22 +77,28 @@ def header(title: str) -> None:
 
 
 def backbone_frames(n: int, seq_len: int = 35, stride: int = 5) -> tuple[int, int]:
-    """Backbone passes for a series of n frames: (ours, chunk-by-chunk)."""
-    pad = int((chunk_index(n, seq_len, stride) < 0).any())
-    return n + pad, seq_len * n_chunks(n, seq_len, stride)
+    """Backbone passes for a series of n frames: (ours, chunk-by-chunk).
+
+    Ours: every frame once, plus, when the last chunk is padded, the pad frame and that
+    chunk's frames again in float (the published code's precision for a padded chunk).
+    """
+    last = chunk_index(n, seq_len, stride)[-1]
+    extra = 1 + int((last >= 0).sum()) if (last < 0).any() else 0
+    return n + extra, seq_len * n_chunks(n, seq_len, stride)
 
 
-def save_weights(root: Path, seed: int) -> tuple[Path, Path]:
+def save_weights(root: Path, seed: int) -> WeightsLayout:
     torch.manual_seed(seed)
-    seg_path = root / "segmentation" / "fold0" / "best.pt"
+    layout = WeightsLayout("mgmt2d", root / "segmentation", root / "classification")
+    seg_path = layout.segmenter(0)
     seg_path.parent.mkdir(parents=True)
     torch.save({"model": segmenter.build_segmenter().state_dict()}, seg_path)
-    cls_dir = root / "classification"
-    path = cls_dir / "All" / "fold0" / "best.pt"
+    path = layout.classifier(inference.POOLED, 0)
     path.parent.mkdir(parents=True)
-    config = {"backbone": "eca_nfnet_l0", "lstm_hidden": 128, "seq_len": 35, "stride": 5, "image_size": 224}
+    config = {"backbone": "eca_nfnet_l0", "lstm_hidden": 128, "seq_len": 35, "stride": 5, "image_size": 224,
+              "contract": OURS.to_dict()}
     torch.save({"model": build_classifier().state_dict(), "config": config}, path)
-    return seg_path, cls_dir
+    return layout
 
 
 def central(idx: np.ndarray, m: int) -> np.ndarray:
@@ -101,43 +108,36 @@ def central(idx: np.ndarray, m: int) -> np.ndarray:
     return idx[lo:lo + m]
 
 
-def segment_steps(model, volumes: list[np.ndarray], device, opts: stack.StackOptions, t: dict[str, float]):
-    """stack.segment_and_stack_many, step by step, adding seconds to ``t``; returns kept indices per series."""
+def segment_steps(model, volumes: list[np.ndarray], fractions, device, opts: stack.StackOptions, t: dict[str, float]):
+    """stack.segment_and_stack_many, its library steps timed one by one (adds to ``t``)."""
+    c = opts.contract
     t0 = time.perf_counter()
-    prepared = [stack._prepared(np.asarray(v, dtype=np.float32), opts) for v in volumes]
-    inputs = [segmenter.to_input(s, opts.image_size, opts.zoom) for _, s, _ in prepared if s is not None]
-    batch = np.concatenate(inputs) if inputs else np.zeros((0, 3, opts.image_size, opts.image_size), np.float32)
+    prepared = [stack.prepare_series(v, f, c) for v, f in zip(volumes, fractions)]
+    inputs = [segmenter.to_input(s, c.seg_image_size, c.seg_zoom) for _, s, _ in prepared if s is not None]
+    batch = np.concatenate(inputs) if inputs else np.zeros((0, 3, c.seg_image_size, c.seg_image_size), np.float32)
     t1 = time.perf_counter()
-    binary = segmenter.predict_probs(model, batch, device, opts.seg_batch_size, opts.amp, opts.threshold)
+    binary = segmenter.predict_probs(model, batch, device, opts.seg_batch_size, opts.amp, c.threshold)
     t2 = time.perf_counter()
-    kept_all, images_all, offset = [], [], 0
-    for idx, scaled, _reason in prepared:
-        kept, images = [], []
-        if scaled is not None:
-            masks_all = binary[offset:offset + len(scaled)]
-            offset += len(scaled)
-            for i, (img, small) in enumerate(zip(scaled, masks_all)):
-                masks = segmenter.from_output(small, img.shape, opts.zoom, nearest=True)
-                if stack.keep_slice(img, masks[0], opts.min_area_ratio, opts.max_wt_contours):
-                    images.append(stack.stack_channels(img, masks))
-                    kept.append(idx[i])
-        kept_all.append(np.asarray(kept, dtype=np.int64))
-        images_all.append(np.stack(images) if images else None)
+    results, offset = [], 0
+    for volume, prep in zip(volumes, prepared):
+        n = 0 if prep[1] is None else len(prep[1])
+        masks = (segmenter.from_output(b, volume.shape[1:], c.seg_zoom) for b in binary[offset:offset + n])
+        offset += n
+        results.append(stack.stack_series(volume, prep, masks, c))
     t3 = time.perf_counter()
     t["seg_prep"] += t1 - t0
     t["seg_model"] += t2 - t1
     t["filter_stack"] += t3 - t2
-    return kept_all, images_all, len(batch)
+    return results, len(batch)
 
 
-def classify_stack(volume: np.ndarray, n: int) -> np.ndarray:
+def classify_stack(volume: np.ndarray, n: int, c) -> np.ndarray:
     """The stand-in kept stack: first n non-empty slices, min-max scaled, [slice, 0, 0]."""
-    idx = stack.select_nonempty(volume)[:n]
-    scaled = minmax_uint8(volume[idx]) if len(idx) else None
+    idx, scaled, _ = stack.prepare_series(volume, None, c)
     if scaled is None:
         raise SystemExit("error: a series has no non-empty or only constant slices; choose other patients")
-    out = np.zeros((*scaled.shape, 3), np.uint8)
-    out[..., 0] = scaled
+    out = np.zeros((*scaled[:n].shape, 3), np.uint8)
+    out[..., 0] = scaled[:n].astype(np.uint8)
     return out
 
 
@@ -178,17 +178,18 @@ def main(argv: list[str] | None = None) -> None:
         folders = sorted((p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()),
                          key=lambda p: p.name)[: args.patients]
         t0 = time.perf_counter()
-        seg_path, cls_dir = save_weights(tmp / "weights", args.seed)
-        models = inference.load_models(seg_path, cls_dir, list(args.mri_types), [0], device)
+        layout = save_weights(tmp / "weights", args.seed)
+        models = inference.load_models(layout, list(args.mri_types), [0], device,
+                                       overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
+        c = models.contract
         print(f"models: random init saved + loaded with inference.load_models in {time.perf_counter() - t0:.1f} s; "
-              f"classifier image size {models.image_size}, seq_len {models.seq_len}, stride {models.stride}; "
-              f"segmenter image size {args.image_size}, zoom {stack.SEG_ZOOM}; TTA zoom {args.tta_zoom}")
-        opts = stack.StackOptions(image_size=args.image_size, seg_batch_size=args.seg_batch_size, amp=False)
+              f"contract {c.to_dict()}")
+        opts = stack.StackOptions(c, seg_batch_size=args.seg_batch_size)
         t0 = time.perf_counter()
         with torch.inference_mode():  # untimed warm-up: first-call allocations / oneDNN set-up
             models.segmenter(torch.zeros(2, 3, args.image_size, args.image_size))
             for m in {id(m): m for ms in models.classifiers.values() for m in ms}.values():
-                m.backbone(torch.zeros(4, 3, models.image_size, models.image_size))
+                m.backbone(torch.zeros(4, 3, c.image_size, c.image_size))
         print(f"warm-up (untimed) {time.perf_counter() - t0:.1f} s")
         print(f"per series: segment the {args.seg_slices or 'all'} central non-empty slices, classify the first "
               f"{args.cls_slices} non-empty slices; types {' '.join(args.mri_types)}", flush=True)
@@ -199,35 +200,45 @@ def main(argv: list[str] | None = None) -> None:
         max_diff = 0.0
         for pi, folder in enumerate(folders):
             t = defaultdict(float)
-            volumes, full_nonempty, types = [], [], []
+            volumes, metas, full_nonempty, types = [], [], [], []
             for mri_type in args.mri_types:
                 series = folder / mri_type
                 if not series.is_dir():
                     continue
                 t0 = time.perf_counter()
-                volume, _meta = dicom.read_series(series)
+                volume, meta = dicom.read_series(series, order=c.slice_order, rescale=c.pixel_values == "modality")
                 t["read"] += time.perf_counter() - t0
                 volumes.append(volume)
+                metas.append(meta)
                 types.append(mri_type)
             # Benchmark-only cut (untimed): the central non-empty slices of each series.
-            idx_full = [stack.select_nonempty(v) for v in volumes]
+            idx_full = [stack.select_nonempty(stack.tissue_fraction(v, m.positive_fraction, c.nonempty_test),
+                                              c.min_nonzero_fraction) for v, m in zip(volumes, metas)]
             full_nonempty = [len(i) for i in idx_full]
-            capped = [v[np.sort(central(i, args.seg_slices))] for v, i in zip(volumes, idx_full)]
-            kept, images, n_seg = segment_steps(models.segmenter, capped, device, opts, t)
+            cut = [np.sort(central(i, args.seg_slices)) for i in idx_full]
+            capped = [v[i] for v, i in zip(volumes, cut)]
+            fractions = [m.positive_fraction[i] for m, i in zip(metas, cut)]
+            results, n_seg = segment_steps(models.segmenter, capped, fractions, device, opts, t)
+            kept = [r.slice_index for r in results]
             if pi == 0 and not args.no_verify:
-                ref = stack.segment_and_stack_many(models.segmenter, capped, device, opts)
-                for r, k, im in zip(ref, kept, images):
-                    assert np.array_equal(r.slice_index, k), "step-by-step kept slices differ from segment_and_stack_many"
-                    assert (im is None and r.kept == 0) or np.array_equal(r.images, im)
+                ref = stack.segment_and_stack_many(models.segmenter, capped, device, opts, fractions)
+                for r, mine in zip(ref, results):
+                    assert np.array_equal(r.slice_index, mine.slice_index), "step-by-step kept slices differ"
+                    assert np.array_equal(r.images, mine.images)
                 print("verify: step-by-step segment path == stack.segment_and_stack_many on patient "
                       f"{folder.name} ({[r.kept for r in ref]} kept)")
             descr = []
             for si, (mri_type, volume) in enumerate(zip(types, volumes)):
-                stack_u8 = classify_stack(volume, args.cls_slices)
+                stack_u8 = classify_stack(volume, args.cls_slices, c)
                 t0 = time.perf_counter()
-                x = inference.series_frames(stack_u8, models.image_size, args.tta_zoom)
+                x = inference.series_frames(stack_u8, c.image_size, c.tta_zoom)
+                index = chunk_index(len(x), c.seq_len, c.stride)
+                padded = None
+                if (index[-1] < 0).any():   # the published code made a padded chunk in float
+                    start_f = int(index[-1, 0])
+                    padded = inference.series_frames(stack_u8[start_f:].astype(np.float64), c.image_size, c.tta_zoom)
                 t["frames"] += time.perf_counter() - t0
-                ours_f, ref_f = backbone_frames(len(x), models.seq_len, models.stride)
+                ours_f, ref_f = backbone_frames(len(x), c.seq_len, c.stride)
                 frame_counts[0] += ours_f
                 frame_counts[1] += ref_f
                 order = ("ours", "chunkwise") if (pi + si) % 2 == 0 else ("chunkwise", "ours")
@@ -235,13 +246,14 @@ def main(argv: list[str] | None = None) -> None:
                 for name in order:
                     fn = predict_series if name == "ours" else predict_series_chunkwise
                     t0 = time.perf_counter()
-                    probs[name] = np.mean(np.stack([fn(m, x, models.seq_len, models.stride, args.batch_size)
+                    probs[name] = np.mean(np.stack([fn(m, x, c.seq_len, c.stride, args.batch_size,
+                                                       padded_chunk_frames=padded)
                                                     for m in models.classifiers[mri_type]]), axis=0)
                     t["classify" if name == "ours" else "classify_chunkwise"] += time.perf_counter() - t0
                 max_diff = max(max_diff, float(np.abs(probs["ours"] - probs["chunkwise"]).max()))
                 descr.append(f"{mri_type} {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]} non-empty "
                              f"{full_nonempty[si]}, segmented {len(capped[si])} (kept {len(kept[si])}), "
-                             f"classified {len(x)} ({n_chunks(len(x), models.seq_len, models.stride)} chunks)")
+                             f"classified {len(x)} ({n_chunks(len(x), c.seq_len, c.stride)} chunks)")
             per_patient.append(dict(t))
             scale = sum(full_nonempty) / max(n_seg, 1)
             projected.append({**t, **{s: t[s] * scale for s in SEG_STEPS}})

@@ -476,3 +476,50 @@ def test_read_series_many_can_stop_early(tmp_path: Path) -> None:
 def test_read_series_many_rejects_bad_workers() -> None:
     with pytest.raises(ValueError):
         read_series_many([], workers=0)
+
+
+# --------------------------------------------------------------------------- the published reading
+
+
+def test_filename_order_uses_the_trailing_integer(tmp_path: Path) -> None:
+    # file numbers that run against anatomy, and 10 sorting after 9 (not as text)
+    for n, z in [(9, 0.0), (10, 1.0), (2, 2.0), (1, 3.0)]:
+        write_slice(tmp_path / f"Image-{n}.dcm", np.full((4, 4), n), position=(0, 0, z), instance=n)
+    anatomical, meta_a = read_series(tmp_path)
+    by_name, meta_f = read_series(tmp_path, order="filename")
+    assert meta_a.order_by == "position" and slice_values(anatomical) == [9, 10, 2, 1]
+    assert meta_f.order_by == "filename" and slice_values(by_name) == [1, 2, 9, 10]
+    assert [p.name for p in meta_f.files] == ["Image-1.dcm", "Image-2.dcm", "Image-9.dcm", "Image-10.dcm"]
+
+
+def test_stored_values_skip_rescale_and_monochrome1(tmp_path: Path) -> None:
+    pixels = np.arange(12).reshape(3, 4)
+    write_slice(tmp_path / "a.dcm", pixels, slope=2.0, intercept=-1024.0, photometric="MONOCHROME1", position=(0, 0, 0))
+    rescaled, meta = read_series(tmp_path)
+    stored, _ = read_series(tmp_path, rescale=False)
+    np.testing.assert_array_equal(stored[0], pixels)
+    assert not np.array_equal(rescaled[0], pixels)
+    # the near-empty test reads stored values either way: 11 of 12 pixels are > 0
+    assert meta.positive_fraction.tolist() == [11 / 12]
+
+
+def test_positive_fraction_ignores_the_rescale_intercept(tmp_path: Path) -> None:
+    tissue = np.zeros((10, 10))
+    tissue[:3] = 50               # 30 % stored values > 0
+    write_slice(tmp_path / "a.dcm", tissue, intercept=-1024.0, position=(0, 0, 0))
+    write_slice(tmp_path / "b.dcm", np.zeros((10, 10)), intercept=-1024.0, position=(0, 0, 1))
+    volume, meta = read_series(tmp_path)
+    assert (volume < 0).all()     # every rescaled value is negative...
+    assert meta.positive_fraction.tolist() == [0.3, 0.0]   # ...but the stored values tell tissue
+
+
+def test_real_sagittal_sample_orders_reverse_under_the_two_rules(mprage_dir: Path, tmp_path: Path) -> None:
+    """The MPRAGE sample laid out as Kaggle does (Image-<InstanceNumber>.dcm): the two orders are reverses."""
+    for f in sorted(mprage_dir.glob("*.dcm")):
+        number = int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber)
+        (tmp_path / f"Image-{number}.dcm").symlink_to(f)
+    anatomical, meta_a = read_series(tmp_path)
+    by_name, meta_f = read_series(tmp_path, order="filename")
+    assert meta_a.order_by == "position" and meta_f.order_by == "filename"
+    assert [p.name for p in meta_f.files] == [p.name for p in reversed(meta_a.files)]
+    np.testing.assert_array_equal(by_name, anatomical[::-1])

@@ -35,6 +35,7 @@ from mgmt2d import dicom, synth
 from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification_prep import INDEX_COLUMNS
 from mgmt2d.classifier import load_trained_classifier
+from mgmt2d.contract import contract_of
 from mgmt2d.inference import classify_series
 from mgmt2d.stack import StackedSeries
 from mgmt2d.synth_stack import prepare_from_synth, stack_with_truth, true_masks
@@ -59,7 +60,7 @@ def test_stack_with_truth_on_a_phantom_slice_stack():
         seg[k][tumour] = 4
         seg[k][core] = 1
     seg[5][(yy - 20) ** 2 + (xx - 24) ** 2 <= 1] = 2      # one-pixel tumour: filtered out
-    res = stack_with_truth(volume, seg)
+    res = stack_with_truth(volume, seg)   # background -1024: "above the series minimum" is tissue
     assert res.total == 6 and res.nonempty == 5
     assert res.slice_index.tolist() == [2, 3, 4]
     assert res.images.shape == (3, h, w, 3) and res.images.dtype == np.uint8
@@ -67,7 +68,8 @@ def test_stack_with_truth_on_a_phantom_slice_stack():
     assert set(np.unique(wt)) == {0, 255} and set(np.unique(et)) == {0, 255}
     assert np.array_equal(wt > 0, tumour) and np.array_equal(et > 0, tumour & ~core)
     # min-max over the non-empty slices (slice 5 is the brightest, though not kept)
-    assert res.images[2, ..., 0].max() == round(255 * 140 / 150)
+    # ... truncated, not rounded, as the published preparation did
+    assert res.images[2, ..., 0].max() == int((140 - 0) / (150 - 0) * 255.0)
     masks = true_masks(np.array([[0, 1, 2, 4]]))
     assert masks[:, 0].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
     none = stack_with_truth(volume, np.zeros_like(seg))
@@ -186,8 +188,8 @@ def score_held_out(checkpoint: Path, test_dir: Path, zooms: tuple[float, ...]) -
         images = np.load(test_dir / row.file, allow_pickle=False)
         stacked = StackedSeries(images, np.arange(len(images)), row.total, row.total)
         for zoom in zooms:
-            prob = classify_series([model], stacked, int(config["image_size"]), int(config["seq_len"]),
-                                   int(config["stride"]), zoom, 32, None)
+            contract = contract_of(config).with_overrides(tta_zoom=zoom)
+            prob = float(np.mean(classify_series([model], stacked, contract, 32, None)))
             rows[zoom].append({"patient": row.patient, "label": row.label, "prob": prob})
     return [pd.DataFrame(rows[zoom]) for zoom in zooms]
 

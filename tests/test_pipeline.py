@@ -148,7 +148,7 @@ def test_submission_contract_with_broken_patients(demo: Path, tmp_path: Path):
     out = tmp_path / "out" / "sub.csv"
     proc = run(["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp),
                 "--sample-submission", str(sample), "--output", str(out), "--device", "cpu",
-                "--image-size", "32", "--workers", "2"], demo)
+                "--workers", "2"], demo)
     sub = pd.read_csv(out, dtype={"BraTS21ID": str})
     assert sub.BraTS21ID.tolist() == spelled
     assert sub.MGMT_value.between(0, 1).all() and sub.MGMT_value.notna().all()
@@ -159,6 +159,11 @@ def test_submission_contract_with_broken_patients(demo: Path, tmp_path: Path):
     assert set(detail.BraTS21ID) == set(ids)
     assert (detail[detail.BraTS21ID == "90002"].kept > 0).any()   # the corrupt files did not sink the patient
     assert sorted(p.name for p in out.parent.iterdir()) == ["sub.csv", "sub_config.json", "sub_per_type.csv"]
+    # the contract our checkpoint recorded (anatomical order, our sizes) is the one inference used
+    run_config = json.loads(out.with_name("sub_config.json").read_text())["config"]
+    trained = json.loads((settings["CLASSIFICATION_MODEL_DIR"] / "All/fold0/train_config.json").read_text())["config"]
+    assert run_config["contract"] == trained["contract"]
+    assert run_config["contract"]["slice_order"] == "position" and run_config["contract"]["seg_image_size"] == 32
 
 
 @pytest.mark.parametrize("script", ["train_segmentation.py", "train_classification.py"])

@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from mgmt2d import dicom, segmenter, task2
+from mgmt2d.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract
 from mgmt2d.device import add_device_argument, resolve_device
 from mgmt2d.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic, write_run_config
 from mgmt2d.settings import Settings, SettingsError, add_settings_argument, load_settings
@@ -161,16 +162,21 @@ def prepare(
         reader = _read_jpg_many(folders)
     else:
         folders = [Path(p) for p in series.path]
-        reader = dicom.read_series_many(folders, workers=max(workers, 1))
+        reader = dicom.read_series_many(folders, workers=max(workers, 1), order=opts.contract.slice_order,
+                                        rescale=opts.contract.pixel_values == "modality")
 
     types_by_patient = series.groupby("patient", sort=False)["mri_type"].apply(list).to_dict()
     started = time.time()
     with tqdm(total=len(todo), desc=f"prepare {split}", unit="patient") as bar:
         for patient in todo:
-            items = [(t, *next(reader)[:2]) for t in types_by_patient.get(patient, [])]
-            volumes = [v for _, _, v in items if not isinstance(v, Exception)]
-            results_list = segment_and_stack_many(model, volumes, device, opts) if volumes else []
-            ok_types = [t for t, _, v in items if not isinstance(v, Exception)]
+            read = [(t, next(reader)) for t in types_by_patient.get(patient, [])]
+            items = [(t, folder, volume) for t, (folder, volume, _) in read]
+            good = [(t, volume, meta) for t, (_, volume, meta) in read if not isinstance(volume, Exception)]
+            results_list = segment_and_stack_many(
+                model, [v for _, v, _ in good], device, opts,
+                [None if m is None else m.positive_fraction for _, _, m in good],
+            ) if good else []
+            ok_types = [t for t, _, _ in good]
             results = dict(zip(ok_types, results_list))
             rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)), folds.get(patient, -1))
             for row in rows:
@@ -241,6 +247,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-model", type=Path, help="stage-1 checkpoint (default SEGMENT_MODEL_DIR/fold0/best.pt)")
     add_device_argument(parser)
     parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (reference 224)")
+    parser.add_argument("--slice-order", choices=list(SLICE_ORDERS), default="position",
+                        help="position: anatomical (ours, default); filename: trailing number of the file name (reference)")
+    parser.add_argument("--pixel-values", choices=list(PIXEL_VALUES), default="modality",
+                        help="modality: rescale slope/intercept, MONOCHROME1 inverted (default); stored: raw values (reference)")
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
     parser.add_argument("--overwrite", action="store_true", help="redo this split from scratch")
@@ -248,7 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-area-ratio", type=float, default=0.025, help="WT/brain contour area ratio (reference 0.025)")
     parser.add_argument("--max-wt-contours", type=int, default=5, help="max WT contours per slice (reference 5)")
     parser.add_argument("--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 segmentation on CUDA")
+    parser.add_argument("--seg-amp", action="store_true",
+                        help="fp16/bf16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -258,14 +269,14 @@ def main(args: argparse.Namespace) -> int:
         if not Path(seg_model).is_file():
             raise SettingsError(f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model")
         device = resolve_device(args.device)
-        opts = StackOptions(
-            image_size=args.image_size, seg_batch_size=args.seg_batch_size, amp=args.amp,
+        contract = InputContract(
+            slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,
             min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours,
         )
+        opts = StackOptions(contract=contract, seg_batch_size=args.seg_batch_size, amp=args.seg_amp)
         params = {
             "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
-            "image_size": args.image_size, "zoom": opts.zoom, "min_area_ratio": args.min_area_ratio,
-            "max_wt_contours": args.max_wt_contours, "min_nonzero_fraction": opts.min_nonzero_fraction,
+            "contract": contract.to_dict(), "seg_amp": args.seg_amp,
             "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
         }
         model = segmenter.load_segmenter(seg_model, device)

@@ -7,7 +7,10 @@ train_config.json, val_patients.csv with the best epoch's patient scores).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -15,6 +18,7 @@ from mgmt2d import engine
 from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classifier import build_classifier
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
+from mgmt2d.contract import InputContract
 from mgmt2d.device import add_device_argument
 from mgmt2d.io import write_csv_atomic
 from mgmt2d.settings import add_settings_argument, load_settings
@@ -44,6 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def training_contract(data_dir: Path, image_size: int, seq_len: int, stride: int) -> InputContract:
+    """The input contract this model is trained on: the prepared data's, with this run's classifier sizes.
+
+    Saved in every checkpoint, so inference makes its test inputs the same way.
+    """
+    meta = Path(data_dir) / "dataset.json"
+    params = json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
+    base = InputContract.from_dict(params["contract"]) if "contract" in params else InputContract()
+    return replace(base, image_size=image_size, seq_len=seq_len, stride=stride)
+
+
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings)
     data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
@@ -58,6 +73,8 @@ def main(args: argparse.Namespace) -> int:
     config = engine.TrainConfig.from_args(args, out_dir=str(out_dir))
     engine.seed_everything(config.seed)
     model = build_classifier(args.backbone, args.lstm_hidden, args.seq_len, pretrained)
+
+    contract = training_contract(data_dir, args.image_size, args.seq_len, args.stride)
 
     def dataset(rows, augment):
         return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment)
@@ -81,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
         extra_config={
             "mri_type": args.mri_type, "fold": args.fold, "image_size": args.image_size, "seq_len": args.seq_len,
             "stride": args.stride, "lstm_hidden": args.lstm_hidden, "backbone": args.backbone,
-            "batch_size": args.batch_size, "augment": args.augment,
+            "batch_size": args.batch_size, "augment": args.augment, "contract": contract.to_dict(),
             "pretrained": str(pretrained) if pretrained else "none",
             "data_dir": str(data_dir), "train_patients": sorted(train_rows.patient.unique()),
             "val_patients": sorted(val_rows.patient.unique()),

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mgmt2d.chunks import SEQ_LEN, STRIDE, chunk_index
-from mgmt2d.intensity import IMAGENET_MEAN, IMAGENET_STD
+from mgmt2d.intensity import imagenet_normalise
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +197,12 @@ def load_trained_classifier(
 def normalised_zero_frame(
     height: int,
     width: int,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The padding frame (3, H, W): a black uint8 image after normalisation, i.e. ``-mean / std``."""
-    m = torch.tensor(mean, dtype=torch.float64)
-    s = torch.tensor(std, dtype=torch.float64)
-    value = (-m / s).to(dtype)
-    return value.view(-1, 1, 1).expand(len(mean), height, width).contiguous().to(device)
+    """The padding frame (3, H, W): a black image after normalisation, bit for bit as frames.normalise makes it."""
+    value = torch.from_numpy(imagenet_normalise(np.zeros(3, np.float32)))
+    return value.to(dtype).view(-1, 1, 1).expand(3, height, width).contiguous().to(device)
 
 
 def prepare_for_inference(model: MGMTClassifier, device: torch.device | str, channels_last: bool = False) -> MGMTClassifier:
@@ -255,6 +251,18 @@ def _check_series(frames: torch.Tensor, pad_frame: torch.Tensor | None) -> torch
     return pad_frame.to(device=frames.device, dtype=frames.dtype)
 
 
+def _padded_index(n: int, seq_len: int, stride: int, padded_chunk_frames: torch.Tensor | None) -> torch.Tensor:
+    """chunk_index, with the padded last chunk's frames pointing past the pad frame (n) when given."""
+    index = torch.from_numpy(chunk_index(n, seq_len, stride))
+    if padded_chunk_frames is None or not bool((index[-1] < 0).any()):
+        return index
+    real = int((index[-1] >= 0).sum())
+    if padded_chunk_frames.shape[0] != real:
+        raise ValueError(f"padded_chunk_frames has {padded_chunk_frames.shape[0]} frames, the padded chunk {real}")
+    index[-1, :real] = torch.arange(n + 1, n + 1 + real)
+    return index
+
+
 def predict_series(
     model: MGMTClassifier,
     frames: torch.Tensor,
@@ -264,6 +272,7 @@ def predict_series(
     pad_frame: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    padded_chunk_frames: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Chunk probabilities (n_chunks,) of one series, each frame through the backbone once.
 
@@ -273,17 +282,24 @@ def predict_series(
     the embeddings are then gathered with ``chunks.chunk_index`` and only the LSTM and head
     run per chunk (``batch_size`` chunks at a time). Equal to :func:`predict_series_chunkwise`
     up to float rounding. ``autocast_dtype`` (e.g. torch.float16 on CUDA) enables autocast.
+
+    ``padded_chunk_frames``: when the last chunk is short (padded), its real frames made
+    another way (the published code made a padded chunk in float, without the uint8 rounding
+    of the others); they replace that chunk's frames, and only that chunk's.
     """
     seq_len = model.seq_len if seq_len is None else int(seq_len)
     batch_size = _check_batch_size(batch_size)
     pad_frame = _check_series(frames, pad_frame)
-    index = torch.from_numpy(chunk_index(frames.shape[0], seq_len, stride))
+    index = _padded_index(frames.shape[0], seq_len, stride, padded_chunk_frames)
     device = _model_device(model)
     with _eval_inference(model, device, autocast_dtype):
         emb = model.embed_frames(frames, batch_size=batch_size, channels_last=channels_last)
         if bool((index < 0).any()):
-            pad_emb = model.embed_frames(pad_frame.unsqueeze(0), channels_last=channels_last)
-            emb = torch.cat([emb, pad_emb.to(emb.dtype)], dim=0)
+            extra = [pad_frame.unsqueeze(0)]
+            if padded_chunk_frames is not None:
+                extra.append(padded_chunk_frames.to(frames.dtype))
+            more = model.embed_frames(torch.cat(extra), batch_size=batch_size, channels_last=channels_last)
+            emb = torch.cat([emb, more.to(emb.dtype)], dim=0)
             index = torch.where(index < 0, frames.shape[0], index)
         index = index.to(emb.device)
         probs = []
@@ -303,6 +319,7 @@ def predict_series_chunkwise(
     pad_frame: torch.Tensor | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    padded_chunk_frames: torch.Tensor | None = None,
 ) -> np.ndarray:
     """Reference schedule: the full model on every (seq_len, 3, H, W) chunk, as the published code did.
 
@@ -313,8 +330,9 @@ def predict_series_chunkwise(
     seq_len = model.seq_len if seq_len is None else int(seq_len)
     batch_size = _check_batch_size(batch_size)
     pad_frame = _check_series(frames, pad_frame)
-    index = torch.from_numpy(chunk_index(frames.shape[0], seq_len, stride))
-    padded = torch.cat([frames, pad_frame.unsqueeze(0)], dim=0)
+    index = _padded_index(frames.shape[0], seq_len, stride, padded_chunk_frames)
+    extra = [pad_frame.unsqueeze(0)] + ([padded_chunk_frames.to(frames.dtype)] if padded_chunk_frames is not None else [])
+    padded = torch.cat([frames, *extra], dim=0)
     index = torch.where(index < 0, frames.shape[0], index)
     device = _model_device(model)
     per_pass = max(batch_size // seq_len, 1)

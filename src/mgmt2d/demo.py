@@ -46,8 +46,7 @@ def steps(settings: Path, args: argparse.Namespace) -> list[tuple[str, list[str]
           "--image-size", cls_size, "--seq-len", str(args.seq_len), "--stride", str(args.stride or max(args.seq_len // 2, 1)),
           "--epochs", str(args.cls_epochs), "--warmup-epochs", "1", "--batch-size", "4", "--lr", "1e-4"], True),
         ("5. inference_on_test.py",
-         [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--image-size", seg_size,
-          "--workers", "1"], True),
+         [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--workers", "1"], True),
     ]
 
 

@@ -14,13 +14,14 @@ Files that are not readable single-frame DICOM images (a ``.DS_Store``, garbage 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import multiprocessing
 import os
 import re
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -91,6 +92,9 @@ class SeriesMeta:
     files: list[Path]
     skipped: list[SkippedFile] = field(default_factory=list)
     resized: list[str] = field(default_factory=list)
+    # Per slice (reading order): the fraction of its STORED pixel values that are > 0. The
+    # near-empty test uses it, so a rescale intercept cannot make background count as tissue.
+    positive_fraction: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (paths as strings, arrays as lists)."""
@@ -104,6 +108,7 @@ class SeriesMeta:
             "files": [str(p) for p in self.files],
             "skipped": [{"file": s.file, "reason": s.reason} for s in self.skipped],
             "resized": list(self.resized),
+            "positive_fraction": None if self.positive_fraction is None else self.positive_fraction.tolist(),
         }
 
 
@@ -400,12 +405,17 @@ def _list_files(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- public
 
 
-def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
+def read_series(
+    folder: str | Path, order: Literal["position", "filename"] = "position", rescale: bool = True
+) -> tuple[np.ndarray, SeriesMeta]:
     """Read one series folder into a float32 (S, H, W) volume in anatomical order.
 
     Order: see :func:`slice_order` (ascending along the slice normal when the geometry
-    allows). Values are RescaleSlope * stored + RescaleIntercept (a missing or zero slope
-    counts as 1). Colour images become luminance (0.299 R + 0.587 G + 0.114 B); only
+    allows). ``order="filename"`` instead sorts by the trailing integer of the file name
+    (``Image-9.dcm`` before ``Image-10.dcm``), the published solution's order.
+    Values are RescaleSlope * stored + RescaleIntercept (a missing or zero slope
+    counts as 1); ``rescale=False`` keeps the stored values (no rescale, no MONOCHROME1
+    inversion), as the published solution read them. Colour images become luminance (0.299 R + 0.587 G + 0.114 B); only
     single-frame images are read. MONOCHROME1 slices are mirrored as ``max - value``
     (max over the series' MONOCHROME1 slices) so larger means brighter and the
     display-white background becomes 0. Slices whose size differs from the majority are
@@ -434,16 +444,22 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
             + (f" ({len(skipped)} files skipped: {detail}{more})" if skipped else " (no files)")
         )
 
-    positions = [s.position for s in slices]
-    orientations = [s.orientation for s in slices]
-    order, order_by, projected = _order_and_projection(
-        positions, orientations, [s.instance for s in slices], [s.path.name for s in slices]
-    )
-    slices = [slices[i] for i in order]
+    if order not in ("position", "filename"):
+        raise ValueError(f"order must be 'position' or 'filename', got {order!r}")
+    names = [s.path.name for s in slices]
+    if order == "filename":
+        reading = np.asarray(sorted(range(len(names)), key=lambda i: _filename_key(names[i])), dtype=np.intp)
+        order_by, projected = "filename", None
+    else:
+        reading, order_by, projected = _order_and_projection(
+            [s.position for s in slices], [s.orientation for s in slices], [s.instance for s in slices], names
+        )
+    slices = [slices[i] for i in reading]
 
     height, width = _majority_shape([s.pixels.shape for s in slices])  # type: ignore[misc]
     volume = np.empty((len(slices), height, width), dtype=np.float32)
     resized: list[str] = []
+    positive = np.array([np.count_nonzero(s.pixels > 0) / s.pixels.size for s in slices], dtype=np.float64)
     for i, s in enumerate(slices):
         if s.pixels.shape == (height, width):
             volume[i] = s.pixels
@@ -452,9 +468,9 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
                 s.pixels.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR
             )
             resized.append(str(s.path))
-        if s.slope != 1.0:
+        if rescale and s.slope != 1.0:
             volume[i] *= np.float32(s.slope)
-        if s.intercept != 0.0:
+        if rescale and s.intercept != 0.0:
             volume[i] += np.float32(s.intercept)
     if resized:
         logger.warning(
@@ -462,7 +478,7 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
             folder, len(resized), len(slices), height, width,
         )
     mono1 = [i for i, s in enumerate(slices) if s.monochrome1]
-    if mono1:
+    if mono1 and rescale:
         top = np.float32(volume[mono1].max())
         volume[mono1] = top - volume[mono1]
 
@@ -476,6 +492,7 @@ def read_series(folder: str | Path) -> tuple[np.ndarray, SeriesMeta]:
         files=[s.path for s in slices],
         skipped=skipped,
         resized=resized,
+        positive_fraction=positive,
     )
     return volume, meta
 
@@ -521,6 +538,8 @@ def read_series_many(
     workers: int = 1,
     *,
     executor: Literal["thread", "process"] | None = None,
+    order: Literal["position", "filename"] = "position",
+    rescale: bool = True,
 ) -> Iterator[tuple[Path, np.ndarray | Exception, SeriesMeta | None]]:
     """Read series in the background so the caller can overlap reading with model work.
 
@@ -540,11 +559,11 @@ def read_series_many(
     kind = executor or "thread"
     if kind not in ("thread", "process"):
         raise ValueError(f"executor must be 'thread' or 'process', got {executor!r}")
-    return _read_many(iter(folders), workers, kind)
+    return _read_many(iter(folders), workers, kind, functools.partial(read_series, order=order, rescale=rescale))
 
 
 def _read_many(
-    folders: Iterator[str | Path], workers: int, kind: str
+    folders: Iterator[str | Path], workers: int, kind: str, reader: Callable[[Path], tuple[np.ndarray, SeriesMeta]]
 ) -> Iterator[tuple[Path, np.ndarray | Exception, SeriesMeta | None]]:
     pool: Executor
     if kind == "thread":
@@ -556,7 +575,7 @@ def _read_many(
     pending: deque[tuple[Path, Future[tuple[np.ndarray, SeriesMeta]]]] = deque()
     try:
         for folder in islice(folders, workers + 1):
-            pending.append((Path(folder), _submit(pool, Path(folder))))
+            pending.append((Path(folder), _submit(pool, reader, Path(folder))))
         while pending:
             folder, future = pending.popleft()
             item: tuple[Path, np.ndarray | Exception, SeriesMeta | None]
@@ -566,7 +585,7 @@ def _read_many(
                 item = (folder, exc, None)
             # Refill before yielding so workers stay busy while the caller works.
             for nxt in islice(folders, 1):
-                pending.append((Path(nxt), _submit(pool, Path(nxt))))
+                pending.append((Path(nxt), _submit(pool, reader, Path(nxt))))
             del future  # no reference here may keep a consumed volume alive
             yield item
             del item
@@ -576,10 +595,12 @@ def _read_many(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _submit(pool: Executor, folder: Path) -> Future[tuple[np.ndarray, SeriesMeta]]:
+def _submit(
+    pool: Executor, reader: Callable[[Path], tuple[np.ndarray, SeriesMeta]], folder: Path
+) -> Future[tuple[np.ndarray, SeriesMeta]]:
     """Submit, turning a refusal (a broken process pool) into a failed future."""
     try:
-        return pool.submit(read_series, folder)
+        return pool.submit(reader, folder)
     except Exception as exc:
         failed: Future[tuple[np.ndarray, SeriesMeta]] = Future()
         failed.set_exception(exc)

@@ -698,6 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="download nothing: check that every file is present with the right SHA-256",
     )
     parser.add_argument("--force", action="store_true", help="re-fetch ImageNet weights even when present")
+    parser.add_argument(
+        "--published", choices=["t4e"],
+        help="fetch the published solution's released weights (Google Drive, via gdown) instead; "
+             "SHA-256 recorded in <manifest folder>/<name>.lock.json on first download, verified after",
+    )
+    parser.add_argument("--published-dir", type=Path, help="where --published puts them (default <manifest folder>/<name>)")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -736,6 +742,14 @@ def main(argv: Sequence[str] | None = None, *, default_manifest: str | Path | No
         return 1
     progress = not args.no_progress
     results: list[Result] = []
+    manifest = Path(args.manifest) if args.manifest else Path(
+        default_manifest or settings.source.parent / "models" / "manifest.json"
+    )
+    if args.published:
+        from mgmt2d.published import main_published
+
+        dest = args.published_dir or manifest.parent / args.published
+        return main_published(args.published, dest, manifest.parent / f"{args.published}.lock.json")
 
     if not args.trained_only:
         pretrained_dir = settings["PRETRAINED_DIR"]
@@ -752,9 +766,6 @@ def main(argv: Sequence[str] | None = None, *, default_manifest: str | Path | No
                 results += fetch_pretrained(pretrained_dir, force=args.force)
 
     if not args.pretrained_only:
-        manifest = Path(args.manifest) if args.manifest else Path(
-            default_manifest or settings.source.parent / "models" / "manifest.json"
-        )
         try:
             entries = load_manifest(manifest)
         except ManifestError as err:

@@ -10,7 +10,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from mgmt2d.intensity import IMAGENET_MEAN, IMAGENET_STD
+from mgmt2d.intensity import imagenet_normalise
 
 _CV_MAX_CHANNELS = 512
 
@@ -57,10 +57,8 @@ def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
 
 
 def normalise(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 with ImageNet mean/std."""
-    x = frames.astype(np.float32) / 255.0
-    x = (x - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    """(T, H, W, 3) in [0, 255] (uint8 or float) -> (T, 3, H, W) float32 with ImageNet mean/std."""
+    return np.ascontiguousarray(imagenet_normalise(frames).transpose(0, 3, 1, 2))
 
 
 def train_augmentation() -> A.Compose:

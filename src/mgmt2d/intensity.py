@@ -24,16 +24,41 @@ def minmax_uint8(volume: np.ndarray) -> np.ndarray | None:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def minmax_float(volume: np.ndarray) -> np.ndarray | None:
+    """Scale to float64 [0, 255] over the whole array, ``(v - lo) / (hi - lo) * 255``; None if constant.
+
+    The published stage-2 preparation's arithmetic, in its order and precision: its image
+    channel is this value truncated to uint8 and its segmenter input is this value itself,
+    so the last bit matters where truncation sits on an integer.
+    """
+    vol = np.asarray(volume, dtype=np.float64)
+    finite = np.isfinite(vol)
+    if not finite.any():
+        return None
+    lo, hi = float(vol[finite].min()), float(vol[finite].max())
+    if not hi > lo:
+        return None
+    if not finite.all():
+        vol = np.where(finite, vol, lo)
+    return (vol - lo) / (hi - lo) * 255.0
+
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# albumentations' Normalize arithmetic (what the published models saw): float32
+# (x - mean * 255) * (1 / (std * 255)), with the constants rounded to float32 first.
+_MEAN_255 = np.asarray(IMAGENET_MEAN, np.float32) * np.float32(255.0)
+_INV_STD_255 = np.reciprocal(np.asarray(IMAGENET_STD, np.float32) * np.float32(255.0), dtype=np.float32)
+
+
+def imagenet_normalise(image: np.ndarray) -> np.ndarray:
+    """(..., 3) pixel values in [0, 255] (any dtype) -> float32 ImageNet-normalised, channels last."""
+    return (image.astype(np.float32) - _MEAN_255) * _INV_STD_255
 
 
 def normalise_gray(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) -> float32 (3, H, W): the gray slice repeated to 3 channels, ImageNet mean/std.
+    """(H, W) in [0, 255] (uint8 or float) -> float32 (3, H, W): the slice repeated to 3 channels, normalised.
 
     The segmenter's input in training (segdata) and in use (segmenter.to_input).
     """
-    x = image.astype(np.float32) / 255.0
-    mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
-    std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
-    return (np.broadcast_to(x, (3, *x.shape)) - mean) / std
+    return np.ascontiguousarray(imagenet_normalise(image[..., None]).transpose(2, 0, 1))

@@ -40,8 +40,10 @@ def main(args: argparse.Namespace) -> int:
     config = engine.TrainConfig.from_args(args, out_dir=str(out_dir))
     engine.seed_everything(config.seed)
     model = segmenter.build_segmenter()
+    initialised = "random"
     if pretrained is not None:
-        segmenter.load_encoder_imagenet(model, pretrained)
+        initialised = segmenter.load_pretrained(model, pretrained)
+        log.info("initialised the %s from %s", initialised, pretrained)
     device = resolve_device(args.device)
     train_ds = segdata.SegmentationSliceDataset(data_dir, train_rows, args.image_size, segdata.train_transform(), seed=config.seed)
     val_ds = segdata.SegmentationSliceDataset(data_dir, val_rows, args.image_size, None)
@@ -54,7 +56,8 @@ def main(args: argparse.Namespace) -> int:
         freeze_module=model.encoder,
         extra_config={
             "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
-            "pretrained": str(pretrained) if pretrained else "none", "data_dir": str(data_dir),
+            "pretrained": str(pretrained) if pretrained else "none", "initialised": initialised,
+            "data_dir": str(data_dir),
             "train_cases": sorted(train_rows.case.unique()), "val_cases": sorted(val_rows.case.unique()),
         },
     )

@@ -55,41 +55,75 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> nn.M
     return model.to(device).eval()
 
 
-def load_encoder_imagenet(model: nn.Module, weights: str | Path) -> None:
-    """ImageNet DenseNet121 weights into the encoder; the classifier keys are dropped."""
+def load_pretrained(model: nn.Module, weights: str | Path) -> str:
+    """Initialise from ``weights``, strictly: a whole UNet++ (like the published stage-1 init file) or an encoder.
+
+    A file with decoder keys is a whole model and must match it key for key; otherwise it
+    is DenseNet121 encoder weights (ImageNet), whose classifier keys are dropped. Returns
+    "whole model" or "encoder".
+    """
     state = dict(state_dict_from_file(weights))
+    if any(k.startswith(("decoder.", "segmentation_head.")) for k in state):
+        _strict_load(model, state, weights, "a whole UNet++ / DenseNet121 with 2 outputs")
+        return "whole model"
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    model.encoder.load_state_dict(state)
+    _strict_load(model.encoder, state, weights, "DenseNet121 encoder weights")
+    return "encoder"
+
+
+def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """load_state_dict(strict=True), its long key lists turned into one line that names the file."""
+    try:
+        module.load_state_dict(state)   # strict by default (smp encoders take no strict argument)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise ValueError(f"{path} does not fit {what}: {first}") from None
 
 
 # ---------------------------------------------------------------- input / output transforms
 
 
-def to_input(slices: np.ndarray, image_size: int, zoom: float = 1.0) -> np.ndarray:
-    """uint8 (N, H, W) slices -> float32 (N, 3, S, S) network input.
+def zoomed_size(image_size: int, zoom: float) -> int:
+    """The side the slices are resized to before the centre crop: int(), as the reference (224 * 1.2 -> 268)."""
+    return int(image_size * zoom)
 
-    zoom 1.0 resizes to S (training, evaluation); zoom 1.2 resizes to round(1.2 S) and
-    centre-crops S, as the reference does before segmenting Task 2 slices.
+
+def to_input(slices: np.ndarray, image_size: int, zoom: float = 1.0) -> np.ndarray:
+    """(N, H, W) slices in [0, 255] (uint8, or float as stage 2 passes them) -> float32 (N, 3, S, S).
+
+    zoom 1.0 resizes to S (training, evaluation); zoom 1.2 resizes to int(1.2 S) and
+    centre-crops S, as the reference does before segmenting Task 2 slices. Float slices
+    are resized in float64 (the reference's precision), then normalised in float32.
     """
-    big = int(round(image_size * zoom))
+    big = zoomed_size(image_size, zoom)
     lo = (big - image_size) // 2
     out = np.empty((len(slices), 3, image_size, image_size), dtype=np.float32)
     for i, sl in enumerate(slices):
-        img = cv2.resize(sl, (big, big), interpolation=cv2.INTER_LINEAR)
+        src = sl if sl.dtype == np.uint8 else sl.astype(np.float64, copy=False)
+        img = cv2.resize(src, (big, big), interpolation=cv2.INTER_LINEAR)
         out[i] = normalise_gray(img[lo:lo + image_size, lo:lo + image_size])
     return out
 
 
-def from_output(pred: np.ndarray, shape: tuple[int, int], zoom: float = 1.0, nearest: bool = False) -> np.ndarray:
-    """Inverse of to_input for (C, S, S) maps: pad back to the zoomed size, resize to (H, W)."""
+def from_output(pred: np.ndarray, shape: tuple[int, int], zoom: float = 1.0) -> np.ndarray:
+    """Inverse of to_input for (C, S, S) maps: pad back to the zoomed size, resize bilinearly to (H, W).
+
+    The padding mirrors the border (reflect-101, albumentations' PadIfNeeded default, which
+    the reference used), so a mask touching the crop edge continues into the margin. uint8
+    {0,1} masks stay {0,1} under bilinear resizing (OpenCV rounds), as in the reference.
+    """
     channels, size, _ = pred.shape
-    big = int(round(size * zoom))
-    lo = (big - size) // 2
-    canvas = np.zeros((channels, big, big), dtype=pred.dtype)
-    canvas[:, lo:lo + size, lo:lo + size] = pred
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    big = zoomed_size(size, zoom)
+    top = (big - size) // 2
+    bottom = big - size - top
     h, w = shape
-    return np.stack([cv2.resize(c, (w, h), interpolation=interp) for c in canvas])
+    out = np.empty((channels, h, w), dtype=pred.dtype)
+    for c in range(channels):
+        plane = np.ascontiguousarray(pred[c])
+        if big > size:
+            plane = cv2.copyMakeBorder(plane, top, bottom, top, bottom, cv2.BORDER_REFLECT_101)
+        out[c] = cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out
 
 
 def autocast(device: torch.device, enabled: bool = True):
@@ -126,24 +160,3 @@ def predict_probs(
             probs = probs > threshold
         out[start:start + len(batch)] = probs.cpu().numpy()
     return out
-
-
-def segment_slices(
-    model: nn.Module,
-    slices: np.ndarray,
-    device: torch.device,
-    image_size: int = 224,
-    zoom: float = 1.0,
-    batch_size: int = 32,
-    threshold: float = 0.5,
-    amp: bool = True,
-) -> np.ndarray:
-    """uint8 (N, H, W) slices -> uint8 {0,1} masks (N, 2, H, W) [WT, ET] at the slices' own size.
-
-    Thresholds at model resolution, then inverts the transform (the reference's order).
-    """
-    if len(slices) == 0:
-        return np.zeros((0, 2, *slices.shape[1:]), dtype=np.uint8)
-    binary = predict_probs(model, to_input(slices, image_size, zoom), device, batch_size, amp, threshold)
-    shape = slices.shape[1:]
-    return np.stack([from_output(b, shape, zoom, nearest=True) for b in binary])

@@ -26,17 +26,9 @@ import pandas as pd
 
 from mgmt2d import dicom
 from mgmt2d.classification_prep import INDEX_COLUMNS, make_folds
-from mgmt2d.intensity import minmax_uint8
+from mgmt2d.contract import InputContract
 from mgmt2d.io import save_npy_atomic, write_csv_atomic, write_json_atomic
-from mgmt2d.stack import (
-    MAX_WT_CONTOURS,
-    MIN_AREA_RATIO,
-    MIN_NONZERO_FRACTION,
-    StackedSeries,
-    keep_slice,
-    select_nonempty,
-    stack_channels,
-)
+from mgmt2d.stack import StackedSeries, prepare_series, stack_series
 
 __all__ = ["true_masks", "stack_with_truth", "prepare_from_synth"]
 
@@ -53,39 +45,21 @@ def true_masks(seg: np.ndarray) -> np.ndarray:
 def stack_with_truth(
     volume: np.ndarray,
     seg: np.ndarray,
-    min_nonzero_fraction: float = MIN_NONZERO_FRACTION,
-    min_area_ratio: float = MIN_AREA_RATIO,
-    max_wt_contours: int = MAX_WT_CONTOURS,
+    fractions: np.ndarray | None = None,
+    contract: InputContract = InputContract(),
 ) -> StackedSeries:
     """What ``stack.segment_and_stack`` returns, with true labels ``seg`` as the segmentation.
 
-    ``volume`` (S, H, W) as read by ``dicom.read_series``; ``seg`` (S, H, W) BraTS labels on
-    the same grid and in the same slice order.
+    ``volume`` (S, H, W) as read by ``dicom.read_series`` (``fractions``: its
+    ``meta.positive_fraction``); ``seg`` (S, H, W) BraTS labels on the same grid and in the
+    same slice order. The keep rules and stacking are ``mgmt2d.stack``'s own.
     """
     volume = np.asarray(volume, dtype=np.float32)
     if seg.shape != volume.shape:
         raise ValueError(f"labels {seg.shape} do not match the series {volume.shape}")
-    total = len(volume)
-    h, w = volume.shape[1:]
-
-    def empty(nonempty: int, reason: str) -> StackedSeries:
-        return StackedSeries(np.zeros((0, h, w, 3), np.uint8), np.zeros(0, np.int64), total, nonempty, reason)
-
-    idx = select_nonempty(volume, min_nonzero_fraction)
-    if len(idx) == 0:
-        return empty(0, "no non-empty slice")
-    scaled = minmax_uint8(volume[idx])
-    if scaled is None:
-        return empty(len(idx), "constant series")
-    masks = true_masks(seg[idx])
-    images, kept = [], []
-    for i, img in enumerate(scaled):
-        if keep_slice(img, masks[0, i], min_area_ratio, max_wt_contours):
-            images.append(stack_channels(img, masks[:, i]))
-            kept.append(int(idx[i]))
-    if not images:
-        return empty(len(idx), "no slice passed the tumour filter")
-    return StackedSeries(np.stack(images), np.asarray(kept, dtype=np.int64), total, len(idx))
+    prepared = prepare_series(volume, fractions, contract)
+    masks = true_masks(seg[prepared[0]])
+    return stack_series(volume, prepared, (masks[:, i] for i in range(masks.shape[1])), contract)
 
 
 def prepare_from_synth(
@@ -121,9 +95,9 @@ def prepare_from_synth(
             row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "",
                    "label": labels[patient], "fold": int(folds[patient]), "note": ""}
             folder = synth_dir / "task2" / split_of[patient] / patient / mri_type
-            volume, _ = dicom.read_series(folder)
+            volume, meta = dicom.read_series(folder)
             seg = np.load(synth_dir / "truth" / "series_seg" / patient / f"{mri_type}.npz")["seg"]
-            res = stack_with_truth(volume, seg)
+            res = stack_with_truth(volume, seg, meta.positive_fraction)
             row["total"], row["kept"], row["note"] = res.total, res.kept, res.reason
             if res.kept:
                 row["file"] = f"series/{patient}_{mri_type}.npy"
