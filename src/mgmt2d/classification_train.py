@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
     add_pretrained_argument(parser, "eca_nfnet_l0")
     engine.add_train_arguments(
-        parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, sched_factor=0.67, sched_patience=3,
+        parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
         monitor="val_loss",
     )
 
