@@ -37,22 +37,29 @@ def test_chunks_pad_with_black_frames_and_keep_series_order(tmp_path: Path):
     pad = normalised_zero_frame(16, 16)
     assert np.allclose(first["image"][3:].numpy(), pad.numpy())   # 2 pad frames at the end
     arr = np.load(tmp_path / "series/00001_FLAIR.npy")
-    second_chunk = ds.chunk_frames(2)           # series 1, window [2, 7)
-    np.testing.assert_array_equal(second_chunk, frames.resize(arr[2:7], 16))
+    second_chunk = ds.chunk_frames(2)           # series 1, window [2, 7), native size
+    np.testing.assert_array_equal(second_chunk, arr[2:7])
+    np.testing.assert_array_equal(ds.chunk_frames(0)[3:], 0)
 
 
-def test_one_augmentation_draw_for_the_whole_chunk(tmp_path: Path):
+def test_augment_at_native_size_then_resize_one_draw_per_chunk(tmp_path: Path):
+    """The published order (augment, resize, normalise), seeded by (seed, epoch, chunk index)."""
     _store(tmp_path)
-    ds = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2, augment=True)
-    chunk = ds.chunk_frames(3)
+    ds = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2, augment=True, seed=3)
+    plain = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2)
+    ds.set_epoch(4)
     changed = 0
-    for seed in range(8):
-        out = frames.augment(chunk, ds.transform, seed)
-        each = [frames.augment(chunk[i:i + 1], ds.transform, seed)[0] for i in range(len(chunk))]
-        for i in range(len(chunk)):
-            np.testing.assert_array_equal(out[i], each[i])
-        changed += not np.array_equal(out, chunk)
+    for idx in range(len(ds)):
+        chunk = ds.chunk_frames(idx)
+        expected = frames.normalise(frames.resize(frames.augment(chunk, ds.transform, 3, 4, idx), 16))
+        got = ds[idx]["image"].numpy()
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(ds[idx]["image"].numpy(), got)   # same epoch, same draw
+        changed += not np.array_equal(got, plain[idx]["image"].numpy())
     assert changed > 0
+    ds.set_epoch(5)
+    assert any(not np.array_equal(ds[i]["image"].numpy(), frames.normalise(frames.resize(
+        frames.augment(ds.chunk_frames(i), ds.transform, 3, 4, i), 16))) for i in range(len(ds)))
 
 
 def test_split_by_fold_is_patient_disjoint(tmp_path: Path):

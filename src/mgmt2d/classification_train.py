@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     model = build_classifier(args.backbone, args.lstm_hidden, args.seq_len, pretrained)
 
     def dataset(rows, augment):
-        return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment)
+        return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment, seed=config.seed)
 
     train_ds, val_ds = dataset(train_rows, args.augment), dataset(val_rows, False)
     device = torch.device(engine.resolve_device(args.device))

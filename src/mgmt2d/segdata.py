@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from mgmt2d import augment
 from mgmt2d.brats import MODALITIES, BratsCaseError, case_id, list_cases, parse_modalities, read_case
 from mgmt2d.intensity import minmax_uint8, normalise_gray
 from mgmt2d.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
@@ -565,42 +566,16 @@ def split_by_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.Data
     return train, val
 
 
-def _seed_transform(transform: Any, seed_seq: np.random.SeedSequence) -> None:
-    """Give every transform its own seed: Compose.set_random_seed gives all children the
-    same one, which makes HorizontalFlip and VerticalFlip fire together."""
-    transform.set_random_seed(int(seed_seq.generate_state(1)[0]))
-    children = getattr(transform, "transforms", None)
-    if children:
-        for child, child_seq in zip(children, seed_seq.spawn(len(children))):
-            _seed_transform(child, child_seq)
-
-
 def seed_transform(transform: Any, seed: int, epoch: int, index: int) -> None:
-    """Seed an albumentations transform for one sample from (base seed, epoch, sample index)."""
-    _seed_transform(transform, np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
+    """Seed an albumentations transform for one sample; see :func:`mgmt2d.augment.seed_transform`."""
+    augment.seed_transform(transform, seed, epoch, index)
 
 
-def train_transform(seed: int | None = None) -> "A.Compose":
-    """Flips and shift-scale-rotate, each with p=0.5, applied to image and mask together.
-
-    Shift-scale-rotate as A.Affine with the ShiftScaleRotate defaults of albumentations
-    1.x (the reference's): shift 6.25 %, scale 0.9-1.1, rotate +-45 deg, reflect-101 border.
-    Per-sample seeding is done by the dataset (:func:`seed_transform`); ``seed`` only
-    seeds the Compose for use outside it.
-    """
-    import albumentations as A  # imported here: preparing data does not need it
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.Affine(
-                translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
-                interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_REFLECT_101, p=0.5,
-            ),
-        ],
-        seed=seed,
-    )
+def train_transform() -> "A.Compose":
+    """The published stage-1 augmentation (:func:`mgmt2d.augment.train_transform`): flips and
+    shift-scale-rotate, p = 0.5 each, drawn independently, image and mask together (mask nearest).
+    Per-sample seeding is done by the dataset."""
+    return augment.train_transform()
 
 
 normalise_slice = normalise_gray  # kept name: the training input transform
@@ -610,7 +585,7 @@ class SegmentationSliceDataset(Dataset):
     """Slices of the store by index rows: (image float32 (3, S, S), mask float32 (2, S, S)).
 
     Arrays are memory-mapped lazily in each worker process (a bounded cache of open maps).
-    Order per sample: resize (image linear, mask nearest), augment, normalise.
+    Order per sample: augment (native size), resize (image linear, mask nearest), normalise.
 
     Augmentation seeding, per sample: after :meth:`set_epoch` ``(e)``, sample ``i`` is
     augmented with a seed derived from (seed, e, i), so results depend on neither worker
@@ -676,17 +651,14 @@ class SegmentationSliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)
+        mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
+        if self.transform is not None:  # at the native slice size, as the reference (GUIDE 2)
+            image, mask = augment.apply(self.transform, self.seed, self.epoch, i, image, mask)
         size = (self.image_size, self.image_size)
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(np.ascontiguousarray(mask.transpose(1, 2, 0)), size, interpolation=cv2.INTER_NEAREST)
-        if self.transform is not None:
-            if self.epoch is not None:
-                key = self.epoch
-            else:  # the engine's per-epoch global seeding; offset keeps it apart from epochs
-                key = 2**32 + int(np.random.randint(0, 2**32, dtype=np.int64))
-            seed_transform(self.transform, self.seed, key, i)
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        if mask.ndim == 2:  # OpenCV drops a trailing axis of size 1
+            mask = mask[..., None]
         x = normalise_slice(image)
         y = np.ascontiguousarray(mask.transpose(2, 0, 1), dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
