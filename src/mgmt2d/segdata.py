@@ -61,6 +61,8 @@ STORE_FORMAT = 1
 PLANES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_KEEP_RATE = 0.1
 DEFAULT_MIN_TUMOUR_RATIO = 0.01
+RATIO_OF = ("slice", "brain")   # denominator of the tumour ratio: whole slice (published) or brain area
+DEFAULT_RATIO_OF = "slice"
 DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 42
 CASE_MARKER = "case.json"
@@ -100,19 +102,28 @@ def plane_slices(volume: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(volume, PLANES[plane], 0)
 
 
-def tumour_ratios(images: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per slice (n, H, W): tumour area / brain area, tumour pixels, brain pixels.
+def tumour_ratios(
+    images: np.ndarray, wt: np.ndarray, of: str = DEFAULT_RATIO_OF
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice (n, H, W): tumour ratio, tumour pixels, brain pixels.
 
-    Brain = non-zero image pixels, tumour = WT pixels. A slice without brain has ratio 0.
+    Tumour = WT pixels, brain = non-zero image pixels. ``of="slice"`` (the published rule,
+    GUIDE 2): ratio = WT mask mean over the whole slice. ``of="brain"`` (our earlier rule):
+    tumour area / brain area, 0 for a slice without brain.
     """
+    if of not in RATIO_OF:
+        raise SegDataError(f"tumour ratio of {of!r}: choose from {', '.join(RATIO_OF)}")
     brain = np.count_nonzero(images.reshape(len(images), -1), axis=1)
     tumour = np.count_nonzero(wt.reshape(len(wt), -1), axis=1)
-    ratio = np.divide(tumour, brain, out=np.zeros(len(brain), np.float64), where=brain > 0)
-    return ratio, tumour, brain
+    if of == "slice":
+        ratio = tumour / float(np.prod(wt.shape[1:])) if len(wt) else np.zeros(0, np.float64)
+    else:
+        ratio = np.divide(tumour, brain, out=np.zeros(len(brain), np.float64), where=brain > 0)
+    return np.asarray(ratio, np.float64), tumour, brain
 
 
 def kept_slices(ratio: np.ndarray, brain: np.ndarray, min_ratio: float = DEFAULT_MIN_TUMOUR_RATIO) -> np.ndarray:
-    """Indices of slices whose tumour/brain ratio exceeds ``min_ratio`` (brain area > 0)."""
+    """Indices of slices whose tumour ratio exceeds ``min_ratio`` (strictly) and that have brain."""
     ratio = np.asarray(ratio)
     return np.flatnonzero((np.asarray(brain) > 0) & (ratio > min_ratio))
 
@@ -169,6 +180,7 @@ class PrepareParams:
     seed: int = DEFAULT_SEED
     keep_rate: float = DEFAULT_KEEP_RATE
     min_tumour_ratio: float = DEFAULT_MIN_TUMOUR_RATIO
+    tumour_ratio_of: str = DEFAULT_RATIO_OF
     keep_task2_overlap: bool = False
 
     def __post_init__(self) -> None:
@@ -179,6 +191,8 @@ class PrepareParams:
             raise SegDataError(f"--min-tumour-ratio must be in [0, 1) (got {self.min_tumour_ratio})")
         if self.n_folds < 2:
             raise SegDataError(f"--n-folds must be at least 2 (got {self.n_folds})")
+        if self.tumour_ratio_of not in RATIO_OF:
+            raise SegDataError(f"--tumour-ratio-of must be one of {', '.join(RATIO_OF)} (got {self.tumour_ratio_of!r})")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -238,7 +252,7 @@ def build_case_slices(
         chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for mod, vol in scaled.items():
             slices = plane_slices(vol, plane)
-            ratio, tumour, brain = tumour_ratios(slices, wt)
+            ratio, tumour, brain = tumour_ratios(slices, wt, params.tumour_ratio_of)
             picked = sample_slices(kept_slices(ratio, brain, params.min_tumour_ratio), params.keep_rate)
             chosen[mod] = (picked, ratio, tumour, brain)
         union = np.unique(np.concatenate([c[0] for c in chosen.values()] or [np.zeros(0, np.int64)]))
@@ -683,7 +697,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-rate", type=float, default=DEFAULT_KEEP_RATE,
                         help="take every T-th kept slice of a plane, T = max(round(n_kept * rate), 1) (reference: 0.1)")
     parser.add_argument("--min-tumour-ratio", type=float, default=DEFAULT_MIN_TUMOUR_RATIO,
-                        help="keep a slice when tumour area / brain area exceeds this (reference: 0.01)")
+                        help="keep a slice when its tumour ratio exceeds this (reference: 0.01)")
+    parser.add_argument("--tumour-ratio-of", choices=RATIO_OF, default=DEFAULT_RATIO_OF,
+                        help="tumour ratio = WT area / whole slice (default, the published rule) "
+                             "or / brain (non-zero) area (our earlier rule; keeps more slices)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -693,7 +710,7 @@ def main(args: argparse.Namespace) -> int:
         settings = load_settings(args.settings)
         params = PrepareParams(
             modalities=tuple(args.modalities), n_folds=args.n_folds, seed=args.seed,
-            keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio,
+            keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio, tumour_ratio_of=args.tumour_ratio_of,
             keep_task2_overlap=args.keep_task2_overlap,
         )
         task1 = settings.existing("TASK1_DIR")
