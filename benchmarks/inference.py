@@ -19,7 +19,7 @@ is timed on its own; nothing in the library is modified):
 
 Everything but the classify step is shared by both schedules, so the two "whole" totals
 differ only there. Models: a random-init UNet++/DenseNet121 and eca_nfnet_l0 + BiLSTM saved as
-checkpoints in a temp weights dir and loaded with ``inference.load_models`` (one "All"
+checkpoints in a temp weights dir and loaded with ``inference.load_models`` (one "pooled"
 classifier, fold 0, so one model per type as with ``--folds 0``).
 
 Slice counts (CPU time budget; UNet++ at 224 costs seconds per slice here and the
@@ -87,7 +87,7 @@ def save_weights(root: Path, seed: int) -> tuple[Path, Path]:
     seg_path.parent.mkdir(parents=True)
     torch.save({"model": segmenter.build_segmenter().state_dict()}, seg_path)
     cls_dir = root / "classification"
-    path = cls_dir / "All" / "fold0" / "best.pt"
+    path = cls_dir / "pooled" / "fold0" / "best.pt"
     path.parent.mkdir(parents=True)
     config = {"backbone": "eca_nfnet_l0", "lstm_hidden": 128, "seq_len": 35, "stride": 5, "image_size": 224}
     torch.save({"model": build_classifier().state_dict(), "config": config}, path)

@@ -61,10 +61,10 @@ def test_submission_patients_keep_sample_order_and_spelling(tmp_path: Path):
     assert ids == spelled == ["00012"]
 
 
-def test_classifier_checkpoint_prefers_type_then_all(tmp_path: Path):
-    for name in ("FLAIR", "All"):
+def test_classifier_checkpoint_prefers_type_then_pooled(tmp_path: Path):
+    for name in ("FLAIR", "pooled"):
         (tmp_path / name / "fold0").mkdir(parents=True)
         (tmp_path / name / "fold0" / "best.pt").write_bytes(b"x")
     assert inference.classifier_checkpoint(tmp_path, "FLAIR", 0) == tmp_path / "FLAIR/fold0/best.pt"
-    assert inference.classifier_checkpoint(tmp_path, "T2w", 0) == tmp_path / "All/fold0/best.pt"
+    assert inference.classifier_checkpoint(tmp_path, "T2w", 0) == tmp_path / "pooled/fold0/best.pt"
     assert inference.classifier_checkpoint(tmp_path, "T2w", 1) is None

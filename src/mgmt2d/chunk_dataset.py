@@ -17,14 +17,17 @@ SEQ_LEN = 35
 STRIDE = 5
 
 
-def load_index(data_dir: Path, mri_type: str = "All") -> pd.DataFrame:
-    """Series of a prepared split with at least one kept slice, filtered by MRI type ("All": every type)."""
+POOLED = "pooled"  # one model on the series of every MRI type (the published code trained one per type)
+
+
+def load_index(data_dir: Path, mri_type: str = POOLED) -> pd.DataFrame:
+    """Series of a prepared split with at least one kept slice, of one MRI type or every type (``pooled``)."""
     path = Path(data_dir) / "index.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run prepare_classification.py first")
     frame = pd.read_csv(path, dtype={"patient": str}, keep_default_na=False)
     frame = frame[frame.kept > 0]
-    if mri_type != "All":
+    if mri_type != POOLED:
         frame = frame[frame.type == mri_type]
     return frame.reset_index(drop=True)
 

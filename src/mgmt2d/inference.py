@@ -53,8 +53,8 @@ class Timer:
 
 
 def classifier_checkpoint(model_dir: Path, mri_type: str, fold: int) -> Path | None:
-    """The type's own model, else a model trained on All types; None when neither exists."""
-    for name in (mri_type, "All"):
+    """The type's own model, else the pooled model (all types); None when neither exists."""
+    for name in (mri_type, "pooled"):
         path = model_dir / name / f"fold{fold}" / "best.pt"
         if path.is_file():
             return path
