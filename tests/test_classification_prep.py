@@ -19,3 +19,46 @@ def test_jpg_series_without_images_is_a_clear_error(tmp_path: Path):
     (tmp_path / "Image-1.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="no readable .jpg"):
         read_jpg_series(tmp_path)
+
+
+# ------------------------------------------------------------------------- folds
+
+from mgmt2d import classification_prep as prep  # noqa: E402
+from mgmt2d.task2 import DEFAULT_EXCLUDE  # noqa: E402
+
+
+def test_shipped_published_folds_load_and_match_the_582_training_patients():
+    table = prep.published_folds()
+    assert len(table) == table.BraTS21ID.nunique() == 582
+    assert table.BraTS21ID.str.fullmatch(r"\d{5}").all() and "00000" in set(table.BraTS21ID)  # unpadded 0 -> 00000
+    assert not set(DEFAULT_EXCLUDE) & set(table.BraTS21ID)
+    assert sorted(table.fold.unique()) == [0, 1, 2, 3, 4]
+    fold0 = table[table.fold == 0]
+    assert len(fold0) == 118 and int(fold0.MGMT_value.sum()) == 62
+    data = Path(prep.__file__).parent / "data"
+    assert "MIT License" in (data / "LICENSE-t4e_folds.txt").read_text()   # the licence travels with it
+    # the 585 labelled patients minus the organisers' exclusions -> the published folds
+    labels = dict(zip(table.BraTS21ID, table.MGMT_value.astype(int)))
+    labels.update({"00109": 0, "00123": 1, "00709": 0})
+    folds, source = prep.folds_for(labels, DEFAULT_EXCLUDE, seed=42)
+    assert source == prep.FOLDS_PUBLISHED and folds.equals(table[["BraTS21ID", "MGMT_value", "fold"]])
+    # other patients (synthetic data, another exclusion list) or other labels -> our own folds
+    for other in ({p: v for p, v in labels.items() if p != "00000"}, {**labels, "00002": 1 - labels["00002"]}):
+        folds, source = prep.folds_for(other, DEFAULT_EXCLUDE, seed=42)
+        assert source == prep.FOLDS_GENERATED and folds.equals(prep.make_folds(other, seed=42))
+    assert prep.folds_for(labels, (), seed=42)[1] == prep.FOLDS_GENERATED
+
+
+def test_ensure_folds_writes_once_and_says_where_they_came_from(tmp_path: Path):
+    table = prep.published_folds()
+    labels = dict(zip(table.BraTS21ID, table.MGMT_value.astype(int)))
+    path = tmp_path / "folds.csv"
+    folds, info = prep.ensure_folds(path, labels, seed=1, exclude=())
+    assert info["source"] == prep.FOLDS_PUBLISHED and folds == dict(zip(table.BraTS21ID, table.fold))
+    assert prep.read_fold_table(path).equals(table[["BraTS21ID", "MGMT_value", "fold"]])
+    folds_again, info = prep.ensure_folds(path, {"00001": 1}, seed=1)   # an existing file is kept
+    assert folds_again == folds and info["source"].startswith("existing KFOLD_PATH (equal to")
+    small = {f"{i:05d}": i % 2 for i in range(10)}
+    folds, info = prep.ensure_folds(tmp_path / "own.csv", small, seed=1)
+    assert info["source"] == prep.FOLDS_GENERATED and set(folds) == set(small)
+    assert prep.ensure_folds(tmp_path / "own.csv", small, seed=1)[1]["source"].startswith("existing KFOLD_PATH (not")

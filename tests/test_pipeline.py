@@ -103,6 +103,8 @@ def test_stage2_prepared_data_folds_and_resume(demo: Path):
     assert folds.groupby("BraTS21ID").fold.nunique().max() == 1
     labels = task2.read_labels(settings["DICOM_DATA_DIR"] / "train_labels.csv")
     assert set(folds.BraTS21ID) == set(labels)
+    meta = json.loads((train_dir / "dataset.json").read_text())
+    assert meta["folds"]["source"].startswith("generated")   # synthetic patients: not the published folds
     before = {p: p.stat().st_mtime_ns for p in (train_dir / "series").iterdir()}
     # A re-run resumes: every patient is already done, nothing is rewritten.
     proc = run(["prepare_classification.py", "--settings", str(demo / "SETTINGS.json"), "--split", "train",
