@@ -3,8 +3,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from mgmt2d.classification_prep import read_jpg_series
+from mgmt2d.stack import StackOptions, segment_and_stack_many
 
 
 def test_jpg_series_ordered_by_number_in_name(tmp_path: Path):
@@ -62,3 +64,28 @@ def test_ensure_folds_writes_once_and_says_where_they_came_from(tmp_path: Path):
     folds, info = prep.ensure_folds(tmp_path / "own.csv", small, seed=1)
     assert info["source"] == prep.FOLDS_GENERATED and set(folds) == set(small)
     assert prep.ensure_folds(tmp_path / "own.csv", small, seed=1)[1]["source"].startswith("existing KFOLD_PATH (not")
+
+
+class CentreTumour(torch.nn.Module):
+    """A stand-in segmenter: WT and ET probability 1 in the central quarter of every input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(x.shape[0], 2, *x.shape[2:])
+        h, w = x.shape[2:]
+        out[:, :, h // 4:3 * h // 4, w // 4:3 * w // 4] = 1.0
+        return out
+
+
+def test_jpg_input_keeps_its_own_pixel_values_in_the_image_channel():
+    """The segmenter sees the series min-max (as for DICOM); the stored image channel is the
+    JPG's own 8-bit values, not re-scaled (the published JPG preparation)."""
+    yy, xx = np.mgrid[:32, :32]
+    brain = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 14**2)
+    volume = np.stack([brain * (40.0 + 10 * k) for k in range(4)]).astype(np.float32)   # values 0..70
+    opts = StackOptions(image_size=32, amp=False)
+    dicom_like = segment_and_stack_many(CentreTumour(), [volume], torch.device("cpu"), opts)[0]
+    assert dicom_like.kept == 4 and dicom_like.images[..., 0].max() == 255              # min-max scaled
+    masks_before = dicom_like.images[..., 1:].copy()
+    jpg = prep.with_own_pixels(dicom_like, volume)
+    np.testing.assert_array_equal(jpg.images[..., 0], volume[jpg.slice_index].astype(np.uint8))
+    np.testing.assert_array_equal(jpg.images[..., 1:], masks_before)                   # masks untouched

@@ -126,6 +126,16 @@ def read_jpg_series(folder: Path) -> np.ndarray:
     return np.stack([im if im.shape == shape else cv2.resize(im, shape[::-1]) for im in images]).astype(np.float32)
 
 
+def with_own_pixels(result: StackedSeries, volume: np.ndarray) -> StackedSeries:
+    """Image channel = the series' own 8-bit pixel values (the JPG copy), as the published
+    preparation did for JPG input; WT/ET and the kept slices still come from the segmenter
+    run on the series min-max (as for DICOM)."""
+    if result.kept:
+        own = np.clip(np.asarray(volume)[result.slice_index], 0, 255).astype(np.uint8)
+        result.images[..., 0] = own
+    return result
+
+
 def _read_jpg_many(folders: list[Path]):
     for folder in folders:
         try:
@@ -214,6 +224,9 @@ def prepare(
             results_list = segment_and_stack_many(model, volumes, device, opts) if volumes else []
             ok_types = [t for t, _, v in items if not isinstance(v, Exception)]
             results = dict(zip(ok_types, results_list))
+            if input_format == "jpg":
+                ok_volumes = dict(zip(ok_types, volumes))
+                results = {t: with_own_pixels(r, ok_volumes[t]) for t, r in results.items()}
             rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)), folds.get(patient, -1))
             for row in rows:
                 if row["note"]:
