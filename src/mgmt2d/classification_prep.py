@@ -225,8 +225,8 @@ def prepare(
             ok_types = [t for t, _, v in items if not isinstance(v, Exception)]
             results = dict(zip(ok_types, results_list))
             if input_format == "jpg":
-                ok_volumes = dict(zip(ok_types, volumes))
-                results = {t: with_own_pixels(r, ok_volumes[t]) for t, r in results.items()}
+                own = {t: v for t, _, v in items if not isinstance(v, Exception)}
+                results = {t: with_own_pixels(r, own[t]) for t, r in results.items()}
             rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)), folds.get(patient, -1))
             for row in rows:
                 if row["note"]:
