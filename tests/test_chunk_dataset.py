@@ -37,22 +37,31 @@ def test_chunks_pad_with_black_frames_and_keep_series_order(tmp_path: Path):
     pad = normalised_zero_frame(16, 16)
     assert np.allclose(first["image"][3:].numpy(), pad.numpy())   # 2 pad frames at the end
     arr = np.load(tmp_path / "series/00001_FLAIR.npy")
-    second_chunk = ds.chunk_frames(2)           # series 1, window [2, 7)
-    np.testing.assert_array_equal(second_chunk, frames.resize(arr[2:7], 16))
+    second_chunk = ds.chunk_frames(2)           # series 1, window [2, 7), native size
+    np.testing.assert_array_equal(second_chunk, arr[2:7])
+    np.testing.assert_array_equal(ds.chunk_frames(0)[3:], 0)
 
 
-def test_one_augmentation_draw_for_the_whole_chunk(tmp_path: Path):
+def test_augment_at_native_size_then_resize_one_draw_per_chunk(tmp_path: Path):
+    """The published order (augment, resize, normalise), seeded by (seed, epoch, chunk index)."""
     _store(tmp_path)
-    ds = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2, augment=True)
-    chunk = ds.chunk_frames(3)
+    ds = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2, augment=True, seed=3)
+    plain = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2)
+    ds.set_epoch(4)
     changed = 0
-    for seed in range(8):
-        out = frames.augment(chunk, ds.transform, seed)
-        each = [frames.augment(chunk[i:i + 1], ds.transform, seed)[0] for i in range(len(chunk))]
-        for i in range(len(chunk)):
-            np.testing.assert_array_equal(out[i], each[i])
-        changed += not np.array_equal(out, chunk)
+    for idx in range(len(ds)):
+        chunk = ds.chunk_frames(idx)
+        if (ds.samples[idx][1] < 0).any():   # a padded chunk is made in float, as published
+            chunk = chunk.astype(np.float64)
+        expected = frames.normalise(frames.resize(frames.augment(chunk, ds.transform, 3, 4, idx), 16))
+        got = ds[idx]["image"].numpy()
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(ds[idx]["image"].numpy(), got)   # same epoch, same draw
+        changed += not np.array_equal(got, plain[idx]["image"].numpy())
     assert changed > 0
+    ds.set_epoch(5)
+    assert any(not np.array_equal(ds[i]["image"].numpy(), frames.normalise(frames.resize(
+        frames.augment(ds.chunk_frames(i), ds.transform, 3, 4, i), 16))) for i in range(len(ds)))
 
 
 def test_split_by_fold_is_patient_disjoint(tmp_path: Path):
@@ -71,3 +80,15 @@ def test_make_folds_stratified_and_seeded():
     assert not a.equals(make_folds(labels, seed=2))
     with pytest.raises(ValueError):
         make_folds({"00001": 0, "00002": 1}, n_folds=5)
+
+
+def test_padded_chunk_is_made_in_float_full_chunks_in_uint8(tmp_path: Path):
+    """The published dataset's zero frames were float64, so a padded chunk skipped the uint8 rounding."""
+    _store(tmp_path, kept=(3, 5))
+    ds = ChunkDataset(load_index(tmp_path), tmp_path, image_size=16, seq_len=5, stride=2)
+    padded, full = ds[0]["image"].numpy(), ds[1]["image"].numpy()   # 3 frames + 2 pad; 5 frames
+    as_float = frames.normalise(frames.resize(ds.chunk_frames(0).astype(np.float64), 16))
+    as_uint8 = frames.normalise(frames.resize(ds.chunk_frames(0), 16))
+    np.testing.assert_array_equal(padded, as_float)
+    assert not np.array_equal(padded, as_uint8)
+    np.testing.assert_array_equal(full, frames.normalise(frames.resize(ds.chunk_frames(1), 16)))

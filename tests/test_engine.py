@@ -254,7 +254,7 @@ def test_classification_run_monitors_patient_auc(tmp_path: Path) -> None:
     model = TinyClf()
     train = make_loader(ClfData(0), batch_size=5, shuffle=True)
     val = make_loader(ClfData(1), batch_size=5, shuffle=False)
-    cfg = TrainConfig(epochs=2, warmup_epochs=1, lr=1e-2, sched_factor=0.67, sched_patience=3,
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, lr=1e-2, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
                       monitor="patient_auc", device="cpu", out_dir=str(tmp_path), progress=False)
     assert (cfg.monitor, cfg.mode) == ("val_patient_auc", "max")
     result = Trainer(model, train, val, ClassificationLoss(), ClassificationMetrics(), cfg,
@@ -326,8 +326,67 @@ def test_rng_state_roundtrip_and_epoch_seed(tmp_path: Path) -> None:
 
 def test_cli_flags_map_to_config() -> None:
     parser = argparse.ArgumentParser()
-    engine.add_train_arguments(parser, sched_factor=0.67, sched_patience=3, warmup_epochs=5)
+    engine.add_train_arguments(parser, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10), warmup_epochs=5)
     args = parser.parse_args(["--epochs", "80", "--lr", "1e-6", "--no-amp", "--resume", "--monitor", "patient_auc"])
     cfg = TrainConfig.from_args(args, out_dir="x", device="cpu")
     assert (cfg.epochs, cfg.lr, cfg.amp, cfg.resume, cfg.warmup_epochs) == (80, 1e-6, False, True, 5)
-    assert (cfg.sched_factor, cfg.sched_patience, cfg.monitor, cfg.mode) == (0.67, 3, "val_patient_auc", "max")
+    assert (cfg.plateau_on, cfg.monitor, cfg.mode) == ("train_loss", "val_patient_auc", "max")
+    assert cfg.plateau("frozen") == (0.67, 3) and cfg.plateau("unfrozen") == (0.1, 10)
+    args = parser.parse_args(["--plateau-on", "val_loss", "--plateau-factor", "0.5", "--plateau-patience", "2", "4"])
+    cfg = TrainConfig.from_args(args, out_dir="x")
+    assert cfg.plateau_on == "val_loss" and cfg.plateau_factor == (0.5, 0.5) and cfg.plateau_patience == (2, 4)
+    for bad in (["--plateau-on", "val_auc"], ["--plateau-factor", "0.1", "0.2", "0.3"], ["--plateau-factor", "1.5"]):
+        with pytest.raises((SystemExit, ValueError)):
+            TrainConfig.from_args(parser.parse_args(bad), out_dir="x")
+
+
+class ScriptedLoss:
+    """A stand-in loss whose value per epoch is read from a script, whatever the model does."""
+
+    def __init__(self, train: list[float], val: list[float], trainer_ref: list[Trainer]) -> None:
+        self.train, self.val, self.ref = train, val, trainer_ref
+
+    def __call__(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        epoch = self.ref[0].epoch
+        value = (self.train if self.ref[0].model.training else self.val)[epoch]
+        return outputs.sum() * 0.0 + value  # differentiable, exactly ``value``
+
+
+def scripted_run(tmp_path: Path, train: list[float], val: list[float], **cfg: Any) -> list[dict[str, Any]]:
+    seed_everything(0)
+    model = TinySeg()
+    ref: list[Trainer] = []
+    settings = {"epochs": len(train), "lr": 1.0, "device": "cpu", "amp": False, "out_dir": str(tmp_path),
+                "progress": False, "patience": 100, **cfg}
+    trainer = Trainer(model, make_loader(SegData(4), 4, False), make_loader(SegData(4, seed=1), 4, False),
+                      ScriptedLoss(train, val, ref), SegmentationMetrics(), TrainConfig(**settings),
+                      freeze_module=model.encoder)
+    ref.append(trainer)
+    return trainer.fit().history
+
+
+def test_plateau_steps_on_training_loss_with_per_phase_factor_and_patience(tmp_path: Path) -> None:
+    """Scripted losses -> the lr of every epoch. Warm-up (0.67, 3) then a fresh AdamW and a
+    fresh plateau (0.1, 10), as stage 2 publishes; the validation loss (falling) is ignored."""
+    flat = [1.0] * 20                       # the training loss never improves after epoch 1
+    falling = [1.0 / (e + 1) for e in range(20)]
+    history = scripted_run(tmp_path / "train", flat, falling, warmup_epochs=6,
+                           plateau_factor=(0.67, 0.1), plateau_patience=(3, 10))
+    lrs = [r["lr"] for r in history]
+    # warm-up: epoch 1 sets the best, epochs 2-4 are 3 bad epochs, the 4th bad one (epoch 5)
+    # exceeds patience 3 -> epoch 6 runs at 0.67
+    assert lrs[:6] == pytest.approx([1.0] * 5 + [0.67])
+    # unfreeze at epoch 7: lr back to 1.0; fresh scheduler: best = epoch 7, 11 bad epochs
+    # (8..18) pass patience 10 -> epoch 19 runs at 0.1
+    assert [r["phase"] for r in history] == ["frozen"] * 6 + ["unfrozen"] * 14
+    assert lrs[6:] == pytest.approx([1.0] * 12 + [0.1] * 2)
+    # --plateau-on val_loss: the falling validation loss never triggers a reduction
+    history = scripted_run(tmp_path / "val", flat, falling, warmup_epochs=6, plateau_on="val_loss",
+                           plateau_factor=(0.67, 0.1), plateau_patience=(3, 10))
+    assert [r["lr"] for r in history] == pytest.approx([1.0] * 20)
+    # stage 1's published values: 0.1 / 10 in both phases; a warm-up of 10 never reduces
+    history = scripted_run(tmp_path / "seg", [1.0] * 23, [1.0] * 23, warmup_epochs=10,
+                           plateau_factor=0.1, plateau_patience=10)
+    lrs = [r["lr"] for r in history]
+    assert lrs[:10] == pytest.approx([1.0] * 10) and lrs[10:22] == pytest.approx([1.0] * 12)
+    assert lrs[22] == pytest.approx(0.1)

@@ -110,7 +110,7 @@ def test_truth_stacking_keeps_slices_in_the_prepared_layout(small_prepared):
         assert not np.any((et > 0) & (wt == 0))           # ET inside WT
         assert (wt > 0).reshape(len(arr), -1).any(axis=1).all()
     # The stage-2 dataset reads it as prepare_classification.py's output.
-    index = load_index(out, "All")
+    index = load_index(out, "pooled")
     train, val = split_by_fold(index, 0)
     assert not set(train.patient) & set(val.patient)
     ds = ChunkDataset(val, out, image_size=32, seq_len=8, stride=4)

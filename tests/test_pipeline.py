@@ -47,7 +47,7 @@ def test_demo_prints_both_stages_and_a_submission(demo: Path):
     sample = pd.read_csv(demo / "data/task2/sample_submission.csv", dtype={"BraTS21ID": str})
     assert sub.BraTS21ID.tolist() == sample.BraTS21ID.tolist()
     assert sub.MGMT_value.between(0, 1).all()
-    for run_dir in ("models/segmentation/fold0", "models/classification/All/fold0"):
+    for run_dir in ("models/segmentation/fold0", "models/classification/pooled/fold0"):
         for name in ("best.pt", "last.pt", "history.csv", "curves.png", "train_config.json"):
             assert (demo / run_dir / name).is_file(), f"{run_dir}/{name}"
 
@@ -103,6 +103,8 @@ def test_stage2_prepared_data_folds_and_resume(demo: Path):
     assert folds.groupby("BraTS21ID").fold.nunique().max() == 1
     labels = task2.read_labels(settings["DICOM_DATA_DIR"] / "train_labels.csv")
     assert set(folds.BraTS21ID) == set(labels)
+    meta = json.loads((train_dir / "dataset.json").read_text())
+    assert meta["folds"]["source"].startswith("generated")   # synthetic patients: not the published folds
     before = {p: p.stat().st_mtime_ns for p in (train_dir / "series").iterdir()}
     # A re-run resumes: every patient is already done, nothing is rewritten.
     proc = run(["prepare_classification.py", "--settings", str(demo / "SETTINGS.json"), "--split", "train",
@@ -114,7 +116,7 @@ def test_stage2_prepared_data_folds_and_resume(demo: Path):
                 "--device", "cpu", "--image-size", "48", "--workers", "1"], demo, ok=False)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in (train_dir / "series").iterdir()} == before
-    config = json.loads((settings["CLASSIFICATION_MODEL_DIR"] / "All/fold0/train_config.json").read_text())["config"]
+    config = json.loads((settings["CLASSIFICATION_MODEL_DIR"] / "pooled/fold0/train_config.json").read_text())["config"]
     assert not set(config["train_patients"]) & set(config["val_patients"])
 
 

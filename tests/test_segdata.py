@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mgmt2d import intensity, segdata
+import cv2
+
+from mgmt2d import augment, intensity, segdata
 from mgmt2d.segdata import PrepareParams, SegDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +46,34 @@ def test_scale_to_uint8_spans_0_255_and_guards_constant_volumes():
     assert not ok and not empty.any()
 
 
-def test_keep_rule_is_strictly_above_ratio_and_guards_empty_brain():
+def test_published_keep_rule_is_the_wt_mean_over_the_whole_slice():
+    """A hand-made slice where the two rules disagree: a small brain (20 x 20 of a 40 x 40
+    slice) with 10 WT pixels is 2.5 % of the brain but 0.625 % of the slice."""
+    images = np.zeros((2, 40, 40), np.uint8)
+    wt = np.zeros((2, 40, 40), np.uint8)
+    images[:, 10:30, 10:30] = 50
+    wt[0, 15, 15:25] = 1               # 10 px: brain rule 0.025 (kept), slice rule 0.00625 (not)
+    wt[1, 12:17, 12:32] = 1            # 100 px: 0.0625 of the slice, kept by both (WT beyond brain too)
+    ratio, tumour, brain = segdata.tumour_ratios(images, wt)
+    assert ratio.tolist() == [10 / 1600, 100 / 1600] and tumour.tolist() == [10, 100]
+    assert segdata.kept_slices(ratio, brain, 0.01).tolist() == [1]
+    ratio_b, _, _ = segdata.tumour_ratios(images, wt, of="brain")
+    assert ratio_b.tolist() == [10 / 400, 100 / 400]
+    assert segdata.kept_slices(ratio_b, brain, 0.01).tolist() == [0, 1]
+    # the same through the case builder: the default keeps only slice 1 of the axial plane
+    vol = np.zeros((40, 40, 2), np.float32)
+    vol[..., 0], vol[..., 1] = images[0], images[1]
+    masks = np.stack([np.moveaxis(wt, 0, -1), np.zeros((40, 40, 2), np.uint8)])
+    vols = {"flair": vol}
+    axial = lambda p: sorted(r["slice"] for r in segdata.build_case_slices("00001", vols, masks, p).rows
+                             if r["plane"] == "axial")
+    assert axial(PrepareParams(modalities=("flair",))) == [1]
+    assert axial(PrepareParams(modalities=("flair",), tumour_ratio_of="brain")) == [0, 1]
+    with pytest.raises(SegDataError, match="tumour-ratio-of"):
+        PrepareParams(tumour_ratio_of="head")
+
+
+def test_brain_rule_is_strictly_above_ratio_and_guards_empty_brain():
     images = np.zeros((4, 10, 10), np.uint8)
     wt = np.zeros((4, 10, 10), np.uint8)
     images[1] = 1                      # 100 brain pixels, 1 tumour pixel: ratio 0.01, not kept
@@ -52,7 +81,7 @@ def test_keep_rule_is_strictly_above_ratio_and_guards_empty_brain():
     images[2] = 1                      # 2 tumour pixels: ratio 0.02, kept
     wt[2, 0, :2] = 1
     wt[3, 0, 0] = 1                    # tumour but no brain: ratio 0, not kept, no division by 0
-    ratio, tumour, brain = segdata.tumour_ratios(images, wt)
+    ratio, tumour, brain = segdata.tumour_ratios(images, wt, of="brain")
     assert np.all(np.isfinite(ratio))
     assert ratio.tolist() == [0.0, 0.01, 0.02, 0.0]
     assert tumour.tolist() == [0, 1, 2, 1] and brain.tolist() == [0, 100, 100, 0]
@@ -378,33 +407,19 @@ def test_augmentation_follows_global_seeding_without_set_epoch(store: Path):
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
-def test_image_and_mask_are_augmented_together():
-    t = segdata.train_transform()
-    mask = np.zeros((48, 48, 2), np.uint8)
-    mask[10:30, 14:24, 0] = 1
-    mask[14:20, 16:20, 1] = 1
-    image = (mask[..., 0] * 200).astype(np.uint8)
-    for i in range(16):
-        segdata.seed_transform(t, 0, 0, i)
-        out = t(image=image, mask=mask)
-        agree = (out["image"] > 100) == (out["mask"][..., 0] > 0)
-        assert agree.mean() > 0.97 and out["mask"].shape == (48, 48, 2)
-        assert np.all(out["mask"][..., 0][out["mask"][..., 1] > 0] == 1)  # ET stays inside WT
-
-
-def test_flips_are_drawn_independently():
-    t = segdata.train_transform()
-    img = np.arange(64, dtype=np.uint8).reshape(8, 8)
-    mask = np.zeros((8, 8, 2), np.uint8)
-    seen = set()
-    for i in range(64):
-        segdata.seed_transform(t, 0, 0, i)
-        t.transforms[2].p = 0.0  # flips only
-        out = t(image=img, mask=mask)["image"]
-        h = np.array_equal(out, img[:, ::-1]) or np.array_equal(out, img[::-1, ::-1])
-        v = np.array_equal(out, img[::-1, :]) or np.array_equal(out, img[::-1, ::-1])
-        seen.add((h, v))
-    assert seen == {(False, False), (True, False), (False, True), (True, True)}
+def test_augmentation_runs_at_native_size_before_resize(store: Path):
+    """Published order: augment the stored slice, then resize (mask nearest), then normalise."""
+    index = segdata.load_index(store)
+    ds = segdata.SegmentationSliceDataset(store, index, image_size=32, transform=segdata.train_transform(), seed=5)
+    ds.set_epoch(2)
+    for i in range(6):
+        image, mask = ds.raw(i)
+        aug, aug_mask = augment.apply(ds.transform, 5, 2, i, image, np.ascontiguousarray(mask.transpose(1, 2, 0)))
+        expected = segdata.normalise_slice(cv2.resize(aug, (32, 32), interpolation=cv2.INTER_LINEAR))
+        expected_mask = cv2.resize(aug_mask, (32, 32), interpolation=cv2.INTER_NEAREST).transpose(2, 0, 1)
+        x, y = ds[i]
+        np.testing.assert_array_equal(x.numpy(), expected)
+        np.testing.assert_array_equal(y.numpy(), expected_mask.astype(np.float32))
 
 
 # --------------------------------------------------------------------------- real sample and CLI

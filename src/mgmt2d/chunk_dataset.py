@@ -10,20 +10,24 @@ import torch
 from torch.utils.data import Dataset
 
 from mgmt2d import frames
+from mgmt2d.augment import train_transform
 from mgmt2d.chunks import chunk_index
 
 SEQ_LEN = 35
 STRIDE = 5
 
 
-def load_index(data_dir: Path, mri_type: str = "All") -> pd.DataFrame:
-    """Series of a prepared split with at least one kept slice, filtered by MRI type ("All": every type)."""
+POOLED = "pooled"  # one model on the series of every MRI type (the published code trained one per type)
+
+
+def load_index(data_dir: Path, mri_type: str = POOLED) -> pd.DataFrame:
+    """Series of a prepared split with at least one kept slice, of one MRI type or every type (``pooled``)."""
     path = Path(data_dir) / "index.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run prepare_classification.py first")
     frame = pd.read_csv(path, dtype={"patient": str}, keep_default_na=False)
     frame = frame[frame.kept > 0]
-    if mri_type != "All":
+    if mri_type != POOLED:
         frame = frame[frame.type == mri_type]
     return frame.reset_index(drop=True)
 
@@ -43,8 +47,11 @@ def split_by_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.Data
 class ChunkDataset(Dataset):
     """One sample per chunk: dict(image (T, 3, S, S) float32, label float32, patient_id str).
 
-    Frames are gathered from the memory-mapped series array (pad positions are black
-    frames), resized, augmented with one draw for the whole chunk, then normalised.
+    Frames are gathered from the memory-mapped series array at their native size (pad
+    positions are black frames), augmented with one draw for the whole chunk (the published
+    order: augment, resize, normalise), resized and normalised. The draw is seeded from
+    (``seed``, epoch, chunk index) after :meth:`set_epoch` (the engine calls it every epoch),
+    so it depends on neither worker count nor order.
     """
 
     def __init__(
@@ -55,6 +62,7 @@ class ChunkDataset(Dataset):
         seq_len: int = SEQ_LEN,
         stride: int = STRIDE,
         augment: bool = False,
+        seed: int = 42,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.image_size, self.seq_len = image_size, seq_len
@@ -64,7 +72,9 @@ class ChunkDataset(Dataset):
         self.samples: list[tuple[int, np.ndarray]] = []
         for i, kept in enumerate(index.kept.astype(int)):
             self.samples.extend((i, row) for row in chunk_index(kept, seq_len, stride))
-        self.transform = frames.train_augmentation() if augment else None
+        self.transform = train_transform() if augment else None
+        self.seed = int(seed)
+        self.epoch: int | None = None
         self._arrays: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -75,19 +85,28 @@ class ChunkDataset(Dataset):
             self._arrays[i] = np.load(self.data_dir / self.files[i], mmap_mode="r", allow_pickle=False)
         return self._arrays[i]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Seed augmentation from (seed, epoch, chunk index) from now on."""
+        self.epoch = int(epoch)
+
     def chunk_frames(self, idx: int) -> np.ndarray:
-        """The chunk's uint8 frames (T, S, S, 3), resized, before augmentation."""
+        """The chunk's uint8 frames (T, H, W, 3) at the series' native size, before augmentation."""
         series, rows = self.samples[idx]
         arr = self._array(series)
-        out = np.zeros((self.seq_len, self.image_size, self.image_size, 3), dtype=np.uint8)
+        out = np.zeros((self.seq_len, *arr.shape[1:]), dtype=np.uint8)
         valid = rows >= 0
-        out[: valid.sum()] = frames.resize(np.asarray(arr[rows[valid]]), self.image_size)
+        out[: valid.sum()] = arr[rows[valid]]
         return out
 
     def __getitem__(self, idx: int) -> dict:
         chunk = self.chunk_frames(idx)
+        if (self.samples[idx][1] < 0).any():
+            # The published dataset appended float64 zero frames to a short chunk, so the whole
+            # chunk was augmented and resized in float (no uint8 rounding); inference does the same.
+            chunk = chunk.astype(np.float64)
         if self.transform is not None:
-            chunk = frames.augment(chunk, self.transform, int(np.random.randint(2**31 - 1)))
+            chunk = frames.augment(chunk, self.transform, self.seed, self.epoch, idx)
+        chunk = frames.resize(chunk, self.image_size)
         series = self.samples[idx][0]
         return {
             "image": torch.from_numpy(frames.normalise(chunk)),

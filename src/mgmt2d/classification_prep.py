@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ from mgmt2d.stack import StackedSeries, StackOptions, segment_and_stack_many
 log = logging.getLogger(__name__)
 INDEX_COLUMNS = ["patient", "type", "kept", "total", "file", "label", "fold", "note"]
 N_FOLDS = 5
+PUBLISHED_FOLDS = "t4e_folds.csv"
+FOLDS_PUBLISHED = f"published ({PUBLISHED_FOLDS}, shipped in mgmt2d/data)"
+FOLDS_GENERATED = "generated (stratified by label, seeded; the patients differ from the published folds)"
 
 
 # ------------------------------------------------------------------------- folds
@@ -58,19 +62,55 @@ def make_folds(labels: dict[str, int], n_folds: int = N_FOLDS, seed: int = 42) -
     return pd.DataFrame({"BraTS21ID": ids, "MGMT_value": [labels[i] for i in ids], "fold": [fold_of[i] for i in ids]})
 
 
-def read_folds(path: Path) -> dict[str, int]:
+def read_fold_table(path: Path) -> pd.DataFrame:
+    """A folds CSV (BraTS21ID,MGMT_value,fold) with IDs as 5-digit strings (the published file has 0, 2, 3...)."""
     frame = pd.read_csv(path, dtype={"BraTS21ID": str})
     if not {"BraTS21ID", "fold"} <= set(frame.columns):
         raise SettingsError(f"{path} must have columns BraTS21ID,MGMT_value,fold; delete it to regenerate")
-    return dict(zip(frame["BraTS21ID"].map(task2.format_id), frame["fold"].astype(int)))
+    frame["BraTS21ID"] = frame["BraTS21ID"].map(task2.format_id)
+    frame["fold"] = frame["fold"].astype(int)
+    return frame
 
 
-def ensure_folds(path: Path, labels: dict[str, int], seed: int) -> dict[str, int]:
-    """KFOLD_PATH if it exists (never overwritten), else written from the labels."""
-    if not path.exists():
-        write_csv_atomic(path, make_folds(labels, seed=seed))
-        log.info("wrote %d-fold patient split to %s", N_FOLDS, path)
-    return read_folds(path)
+def read_folds(path: Path) -> dict[str, int]:
+    frame = read_fold_table(path)
+    return dict(zip(frame["BraTS21ID"], frame["fold"]))
+
+
+def published_folds() -> pd.DataFrame:
+    """The published solution's stage-2 folds of the 582 training patients (MIT licence,
+    ``data/LICENSE-t4e_folds.txt`` beside it), shipped with the package."""
+    with resources.as_file(resources.files("mgmt2d") / "data" / PUBLISHED_FOLDS) as path:
+        return read_fold_table(path)
+
+
+def folds_for(labels: dict[str, int], exclude: tuple[str, ...], seed: int) -> tuple[pd.DataFrame, str]:
+    """(fold table, source): the published folds when the training patients (labelled minus
+    ``exclude``) and their labels are exactly the published ones, else our stratified folds."""
+    published = published_folds()
+    excluded = {task2.format_id(e) for e in exclude}
+    training = {p: int(v) for p, v in labels.items() if p not in excluded}
+    if training == dict(zip(published["BraTS21ID"], published["MGMT_value"].astype(int))):
+        return published[["BraTS21ID", "MGMT_value", "fold"]], FOLDS_PUBLISHED
+    return make_folds(labels, seed=seed), FOLDS_GENERATED
+
+
+def ensure_folds(
+    path: Path, labels: dict[str, int], seed: int, exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """(patient -> fold, description for dataset.json). KFOLD_PATH is used when it exists (never
+    overwritten); else it is written from :func:`folds_for`."""
+    if path.exists():
+        folds = read_folds(path)
+        published = published_folds()
+        same = folds == dict(zip(published["BraTS21ID"], published["fold"]))
+        source = f"existing KFOLD_PATH ({'equal to' if same else 'not'} the published {PUBLISHED_FOLDS})"
+    else:
+        table, source = folds_for(labels, exclude, seed)
+        write_csv_atomic(path, table)
+        log.info("wrote %d-fold patient split to %s (%s)", N_FOLDS, path, source)
+        folds = read_folds(path)
+    return folds, {"source": source, "path": str(path), "patients": len(folds)}
 
 
 # ------------------------------------------------------------------------- reading
@@ -85,6 +125,16 @@ def read_jpg_series(folder: Path) -> np.ndarray:
         raise ValueError(f"{folder} holds no readable .jpg slice")
     shape = max({im.shape for im in images}, key=[im.shape for im in images].count)
     return np.stack([im if im.shape == shape else cv2.resize(im, shape[::-1]) for im in images]).astype(np.float32)
+
+
+def with_own_pixels(result: StackedSeries, volume: np.ndarray) -> StackedSeries:
+    """Image channel = the series' own 8-bit pixel values (the JPG copy), as the published
+    preparation did for JPG input; WT/ET and the kept slices still come from the segmenter
+    run on the series min-max (as for DICOM)."""
+    if result.kept:
+        own = np.clip(np.asarray(volume)[result.slice_index], 0, 255).astype(np.uint8)
+        result.images[..., 0] = own
+    return result
 
 
 def _read_jpg_many(folders: list[Path]):
@@ -146,9 +196,11 @@ def prepare(
     index = task2.index_split(dicom_dir, split, exclude=exclude)
     labels = dict(zip(index.series.patient, index.series.label))
     folds: dict[str, int] = {}
+    folds_info: dict[str, Any] | None = None
     if split == "train":
-        folds = ensure_folds(settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), seed)
-        folds = {p: f for p, f in folds.items()}
+        folds, folds_info = ensure_folds(
+            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), seed, exclude
+        )
     (out_dir / "done").mkdir(parents=True, exist_ok=True)
     write_run_config(out_dir, "prepare_config.json", params)
 
@@ -178,6 +230,9 @@ def prepare(
             ) if good else []
             ok_types = [t for t, _, _ in good]
             results = dict(zip(ok_types, results_list))
+            if input_format == "jpg":
+                own = {t: v for t, _, v in items if not isinstance(v, Exception)}
+                results = {t: with_own_pixels(r, own[t]) for t, r in results.items()}
             rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)), folds.get(patient, -1))
             for row in rows:
                 if row["note"]:
@@ -191,6 +246,7 @@ def prepare(
     write_json_atomic(out_dir / "dataset.json", {
         "split": split,
         "params": params,
+        "folds": folds_info,
         "counts": {
             "patients": int(frame.patient.nunique()),
             "series": int(len(frame)),

@@ -1,7 +1,9 @@
 """train_classification.py: one CNN + BiLSTM model per MRI type on 35-slice chunks, patient AUC.
 
 Writes CLASSIFICATION_MODEL_DIR/<type>/fold<k>/ (best.pt, last.pt, history.csv, curves.png,
-train_config.json, val_patients.csv with the best epoch's patient scores).
+train_config.json, val_patients.csv with the best epoch's patient scores). ``--mri-type all``
+trains the four per-type models one after the other (the published meaning); ``pooled`` trains
+one model on the series of every type (ours) into CLASSIFICATION_MODEL_DIR/pooled/.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mgmt2d import engine
-from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
+from mgmt2d.chunk_dataset import POOLED, ChunkDataset, load_index, split_by_fold
 from mgmt2d.classifier import build_classifier
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
 from mgmt2d.contract import InputContract
@@ -25,12 +27,14 @@ from mgmt2d.settings import add_settings_argument, load_settings
 from mgmt2d.task2 import MRI_TYPES
 
 log = logging.getLogger(__name__)
+ALL = "all"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_argument(parser)
-    parser.add_argument("--mri-type", default="FLAIR", choices=[*MRI_TYPES, "All"],
-                        help="train on one MRI type (reference: one model per type) or All types together")
+    parser.add_argument("--mri-type", default="FLAIR", choices=[*MRI_TYPES, ALL, POOLED],
+                        help=f"one MRI type; '{ALL}': the four per-type models in sequence (as published); "
+                             f"'{POOLED}': one model on every type's series (ours)")
     add_device_argument(parser)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--seq-len", type=int, default=35, help="slices per chunk (reference 35)")
@@ -43,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
     add_pretrained_argument(parser, "eca_nfnet_l0")
     engine.add_train_arguments(
-        parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, sched_factor=0.67, sched_patience=3,
+        parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
         monitor="val_loss",
     )
 
@@ -60,6 +64,17 @@ def training_contract(data_dir: Path, image_size: int, seq_len: int, stride: int
 
 
 def main(args: argparse.Namespace) -> int:
+    """Train the model(s) of ``--mri-type``; ``all`` runs :func:`train_one` for each type."""
+    types = list(MRI_TYPES) if args.mri_type == ALL else [args.mri_type]
+    for mri_type in types:
+        if len(types) > 1:
+            log.info("--mri-type all: training %s (%d of %d)", mri_type, types.index(mri_type) + 1, len(types))
+        train_one(argparse.Namespace(**{**vars(args), "mri_type": mri_type}))
+    return 0
+
+
+def train_one(args: argparse.Namespace) -> None:
+    """One model: one MRI type (or the pooled types) and one validation fold."""
     settings = load_settings(args.settings)
     data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
     index = load_index(data_dir, args.mri_type)
@@ -77,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     contract = training_contract(data_dir, args.image_size, args.seq_len, args.stride)
 
     def dataset(rows, augment):
-        return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment)
+        return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment, seed=config.seed)
 
     train_ds, val_ds = dataset(train_rows, args.augment), dataset(val_rows, False)
     device = torch.device(engine.resolve_device(args.device))
@@ -110,4 +125,3 @@ def main(args: argparse.Namespace) -> int:
     print(f"{args.mri_type} fold {args.fold}: best epoch {result.best_epoch} "
           f"val_loss {best.get('val_loss', float('nan')):.4f} chunk AUC {best.get('val_chunk_auc', float('nan')):.3f} "
           f"patient AUC {best.get('val_patient_auc', float('nan')):.3f} -> {out_dir}")
-    return 0

@@ -41,8 +41,8 @@ def steps(settings: Path, args: argparse.Namespace) -> list[tuple[str, list[str]
         ("3. prepare_classification.py --split test",
          [sys.executable, str(REPO / "prepare_classification.py"), *s, "--split", "test", "--device", "cpu",
           "--image-size", seg_size, "--workers", "1"], True),
-        ("4. train_classification.py --mri-type All",
-         [sys.executable, str(REPO / "train_classification.py"), *s, *common_train, "--mri-type", "All",
+        ("4. train_classification.py --mri-type pooled",
+         [sys.executable, str(REPO / "train_classification.py"), *s, *common_train, "--mri-type", "pooled",
           "--image-size", cls_size, "--seq-len", str(args.seq_len), "--stride", str(args.stride or max(args.seq_len // 2, 1)),
           "--epochs", str(args.cls_epochs), "--warmup-epochs", "1", "--batch-size", "4", "--lr", "1e-4"], True),
         ("5. inference_on_test.py",
@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"error: {title} failed (exit {code}); see its output above", file=sys.stderr)
             return code
     seg = pd.read_csv(out / "models/segmentation/fold0/history.csv")
-    cls = pd.read_csv(out / "models/classification/All/fold0/history.csv")
+    cls = pd.read_csv(out / "models/classification/pooled/fold0/history.csv")
     best_seg = seg.loc[seg.val_loss.idxmin()]
     best_cls = cls.loc[cls.val_loss.idxmin()]
     print("\n== results (random initialisation, tiny settings: numbers show the plumbing, not the method)")

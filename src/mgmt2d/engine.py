@@ -480,8 +480,12 @@ class TrainConfig:
 
     ``monitor`` names a validation quantity (``val_loss``, ``val_iou``, ``val_patient_auc``;
     the ``val_`` prefix may be left out). ``mode`` is ``min``, ``max`` or ``auto`` (min for
-    names containing "loss", max otherwise). ``sched_*`` configure ReduceLROnPlateau stepped
-    on the monitored value; ``patience`` is early stopping. ``progress`` None = bars on a TTY.
+    names containing "loss", max otherwise); it picks ``best.pt`` and drives early stopping
+    (``patience``). The learning rate follows ReduceLROnPlateau stepped once per epoch on
+    ``plateau_on`` (``train_loss``, the published choice, or ``val_loss``), with
+    ``plateau_factor`` / ``plateau_patience`` given per phase as (warm-up, unfrozen): each phase
+    starts a fresh AdamW and a fresh scheduler. A single value serves both phases.
+    ``progress`` None = bars on a TTY.
     """
 
     epochs: int = 10
@@ -489,8 +493,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-2
     patience: int = 10
-    sched_factor: float = 0.1
-    sched_patience: int = 10
+    plateau_on: str = "train_loss"
+    plateau_factor: tuple[float, float] = (0.1, 0.1)
+    plateau_patience: tuple[int, int] = (10, 10)
     monitor: str = "val_loss"
     mode: str = "auto"
     amp: bool = True
@@ -511,10 +516,21 @@ class TrainConfig:
             raise ValueError(f"mode must be min, max or auto, got {self.mode!r}")
         if self.epochs < 1 or self.warmup_epochs < 0 or self.patience < 1:
             raise ValueError("need epochs >= 1, warmup_epochs >= 0, patience >= 1")
-        if self.lr < 0 or self.weight_decay < 0 or not 0 < self.sched_factor < 1 or self.sched_patience < 0:
-            raise ValueError("need lr >= 0, weight_decay >= 0, 0 < sched_factor < 1, sched_patience >= 0")
+        if self.plateau_on not in PLATEAU_ON:
+            raise ValueError(f"plateau_on must be one of {', '.join(PLATEAU_ON)}, got {self.plateau_on!r}")
+        self.plateau_factor = _per_phase(self.plateau_factor, float, "plateau_factor")
+        self.plateau_patience = _per_phase(self.plateau_patience, int, "plateau_patience")
+        if self.lr < 0 or self.weight_decay < 0:
+            raise ValueError("need lr >= 0, weight_decay >= 0")
+        if not all(0 < f < 1 for f in self.plateau_factor) or min(self.plateau_patience) < 0:
+            raise ValueError("need 0 < plateau_factor < 1 and plateau_patience >= 0")
         if self.grad_clip is not None and self.grad_clip <= 0:
             self.grad_clip = None
+
+    def plateau(self, phase: str) -> tuple[float, int]:
+        """(factor, patience) of the ReduceLROnPlateau of ``phase`` (frozen = warm-up)."""
+        i = 0 if phase == FROZEN else 1
+        return self.plateau_factor[i], self.plateau_patience[i]
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides: Any) -> TrainConfig:
@@ -524,10 +540,23 @@ class TrainConfig:
         return cls(**values)
 
 
+PLATEAU_ON = ("train_loss", "val_loss")
+
+
+def _per_phase(value: Any, kind: type, name: str) -> tuple[Any, Any]:
+    """One value or (warm-up, unfrozen) -> a (warm-up, unfrozen) tuple of ``kind``."""
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2:
+        raise ValueError(f"{name} takes one value or two (warm-up, unfrozen), got {value!r}")
+    return kind(values[0]), kind(values[1])
+
+
 def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     """Add the shared training flags (not --device / --out-dir, which scripts add themselves).
 
-    ``defaults`` override the TrainConfig defaults per stage, e.g. ``sched_factor=0.67``.
+    ``defaults`` override the TrainConfig defaults per stage, e.g. ``plateau_factor=(0.67, 0.1)``.
     """
     base = {f.name: f.default for f in fields(TrainConfig)}
     base.update(defaults)
@@ -538,9 +567,19 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--lr", type=float, default=base["lr"], help="AdamW learning rate")
     g.add_argument("--weight-decay", type=float, default=base["weight_decay"], help="AdamW weight decay")
     g.add_argument("--patience", type=int, default=base["patience"], help="early-stopping patience (epochs)")
-    g.add_argument("--sched-factor", type=float, default=base["sched_factor"], help="ReduceLROnPlateau factor")
-    g.add_argument("--sched-patience", type=int, default=base["sched_patience"], help="ReduceLROnPlateau patience")
-    g.add_argument("--monitor", default=base["monitor"], help="validation quantity for best/early stop/scheduler")
+    warm_f, unfrozen_f = _per_phase(base["plateau_factor"], float, "plateau_factor")
+    warm_p, unfrozen_p = _per_phase(base["plateau_patience"], int, "plateau_patience")
+    g.add_argument("--plateau-on", default=base["plateau_on"], choices=PLATEAU_ON,
+                   help=f"the epoch quantity ReduceLROnPlateau steps on (default {base['plateau_on']}, as published)")
+    g.add_argument("--plateau-factor", type=float, nargs="+", metavar=("WARMUP", "UNFROZEN"),
+                   default=[warm_f, unfrozen_f],
+                   help=f"ReduceLROnPlateau factor of the warm-up and the unfrozen phase; one value for both "
+                        f"(default {warm_f:g} {unfrozen_f:g})")
+    g.add_argument("--plateau-patience", type=int, nargs="+", metavar=("WARMUP", "UNFROZEN"),
+                   default=[warm_p, unfrozen_p],
+                   help=f"ReduceLROnPlateau patience of the warm-up and the unfrozen phase; one value for both "
+                        f"(default {warm_p} {unfrozen_p})")
+    g.add_argument("--monitor", default=base["monitor"], help="validation quantity for best checkpoint and early stopping")
     g.add_argument("--mode", default=base["mode"], choices=("auto", "min", "max"), help="direction of --monitor")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=base["amp"],
                    help="mixed precision (CUDA only)")
@@ -652,8 +691,10 @@ class Trainer:
         if not params:
             raise ValueError("no trainable parameters (is freeze_module the whole model?)")
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        factor, patience = self.cfg.plateau(phase)
+        # plateau_on is a loss, so always "min" (whatever --monitor's direction is)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode=self.cfg.mode, factor=self.cfg.sched_factor, patience=self.cfg.sched_patience
+            self.optimizer, mode="min", factor=factor, patience=patience
         )
 
     @property
@@ -782,7 +823,9 @@ class Trainer:
             self._seed_epoch(epoch)
             if self.phase == FROZEN and epoch >= cfg.warmup_epochs:
                 self._set_phase(UNFROZEN)
-                self.bad_epochs = 0  # the unfrozen model gets a full patience to beat the best
+                # The unfrozen model gets a full patience to beat the best (the published code
+                # kept counting across the unfreeze; a deliberate difference, see the README).
+                self.bad_epochs = 0
                 log.info("epoch %d: encoder unfrozen, fresh AdamW (lr %g)", epoch + 1, cfg.lr)
             t0 = time.perf_counter()
             lr = self.lr
@@ -796,7 +839,7 @@ class Trainer:
                 raise KeyError(f"--monitor {cfg.monitor} not among {sorted(k for k in record if '_' in k)}")
             value = float(record[cfg.monitor])
             assert self.scheduler is not None
-            self.scheduler.step(value)
+            self.scheduler.step(float(record[cfg.plateau_on]))  # once per epoch (GUIDE 2, 3)
             improved = self._improved(value)
             if improved:
                 self.best_value, self.best_epoch, self.bad_epochs = value, epoch + 1, 0

@@ -1,4 +1,4 @@
-"""Stacked [slice, WT, ET] frames -> classifier input: resize, zoom TTA, augmentation, normalisation.
+"""Stacked [slice, WT, ET] frames -> classifier input: augmentation, zoom TTA, resize, normalisation.
 
 Shared by the training dataset and inference so both feed the network identically.
 A chunk is handled as one (H, W, T*3) image, so one augmentation draw covers all its frames.
@@ -10,6 +10,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from mgmt2d import augment as seeded
 from mgmt2d.intensity import imagenet_normalise
 
 _CV_MAX_CHANNELS = 512
@@ -61,22 +62,11 @@ def normalise(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(imagenet_normalise(frames).transpose(0, 3, 1, 2))
 
 
-def train_augmentation() -> A.Compose:
-    """The reference's train augmentation: flips and shift-scale-rotate, p = 0.5 each."""
-    return A.Compose([
-        A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.Affine(
-            translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
-            border_mode=cv2.BORDER_CONSTANT, fill=0, p=0.5,
-        ),
-    ])
-
-
-def augment(frames: np.ndarray, transform: A.Compose, seed: int) -> np.ndarray:
-    """One draw of ``transform`` (seeded) applied identically to every frame of a chunk."""
-    transform.set_random_seed(seed)
+def augment(frames: np.ndarray, transform: A.Compose, seed: int, epoch: int | None, index: int) -> np.ndarray:
+    """One seeded draw of ``transform`` (:func:`mgmt2d.augment.apply`) applied identically to
+    every frame of a chunk, pad frames included: the chunk is warped as one (H, W, T*3) image."""
     image = to_channels(frames)
     if image.shape[2] > _CV_MAX_CHANNELS:
         raise ValueError(f"a chunk of {len(frames)} frames exceeds OpenCV's {_CV_MAX_CHANNELS} channels")
-    return from_channels(np.ascontiguousarray(transform(image=image)["image"]), len(frames))
+    out, _ = seeded.apply(transform, seed, epoch, index, image)
+    return from_channels(out, len(frames))

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from mgmt2d import augment
 from mgmt2d.brats import MODALITIES, BratsCaseError, case_id, list_cases, parse_modalities, read_case
 from mgmt2d.intensity import minmax_uint8, normalise_gray
 from mgmt2d.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
@@ -60,6 +61,8 @@ STORE_FORMAT = 1
 PLANES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_KEEP_RATE = 0.1
 DEFAULT_MIN_TUMOUR_RATIO = 0.01
+RATIO_OF = ("slice", "brain")   # denominator of the tumour ratio: whole slice (published) or brain area
+DEFAULT_RATIO_OF = "slice"
 DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 42
 CASE_MARKER = "case.json"
@@ -99,19 +102,28 @@ def plane_slices(volume: np.ndarray, plane: str) -> np.ndarray:
     return np.moveaxis(volume, PLANES[plane], 0)
 
 
-def tumour_ratios(images: np.ndarray, wt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per slice (n, H, W): tumour area / brain area, tumour pixels, brain pixels.
+def tumour_ratios(
+    images: np.ndarray, wt: np.ndarray, of: str = DEFAULT_RATIO_OF
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice (n, H, W): tumour ratio, tumour pixels, brain pixels.
 
-    Brain = non-zero image pixels, tumour = WT pixels. A slice without brain has ratio 0.
+    Tumour = WT pixels, brain = non-zero image pixels. ``of="slice"`` (the published rule,
+    GUIDE 2): ratio = WT mask mean over the whole slice. ``of="brain"`` (our earlier rule):
+    tumour area / brain area, 0 for a slice without brain.
     """
+    if of not in RATIO_OF:
+        raise SegDataError(f"tumour ratio of {of!r}: choose from {', '.join(RATIO_OF)}")
     brain = np.count_nonzero(images.reshape(len(images), -1), axis=1)
     tumour = np.count_nonzero(wt.reshape(len(wt), -1), axis=1)
-    ratio = np.divide(tumour, brain, out=np.zeros(len(brain), np.float64), where=brain > 0)
-    return ratio, tumour, brain
+    if of == "slice":
+        ratio = tumour / float(np.prod(wt.shape[1:])) if len(wt) else np.zeros(0, np.float64)
+    else:
+        ratio = np.divide(tumour, brain, out=np.zeros(len(brain), np.float64), where=brain > 0)
+    return np.asarray(ratio, np.float64), tumour, brain
 
 
 def kept_slices(ratio: np.ndarray, brain: np.ndarray, min_ratio: float = DEFAULT_MIN_TUMOUR_RATIO) -> np.ndarray:
-    """Indices of slices whose tumour/brain ratio exceeds ``min_ratio`` (brain area > 0)."""
+    """Indices of slices whose tumour ratio exceeds ``min_ratio`` (strictly) and that have brain."""
     ratio = np.asarray(ratio)
     return np.flatnonzero((np.asarray(brain) > 0) & (ratio > min_ratio))
 
@@ -168,6 +180,7 @@ class PrepareParams:
     seed: int = DEFAULT_SEED
     keep_rate: float = DEFAULT_KEEP_RATE
     min_tumour_ratio: float = DEFAULT_MIN_TUMOUR_RATIO
+    tumour_ratio_of: str = DEFAULT_RATIO_OF
     keep_task2_overlap: bool = False
 
     def __post_init__(self) -> None:
@@ -178,6 +191,8 @@ class PrepareParams:
             raise SegDataError(f"--min-tumour-ratio must be in [0, 1) (got {self.min_tumour_ratio})")
         if self.n_folds < 2:
             raise SegDataError(f"--n-folds must be at least 2 (got {self.n_folds})")
+        if self.tumour_ratio_of not in RATIO_OF:
+            raise SegDataError(f"--tumour-ratio-of must be one of {', '.join(RATIO_OF)} (got {self.tumour_ratio_of!r})")
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -237,7 +252,7 @@ def build_case_slices(
         chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         for mod, vol in scaled.items():
             slices = plane_slices(vol, plane)
-            ratio, tumour, brain = tumour_ratios(slices, wt)
+            ratio, tumour, brain = tumour_ratios(slices, wt, params.tumour_ratio_of)
             picked = sample_slices(kept_slices(ratio, brain, params.min_tumour_ratio), params.keep_rate)
             chosen[mod] = (picked, ratio, tumour, brain)
         union = np.unique(np.concatenate([c[0] for c in chosen.values()] or [np.zeros(0, np.int64)]))
@@ -565,42 +580,16 @@ def split_by_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.Data
     return train, val
 
 
-def _seed_transform(transform: Any, seed_seq: np.random.SeedSequence) -> None:
-    """Give every transform its own seed: Compose.set_random_seed gives all children the
-    same one, which makes HorizontalFlip and VerticalFlip fire together."""
-    transform.set_random_seed(int(seed_seq.generate_state(1)[0]))
-    children = getattr(transform, "transforms", None)
-    if children:
-        for child, child_seq in zip(children, seed_seq.spawn(len(children))):
-            _seed_transform(child, child_seq)
-
-
 def seed_transform(transform: Any, seed: int, epoch: int, index: int) -> None:
-    """Seed an albumentations transform for one sample from (base seed, epoch, sample index)."""
-    _seed_transform(transform, np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]))
+    """Seed an albumentations transform for one sample; see :func:`mgmt2d.augment.seed_transform`."""
+    augment.seed_transform(transform, seed, epoch, index)
 
 
-def train_transform(seed: int | None = None) -> "A.Compose":
-    """Flips and shift-scale-rotate, each with p=0.5, applied to image and mask together.
-
-    Shift-scale-rotate as A.Affine with the ShiftScaleRotate defaults of albumentations
-    1.x (the reference's): shift 6.25 %, scale 0.9-1.1, rotate +-45 deg, reflect-101 border.
-    Per-sample seeding is done by the dataset (:func:`seed_transform`); ``seed`` only
-    seeds the Compose for use outside it.
-    """
-    import albumentations as A  # imported here: preparing data does not need it
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.Affine(
-                translate_percent=(-0.0625, 0.0625), scale=(0.9, 1.1), rotate=(-45, 45),
-                interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
-                border_mode=cv2.BORDER_REFLECT_101, p=0.5,
-            ),
-        ],
-        seed=seed,
-    )
+def train_transform() -> "A.Compose":
+    """The published stage-1 augmentation (:func:`mgmt2d.augment.train_transform`): flips and
+    shift-scale-rotate, p = 0.5 each, drawn independently, image and mask together (mask nearest).
+    Per-sample seeding is done by the dataset."""
+    return augment.train_transform()
 
 
 normalise_slice = normalise_gray  # kept name: the training input transform
@@ -610,7 +599,7 @@ class SegmentationSliceDataset(Dataset):
     """Slices of the store by index rows: (image float32 (3, S, S), mask float32 (2, S, S)).
 
     Arrays are memory-mapped lazily in each worker process (a bounded cache of open maps).
-    Order per sample: resize (image linear, mask nearest), augment, normalise.
+    Order per sample: augment (native size), resize (image linear, mask nearest), normalise.
 
     Augmentation seeding, per sample: after :meth:`set_epoch` ``(e)``, sample ``i`` is
     augmented with a seed derived from (seed, e, i), so results depend on neither worker
@@ -676,17 +665,14 @@ class SegmentationSliceDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)
+        mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
+        if self.transform is not None:  # at the native slice size, as the reference (GUIDE 2)
+            image, mask = augment.apply(self.transform, self.seed, self.epoch, i, image, mask)
         size = (self.image_size, self.image_size)
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        mask = cv2.resize(np.ascontiguousarray(mask.transpose(1, 2, 0)), size, interpolation=cv2.INTER_NEAREST)
-        if self.transform is not None:
-            if self.epoch is not None:
-                key = self.epoch
-            else:  # the engine's per-epoch global seeding; offset keeps it apart from epochs
-                key = 2**32 + int(np.random.randint(0, 2**32, dtype=np.int64))
-            seed_transform(self.transform, self.seed, key, i)
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        if mask.ndim == 2:  # OpenCV drops a trailing axis of size 1
+            mask = mask[..., None]
         x = normalise_slice(image)
         y = np.ascontiguousarray(mask.transpose(2, 0, 1), dtype=np.float32)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
@@ -711,7 +697,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-rate", type=float, default=DEFAULT_KEEP_RATE,
                         help="take every T-th kept slice of a plane, T = max(round(n_kept * rate), 1) (reference: 0.1)")
     parser.add_argument("--min-tumour-ratio", type=float, default=DEFAULT_MIN_TUMOUR_RATIO,
-                        help="keep a slice when tumour area / brain area exceeds this (reference: 0.01)")
+                        help="keep a slice when its tumour ratio exceeds this (reference: 0.01)")
+    parser.add_argument("--tumour-ratio-of", choices=RATIO_OF, default=DEFAULT_RATIO_OF,
+                        help="tumour ratio = WT area / whole slice (default, the published rule) "
+                             "or / brain (non-zero) area (our earlier rule; keeps more slices)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -721,7 +710,7 @@ def main(args: argparse.Namespace) -> int:
         settings = load_settings(args.settings)
         params = PrepareParams(
             modalities=tuple(args.modalities), n_folds=args.n_folds, seed=args.seed,
-            keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio,
+            keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio, tumour_ratio_of=args.tumour_ratio_of,
             keep_task2_overlap=args.keep_task2_overlap,
         )
         task1 = settings.existing("TASK1_DIR")

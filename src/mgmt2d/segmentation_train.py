@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     add_pretrained_argument(parser, "densenet121")
     engine.add_train_arguments(
-        parser, epochs=500, warmup_epochs=10, lr=1e-4, patience=10, sched_factor=0.1, sched_patience=5,
+        parser, epochs=500, warmup_epochs=10, lr=1e-4, patience=10, plateau_factor=(0.1, 0.1), plateau_patience=(10, 10),
         monitor="val_loss",
     )
 
