@@ -4,7 +4,7 @@
 import sys
 
 from mgmt2d.cli import script_main
-from mgmt2d.inference import add_arguments, main
+from mgmt2d.inference.predict import add_arguments, main
 
 if __name__ == "__main__":
     sys.exit(script_main(main, add_arguments, __doc__))

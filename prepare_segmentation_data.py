@@ -2,7 +2,7 @@
 """Stage 1 data: slice BraTS Task 1 volumes into the SEGMENT_DATA_DIR store.
 
 Re-running resumes (finished cases are skipped); --overwrite starts again.
-See mgmt2d.segdata for the store layout.
+See mgmt2d.segmentation.prepare for the store layout.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from mgmt2d import segdata
+from mgmt2d.segmentation import prepare as segdata
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 
 import sys
 
-from mgmt2d.classification_train import add_arguments, main
+from mgmt2d.classification.train import add_arguments, main
 from mgmt2d.cli import script_main
 
 if __name__ == "__main__":

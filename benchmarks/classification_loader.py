@@ -59,11 +59,12 @@ import pandas as pd
 import psutil
 import torch
 
-from mgmt2d import chunk_dataset, engine
-from mgmt2d.chunks import n_chunks
-from mgmt2d.classifier import build_classifier
+from mgmt2d.classification import dataset as chunk_dataset
+from mgmt2d.training import trainer as engine
+from mgmt2d.classification.chunks import n_chunks
+from mgmt2d.classification.model import build_classifier
 from mgmt2d.device import resolve_device
-from mgmt2d.settings import KEYS
+from mgmt2d.data.settings import KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 MRI_TYPES = ("FLAIR", "T1w", "T1wCE", "T2w")
@@ -344,13 +345,13 @@ def run_memory_part(args: argparse.Namespace) -> None:
         slices = {p: sum(len(list(s.iterdir())) for s in (task2 / "train" / p).iterdir() if s.is_dir()) for p in train}
 
         ckpt = tmp / "seg_random.pt"
-        from mgmt2d.segmenter import build_segmenter
+        from mgmt2d.segmentation.model import build_segmenter
 
         torch.manual_seed(args.seed)
         torch.save({"model": build_segmenter().state_dict()}, ckpt)
 
         # Baseline: the same imports and the segmenter loaded, no data.
-        code = ("import sys; import mgmt2d.classification_prep; from mgmt2d import segmenter; "
+        code = ("import sys; import mgmt2d.classification.prepare; from mgmt2d.segmentation import model as segmenter; "
                 "segmenter.load_segmenter(sys.argv[1], 'cpu')")
         rc, secs, base = run_measured([sys.executable, "-c", code, str(ckpt)], tmp / "baseline.log")
         if rc:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pydicom
 
-from mgmt2d.dicom import read_series, read_series_many
+from mgmt2d.data.dicom import read_series, read_series_many
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SERIES = REPO.parent / "shared" / "data" / "dicom-t1-mprage"

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from mgmt2d import engine, segdata, segmenter
+from mgmt2d.training import trainer as engine
+from mgmt2d.segmentation import prepare as segdata, model as segmenter
 from mgmt2d.device import resolve_device
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mgmt2d import brats
+from mgmt2d.data import brats
 
 
 def test_wt_et_from_labels():

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mgmt2d import classification_train
-from mgmt2d.settings import KEYS
-from mgmt2d.task2 import MRI_TYPES
+from mgmt2d.classification import train as classification_train
+from mgmt2d.data.settings import KEYS
+from mgmt2d.data.task2 import MRI_TYPES
 
 
 def prepared_split(root: Path, patients: int = 4) -> Path:

@@ -15,8 +15,8 @@ import pytest
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from mgmt2d import dicom
-from mgmt2d.dicom import (
+from mgmt2d.data import dicom
+from mgmt2d.data.dicom import (
     DicomSeriesError,
     SeriesMeta,
     plane_from_orientation,
@@ -274,7 +274,7 @@ def test_mixed_sizes_resized_to_majority(
     for i in range(3):
         write_slice(tmp_path / f"s{i}.dcm", np.full((8, 10), 7), position=(0, 0, i))
     odd = write_slice(tmp_path / "s3.dcm", np.full((16, 20), 9), position=(0, 0, 3))
-    with caplog.at_level(logging.WARNING, logger="mgmt2d.dicom"):
+    with caplog.at_level(logging.WARNING, logger="mgmt2d.data.dicom"):
         volume, meta = read_series(tmp_path)
     assert volume.shape == (4, 8, 10)
     assert meta.resized == [str(odd)]

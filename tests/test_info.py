@@ -3,7 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mgmt2d import info
+from mgmt2d.tools import info
 
 
 def _info(path: Path) -> subprocess.CompletedProcess:

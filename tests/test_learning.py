@@ -3,11 +3,11 @@ training of the real classifier reaches a held-out patient AUC >= 0.8.
 
 Stage 1 is bypassed so the check measures stage 2 alone: the true labels of every synthetic
 DICOM series (``synth.generate(..., series_seg=True)``) stand in for the segmenter, and
-``mgmt2d.synth_stack`` stacks them exactly as ``mgmt2d.stack`` does. The real script
+``mgmt2d.dev.synth_stack`` stacks them exactly as ``mgmt2d.classification.stack`` does. The real script
 ``train_classification.py`` then trains ECA-NFNet-L0 + BiLSTM from random initialisation on
 CPU, and the patient AUC of its best checkpoint on patients it never saw must reach 0.8. The label
 (MGMT_value) sets the tumour's architecture: 1 = large necrotic core in a thin enhancing
-rim, 0 = solid enhancement (see ``mgmt2d.synth``); nothing but the images and the stacked
+rim, 0 = solid enhancement (see ``mgmt2d.dev.synth``); nothing but the images and the stacked
 masks carries it.
 
 The check (marked ``slow``: ``make test-slow``, run by CI after ``make test``) trains
@@ -31,14 +31,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mgmt2d import dicom, synth
-from mgmt2d.chunk_dataset import ChunkDataset, load_index, split_by_fold
-from mgmt2d.classification_prep import INDEX_COLUMNS
-from mgmt2d.classifier import load_trained_classifier
-from mgmt2d.contract import contract_of
-from mgmt2d.inference import classify_series
-from mgmt2d.stack import StackedSeries
-from mgmt2d.synth_stack import prepare_from_synth, stack_with_truth, true_masks
+from mgmt2d.data import dicom
+from mgmt2d.dev import synth
+from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
+from mgmt2d.classification.prepare import INDEX_COLUMNS
+from mgmt2d.classification.model import load_trained_classifier
+from mgmt2d.data.contract import contract_of
+from mgmt2d.inference.predict import classify_series
+from mgmt2d.classification.stack import StackedSeries
+from mgmt2d.dev.synth_stack import prepare_from_synth, stack_with_truth, true_masks
 
 REPO = Path(__file__).resolve().parents[1]
 

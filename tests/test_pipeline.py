@@ -18,8 +18,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from mgmt2d import task2
-from mgmt2d.settings import load_settings
+from mgmt2d.data import task2
+from mgmt2d.data.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,9 +20,12 @@ import pydicom
 import pytest
 import torch
 
-from mgmt2d import dicom, inference, published, segmenter, synth
-from mgmt2d.classifier import build_classifier
-from mgmt2d.contract import OURS, REFERENCE, InputContract, contract_of
+from mgmt2d.data import dicom
+from mgmt2d.inference import predict as inference, published
+from mgmt2d.segmentation import model as segmenter
+from mgmt2d.dev import synth
+from mgmt2d.classification.model import build_classifier
+from mgmt2d.data.contract import OURS, REFERENCE, InputContract, contract_of
 
 REPO = Path(__file__).resolve().parents[1]
 

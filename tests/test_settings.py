@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mgmt2d.settings import KEYS, SettingsError, load_settings
+from mgmt2d.data.settings import KEYS, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 

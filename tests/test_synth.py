@@ -14,8 +14,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from mgmt2d import synth
-from mgmt2d.synth import (
+from mgmt2d.dev import synth
+from mgmt2d.dev.synth import (
     MRI_TYPES,
     TASK1_MODALITIES,
     generate,
@@ -117,7 +117,7 @@ def test_dicom_variety(dataset: tuple[Path, dict]) -> None:
 
 
 def test_every_generated_series_reads_back(dataset: tuple[Path, dict]) -> None:
-    dicom = pytest.importorskip("mgmt2d.dicom")
+    dicom = pytest.importorskip("mgmt2d.data.dicom")
     out, _ = dataset
     series = pd.read_csv(out / "truth" / "series.csv", dtype={"BraTS21ID": str})
     for row in series.itertuples():
@@ -236,7 +236,7 @@ READER_CASES = [
 def test_reader_matches_generator_truth(
     index: int, phantom_image: np.ndarray, tmp_path: Path
 ) -> None:
-    dicom = pytest.importorskip("mgmt2d.dicom")
+    dicom = pytest.importorskip("mgmt2d.data.dicom")
     case = READER_CASES[index]
     rng = np.random.default_rng([2024, index])
     options = {k: v for k, v in case.items() if k != "plane"}

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from mgmt2d import task2
+from mgmt2d.data import task2
 
 
 def _layout(root: Path) -> Path:

@@ -9,10 +9,10 @@ import sys
 
 # command -> (module, help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("mgmt2d.synth", "write a synthetic Task 1 + Task 2 dataset"),
-    "info": ("mgmt2d.info", "print what the readers see in a series, NIfTI file or patient folder"),
-    "demo": ("mgmt2d.demo", "run the whole pipeline on synthetic data with small settings"),
-    "evaluate-segmentation": ("mgmt2d.evaluate", "segment whole volumes and report volumetric Dice"),
+    "synth": ("mgmt2d.dev.synth", "write a synthetic Task 1 + Task 2 dataset"),
+    "info": ("mgmt2d.tools.info", "print what the readers see in a series, NIfTI file or patient folder"),
+    "demo": ("mgmt2d.dev.demo", "run the whole pipeline on synthetic data with small settings"),
+    "evaluate-segmentation": ("mgmt2d.segmentation.evaluate", "segment whole volumes and report volumetric Dice"),
 }
 
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mgmt2d.settings import Settings, SettingsError
+from mgmt2d.data.settings import Settings, SettingsError
 
 
 def add_pretrained_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -23,7 +23,7 @@ def resolve_pretrained(value: str, settings: Settings, name: str) -> Path | None
     if value == "none":
         return None
     if value == "imagenet":
-        from mgmt2d.download import MissingWeightsError, require_pretrained
+        from mgmt2d.tools.download import MissingWeightsError, require_pretrained
 
         try:
             return require_pretrained(settings["PRETRAINED_DIR"], name)

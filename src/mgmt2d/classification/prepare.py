@@ -1,0 +1,350 @@
+"""prepare_classification.py: Task 2 series -> tumour slices stacked [slice, WT, ET], one array per series.
+
+Layout of CLASSIFICATION_DATA_DIR/<split>/:
+    series/<patient>_<type>.npy   (K, H, W, 3) uint8, kept slices in series order
+    done/<patient>.csv            a patient's index rows, written last (resume marker)
+    index.csv                     patient,type,kept,total,file,label,fold,note
+    dataset.json                  parameters, counts, problems, library versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mgmt2d.data import dicom, task2
+from mgmt2d.segmentation import model as segmenter
+from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract
+from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.data.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic, write_run_config
+from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
+from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
+
+log = logging.getLogger(__name__)
+INDEX_COLUMNS = ["patient", "type", "kept", "total", "file", "label", "fold", "note"]
+N_FOLDS = 5
+PUBLISHED_FOLDS = "t4e_folds.csv"
+FOLDS_PUBLISHED = f"published ({PUBLISHED_FOLDS}, shipped in mgmt2d/data)"
+FOLDS_GENERATED = "generated (stratified by label, seeded; the patients differ from the published folds)"
+
+
+# ------------------------------------------------------------------------- folds
+
+
+def make_folds(labels: dict[str, int], n_folds: int = N_FOLDS, seed: int = 42) -> pd.DataFrame:
+    """Patient folds stratified by label: each class shuffled (seeded) and dealt round-robin.
+
+    One row per patient, so folds are grouped by patient. Unlike sklearn's StratifiedKFold
+    this also works when a class has fewer patients than folds (small or synthetic sets).
+    """
+    ids = sorted(labels)
+    if len(ids) < n_folds:
+        raise ValueError(f"{len(ids)} labelled patients cannot fill {n_folds} folds")
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    start = 0
+    for label in sorted(set(labels.values())):
+        members = [i for i in ids if labels[i] == label]
+        for k, pid in enumerate(rng.permutation(members)):
+            fold_of[str(pid)] = (start + k) % n_folds
+        start += len(members)  # the next class continues where this one stopped: folds stay even
+    return pd.DataFrame({"BraTS21ID": ids, "MGMT_value": [labels[i] for i in ids], "fold": [fold_of[i] for i in ids]})
+
+
+def read_fold_table(path: Path) -> pd.DataFrame:
+    """A folds CSV (BraTS21ID,MGMT_value,fold) with IDs as 5-digit strings (the published file has 0, 2, 3...)."""
+    frame = pd.read_csv(path, dtype={"BraTS21ID": str})
+    if not {"BraTS21ID", "fold"} <= set(frame.columns):
+        raise SettingsError(f"{path} must have columns BraTS21ID,MGMT_value,fold; delete it to regenerate")
+    frame["BraTS21ID"] = frame["BraTS21ID"].map(task2.format_id)
+    frame["fold"] = frame["fold"].astype(int)
+    return frame
+
+
+def read_folds(path: Path) -> dict[str, int]:
+    frame = read_fold_table(path)
+    return dict(zip(frame["BraTS21ID"], frame["fold"]))
+
+
+def published_folds() -> pd.DataFrame:
+    """The published solution's stage-2 folds of the 582 training patients (MIT licence,
+    ``data/LICENSE-t4e_folds.txt`` beside it), shipped with the package."""
+    with resources.as_file(resources.files("mgmt2d") / "data" / PUBLISHED_FOLDS) as path:
+        return read_fold_table(path)
+
+
+def folds_for(labels: dict[str, int], exclude: tuple[str, ...], seed: int) -> tuple[pd.DataFrame, str]:
+    """(fold table, source): the published folds when the training patients (labelled minus
+    ``exclude``) and their labels are exactly the published ones, else our stratified folds."""
+    published = published_folds()
+    excluded = {task2.format_id(e) for e in exclude}
+    training = {p: int(v) for p, v in labels.items() if p not in excluded}
+    if training == dict(zip(published["BraTS21ID"], published["MGMT_value"].astype(int))):
+        return published[["BraTS21ID", "MGMT_value", "fold"]], FOLDS_PUBLISHED
+    return make_folds(labels, seed=seed), FOLDS_GENERATED
+
+
+def ensure_folds(
+    path: Path, labels: dict[str, int], seed: int, exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """(patient -> fold, description for dataset.json). KFOLD_PATH is used when it exists (never
+    overwritten); else it is written from :func:`folds_for`."""
+    if path.exists():
+        folds = read_folds(path)
+        published = published_folds()
+        same = folds == dict(zip(published["BraTS21ID"], published["fold"]))
+        source = f"existing KFOLD_PATH ({'equal to' if same else 'not'} the published {PUBLISHED_FOLDS})"
+    else:
+        table, source = folds_for(labels, exclude, seed)
+        write_csv_atomic(path, table)
+        log.info("wrote %d-fold patient split to %s (%s)", N_FOLDS, path, source)
+        folds = read_folds(path)
+    return folds, {"source": source, "path": str(path), "patients": len(folds)}
+
+
+# ------------------------------------------------------------------------- reading
+
+
+def read_jpg_series(folder: Path) -> np.ndarray:
+    """The optional JPG copy (<type>/*-<n>.jpg, one file per slice) as a float32 (S, H, W) volume."""
+    files = sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
+    images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
+    images = [im for im in images if im is not None]
+    if not images:
+        raise ValueError(f"{folder} holds no readable .jpg slice")
+    shape = max({im.shape for im in images}, key=[im.shape for im in images].count)
+    return np.stack([im if im.shape == shape else cv2.resize(im, shape[::-1]) for im in images]).astype(np.float32)
+
+
+def with_own_pixels(result: StackedSeries, volume: np.ndarray) -> StackedSeries:
+    """Image channel = the series' own 8-bit pixel values (the JPG copy), as the published
+    preparation did for JPG input; WT/ET and the kept slices still come from the segmenter
+    run on the series min-max (as for DICOM)."""
+    if result.kept:
+        own = np.clip(np.asarray(volume)[result.slice_index], 0, 255).astype(np.uint8)
+        result.images[..., 0] = own
+    return result
+
+
+def _read_jpg_many(folders: list[Path]):
+    for folder in folders:
+        try:
+            yield folder, read_jpg_series(folder), None
+        except (ValueError, OSError) as err:
+            yield folder, err, None
+
+
+# ------------------------------------------------------------------------- preparation
+
+
+def _patient_rows(
+    patient: str,
+    series: list[tuple[str, Path, np.ndarray | Exception]],
+    results: dict[str, StackedSeries],
+    out_dir: Path,
+    label: int,
+    fold: int,
+) -> list[dict[str, Any]]:
+    rows = []
+    for mri_type, _path, volume in series:
+        row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "", "label": label, "fold": fold, "note": ""}
+        if isinstance(volume, Exception):
+            row["note"] = f"unreadable: {volume}"
+        else:
+            res = results[mri_type]
+            row["total"] = res.total
+            row["kept"] = res.kept
+            if res.kept:
+                rel = f"series/{patient}_{mri_type}.npy"
+                save_npy_atomic(out_dir / rel, res.images)
+                row["file"] = rel
+            else:
+                row["note"] = res.reason
+        rows.append(row)
+    return rows
+
+
+def prepare(
+    settings: Settings,
+    split: str,
+    model: torch.nn.Module,
+    device: torch.device,
+    opts: StackOptions,
+    input_format: str = "dicom",
+    workers: int = 1,
+    overwrite: bool = False,
+    seed: int = 42,
+    exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE,
+    params: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Prepare one split; resumable; returns the index."""
+    dicom_dir = settings.existing("DICOM_DATA_DIR")
+    out_dir = settings["CLASSIFICATION_DATA_DIR"] / split
+    params = dict(params or {})
+    _claim_output(out_dir, params, overwrite)
+    index = task2.index_split(dicom_dir, split, exclude=exclude)
+    labels = dict(zip(index.series.patient, index.series.label))
+    folds: dict[str, int] = {}
+    folds_info: dict[str, Any] | None = None
+    if split == "train":
+        folds, folds_info = ensure_folds(
+            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), seed, exclude
+        )
+    (out_dir / "done").mkdir(parents=True, exist_ok=True)
+    write_run_config(out_dir, "prepare_config.json", params)
+
+    todo = [p for p in index.patients if not (out_dir / "done" / f"{p}.csv").exists()]
+    if len(todo) < len(index.patients):
+        log.info("%d of %d patients already prepared: skipped", len(index.patients) - len(todo), len(index.patients))
+    series = index.series[index.series.patient.isin(set(todo))]
+    if input_format == "jpg":
+        jpg_root = settings.existing("CLASSIFICATION_RAW_JPG")
+        folders = [jpg_root / p / t for p, t in zip(series.patient, series.mri_type)]
+        reader = _read_jpg_many(folders)
+    else:
+        folders = [Path(p) for p in series.path]
+        reader = dicom.read_series_many(folders, workers=max(workers, 1), order=opts.contract.slice_order,
+                                        rescale=opts.contract.pixel_values == "modality")
+
+    types_by_patient = series.groupby("patient", sort=False)["mri_type"].apply(list).to_dict()
+    started = time.time()
+    with tqdm(total=len(todo), desc=f"prepare {split}", unit="patient") as bar:
+        for patient in todo:
+            read = [(t, next(reader)) for t in types_by_patient.get(patient, [])]
+            items = [(t, folder, volume) for t, (folder, volume, _) in read]
+            good = [(t, volume, meta) for t, (_, volume, meta) in read if not isinstance(volume, Exception)]
+            results_list = segment_and_stack_many(
+                model, [v for _, v, _ in good], device, opts,
+                [None if m is None else m.positive_fraction for _, _, m in good],
+            ) if good else []
+            ok_types = [t for t, _, _ in good]
+            results = dict(zip(ok_types, results_list))
+            if input_format == "jpg":
+                own = {t: v for t, _, v in items if not isinstance(v, Exception)}
+                results = {t: with_own_pixels(r, own[t]) for t, r in results.items()}
+            rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)), folds.get(patient, -1))
+            for row in rows:
+                if row["note"]:
+                    tqdm.write(f"{patient} {row['type']}: {row['note']}")
+            write_csv_atomic(out_dir / "done" / f"{patient}.csv", pd.DataFrame(rows, columns=INDEX_COLUMNS))
+            bar.update(1)
+            bar.set_postfix(kept=sum(r["kept"] for r in rows))
+    frame = _collect(out_dir, index.patients)
+    empty = sorted(set(frame.patient) - set(frame[frame.kept > 0].patient))
+    write_csv_atomic(out_dir / "index.csv", frame)
+    write_json_atomic(out_dir / "dataset.json", {
+        "split": split,
+        "params": params,
+        "folds": folds_info,
+        "counts": {
+            "patients": int(frame.patient.nunique()),
+            "series": int(len(frame)),
+            "series_with_slices": int((frame.kept > 0).sum()),
+            "kept_slices": int(frame.kept.sum()),
+            "total_slices": int(frame.total.sum()),
+        },
+        "patients_without_slices": empty,
+        "problems": frame[frame.note != ""][["patient", "type", "note"]].to_dict("records"),
+        "missing_types": index.missing_types,
+        "excluded": index.excluded,
+        "seconds": round(time.time() - started, 1),
+        "versions": library_versions(),
+    })
+    if empty:
+        log.warning("%d patient(s) yield no slice in any type: %s", len(empty), ", ".join(empty))
+    return frame
+
+
+def _collect(out_dir: Path, patients: list[str]) -> pd.DataFrame:
+    parts = [pd.read_csv(out_dir / "done" / f"{p}.csv", dtype={"patient": str}, keep_default_na=False) for p in patients]
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
+    frame["patient"] = frame["patient"].map(task2.format_id)
+    return frame[INDEX_COLUMNS]
+
+
+def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool) -> None:
+    """Resume only a run with the same parameters; clear ours only when told to."""
+    meta = out_dir / "prepare_config.json"
+    if overwrite and out_dir.exists():
+        if not meta.exists() and any(out_dir.iterdir()):
+            raise SettingsError(f"{out_dir} holds files not written by prepare_classification.py; refusing to delete it")
+        shutil.rmtree(out_dir)
+        return
+    if meta.exists():
+        import json
+
+        previous = json.loads(meta.read_text()).get("config", {})
+        changed = sorted(k for k in params if k in previous and previous[k] != params[k])
+        if changed:
+            raise SettingsError(
+                f"{out_dir} was prepared with other values of {', '.join(changed)}; "
+                "pass --overwrite to redo it or point CLASSIFICATION_DATA_DIR elsewhere"
+            )
+
+
+# ------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_argument(parser)
+    parser.add_argument("--split", choices=["train", "test"], default="train")
+    parser.add_argument("--input-format", choices=["dicom", "jpg"], default="dicom")
+    parser.add_argument("--seg-model", type=Path, help="stage-1 checkpoint (default SEGMENT_MODEL_DIR/fold0/best.pt)")
+    add_device_argument(parser)
+    parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (reference 224)")
+    parser.add_argument("--slice-order", choices=list(SLICE_ORDERS), default="position",
+                        help="position: anatomical (ours, default); filename: trailing number of the file name (reference)")
+    parser.add_argument("--pixel-values", choices=list(PIXEL_VALUES), default="modality",
+                        help="modality: rescale slope/intercept, MONOCHROME1 inverted (default); stored: raw values (reference)")
+    parser.add_argument("--seg-batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
+    parser.add_argument("--overwrite", action="store_true", help="redo this split from scratch")
+    parser.add_argument("--seed", type=int, default=42, help="fold assignment seed")
+    parser.add_argument("--min-area-ratio", type=float, default=0.025, help="WT/brain contour area ratio (reference 0.025)")
+    parser.add_argument("--max-wt-contours", type=int, default=5, help="max WT contours per slice (reference 5)")
+    parser.add_argument("--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)")
+    parser.add_argument("--seg-amp", action="store_true",
+                        help="fp16/bf16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.settings)
+        seg_model = args.seg_model or settings["SEGMENT_MODEL_DIR"] / "fold0" / "best.pt"
+        if not Path(seg_model).is_file():
+            raise SettingsError(f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model")
+        device = resolve_device(args.device)
+        contract = InputContract(
+            slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,
+            min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours,
+        )
+        opts = StackOptions(contract=contract, seg_batch_size=args.seg_batch_size, amp=args.seg_amp)
+        params = {
+            "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
+            "contract": contract.to_dict(), "seg_amp": args.seg_amp,
+            "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
+        }
+        model = segmenter.load_segmenter(seg_model, device)
+        frame = prepare(
+            settings, args.split, model, device, opts, args.input_format, args.workers,
+            args.overwrite, args.seed, tuple(args.exclude), params,
+        )
+    except (SettingsError, task2.Task2Error, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = settings["CLASSIFICATION_DATA_DIR"] / args.split
+    print(f"{frame.patient.nunique()} patients, {int((frame.kept > 0).sum())}/{len(frame)} series with slices, "
+          f"{int(frame.kept.sum())} slices kept -> {out}")
+    return 0

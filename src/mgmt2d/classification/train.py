@@ -1,0 +1,127 @@
+"""train_classification.py: one CNN + BiLSTM model per MRI type on 35-slice chunks, patient AUC.
+
+Writes CLASSIFICATION_MODEL_DIR/<type>/fold<k>/ (best.pt, last.pt, history.csv, curves.png,
+train_config.json, val_patients.csv with the best epoch's patient scores). ``--mri-type all``
+trains the four per-type models one after the other (the published meaning); ``pooled`` trains
+one model on the series of every type (ours) into CLASSIFICATION_MODEL_DIR/pooled/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mgmt2d.training import trainer as engine
+from mgmt2d.classification.dataset import POOLED, ChunkDataset, load_index, split_by_fold
+from mgmt2d.classification.model import build_classifier
+from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
+from mgmt2d.data.contract import InputContract
+from mgmt2d.device import add_device_argument
+from mgmt2d.data.io import write_csv_atomic
+from mgmt2d.data.settings import add_settings_argument, load_settings
+from mgmt2d.data.task2 import MRI_TYPES
+
+log = logging.getLogger(__name__)
+ALL = "all"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_argument(parser)
+    parser.add_argument("--mri-type", default="FLAIR", choices=[*MRI_TYPES, ALL, POOLED],
+                        help=f"one MRI type; '{ALL}': the four per-type models in sequence (as published); "
+                             f"'{POOLED}': one model on every type's series (ours)")
+    add_device_argument(parser)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--seq-len", type=int, default=35, help="slices per chunk (reference 35)")
+    parser.add_argument("--stride", type=int, default=5, help="chunk stride (reference 5)")
+    parser.add_argument("--lstm-hidden", type=int, default=128, help="reference weights use 128")
+    parser.add_argument("--backbone", default="eca_nfnet_l0", help="timm model name")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--fold", type=int, default=0, help="validation fold (KFOLD_PATH)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader workers")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
+    add_pretrained_argument(parser, "eca_nfnet_l0")
+    engine.add_train_arguments(
+        parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
+        monitor="val_loss",
+    )
+
+
+def training_contract(data_dir: Path, image_size: int, seq_len: int, stride: int) -> InputContract:
+    """The input contract this model is trained on: the prepared data's, with this run's classifier sizes.
+
+    Saved in every checkpoint, so inference makes its test inputs the same way.
+    """
+    meta = Path(data_dir) / "dataset.json"
+    params = json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
+    base = InputContract.from_dict(params["contract"]) if "contract" in params else InputContract()
+    return replace(base, image_size=image_size, seq_len=seq_len, stride=stride)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Train the model(s) of ``--mri-type``; ``all`` runs :func:`train_one` for each type."""
+    types = list(MRI_TYPES) if args.mri_type == ALL else [args.mri_type]
+    for mri_type in types:
+        if len(types) > 1:
+            log.info("--mri-type all: training %s (%d of %d)", mri_type, types.index(mri_type) + 1, len(types))
+        train_one(argparse.Namespace(**{**vars(args), "mri_type": mri_type}))
+    return 0
+
+
+def train_one(args: argparse.Namespace) -> None:
+    """One model: one MRI type (or the pooled types) and one validation fold."""
+    settings = load_settings(args.settings)
+    data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
+    index = load_index(data_dir, args.mri_type)
+    if index.empty:
+        raise ValueError(f"no prepared series of type {args.mri_type} in {data_dir}")
+    train_rows, val_rows = split_by_fold(index, args.fold)
+    overlap = set(train_rows.patient) & set(val_rows.patient)
+    assert not overlap, f"patients in both splits: {sorted(overlap)[:5]}"
+    pretrained = resolve_pretrained(args.pretrained, settings, args.backbone)
+    out_dir = settings["CLASSIFICATION_MODEL_DIR"] / args.mri_type / f"fold{args.fold}"
+    config = engine.TrainConfig.from_args(args, out_dir=str(out_dir))
+    engine.seed_everything(config.seed)
+    model = build_classifier(args.backbone, args.lstm_hidden, args.seq_len, pretrained)
+
+    contract = training_contract(data_dir, args.image_size, args.seq_len, args.stride)
+
+    def dataset(rows, augment):
+        return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment, seed=config.seed)
+
+    train_ds, val_ds = dataset(train_rows, args.augment), dataset(val_rows, False)
+    device = torch.device(engine.resolve_device(args.device))
+    train_loader = engine.make_loader(train_ds, args.batch_size, True, device, args.workers)
+    val_loader = engine.make_loader(val_ds, args.batch_size, False, device, args.workers)
+    metrics = engine.ClassificationMetrics()
+    log.info("%s fold %d: %d train chunks (%d patients), %d validation chunks (%d patients)",
+             args.mri_type, args.fold, len(train_ds), train_rows.patient.nunique(), len(val_ds), val_rows.patient.nunique())
+
+    def save_patient_scores(trainer: engine.Trainer, record: dict) -> None:
+        # The metrics object still holds this epoch's validation pass (it runs after training).
+        if trainer.best_epoch == record.get("epoch"):
+            write_csv_atomic(out_dir / "val_patients.csv", trainer.metrics.patient_table())
+
+    trainer = engine.Trainer(
+        model, train_loader, val_loader, engine.ClassificationLoss(), metrics, config,
+        freeze_module=model.backbone,
+        extra_config={
+            "mri_type": args.mri_type, "fold": args.fold, "image_size": args.image_size, "seq_len": args.seq_len,
+            "stride": args.stride, "lstm_hidden": args.lstm_hidden, "backbone": args.backbone,
+            "batch_size": args.batch_size, "augment": args.augment, "contract": contract.to_dict(),
+            "pretrained": str(pretrained) if pretrained else "none",
+            "data_dir": str(data_dir), "train_patients": sorted(train_rows.patient.unique()),
+            "val_patients": sorted(val_rows.patient.unique()),
+        },
+        on_epoch_end=save_patient_scores,
+    )
+    result = trainer.fit()
+    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+    print(f"{args.mri_type} fold {args.fold}: best epoch {result.best_epoch} "
+          f"val_loss {best.get('val_loss', float('nan')):.4f} chunk AUC {best.get('val_chunk_auc', float('nan')):.3f} "
+          f"patient AUC {best.get('val_patient_auc', float('nan')):.3f} -> {out_dir}")

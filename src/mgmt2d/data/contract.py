@@ -1,0 +1,93 @@
+"""The input contract of a stage-2 model: how the slices it was trained on were made.
+
+A classifier only gives its trained numbers when its test inputs are made exactly as its
+training inputs were. Every checkpoint mgmt2d writes records its contract (under
+``config["contract"]``); a raw state dict without a config, i.e. a published checkpoint,
+runs with :data:`REFERENCE`, the published solution's test-time contract (GUIDE 7).
+
+Three fields differ between the reference and what mgmt2d uses for models it trains, all
+deliberate (README, table of deliberate differences):
+
+* ``slice_order``: ``"filename"`` orders a series by the trailing integer of its file names
+  (the reference); ``"position"`` by ImagePositionPatient projected on the slice normal
+  (anatomical order, ours).
+* ``pixel_values``: ``"stored"`` uses the stored pixel values as the reference did;
+  ``"modality"`` applies RescaleSlope/Intercept and inverts MONOCHROME1 first (ours). On
+  data without rescale tags both give the same numbers.
+* ``nonempty_test``: a slice is used when more than ``min_nonzero_fraction`` of its pixels
+  are tissue, tissue being ``"stored_positive"`` (stored value > 0, the reference) or
+  ``"above_series_min"`` (value above the series minimum, ours: a stored offset such as
+  -1024 for background does not hide every slice). Both agree whenever the series'
+  smallest stored value is 0, as on the Kaggle data.
+
+Everything else is one rule for every model (see ``mgmt2d.classification.stack``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+SLICE_ORDERS = ("position", "filename")
+PIXEL_VALUES = ("modality", "stored")
+NONEMPTY_TESTS = ("above_series_min", "stored_positive")
+
+
+@dataclass(frozen=True)
+class InputContract:
+    slice_order: str = "position"
+    pixel_values: str = "modality"
+    nonempty_test: str = "above_series_min"
+    seg_image_size: int = 224          # segmenter input
+    seg_zoom: float = 1.2              # resize to int(seg_image_size * seg_zoom), centre-crop
+    min_nonzero_fraction: float = 0.1  # a slice is used when more of its pixels than this are tissue
+    min_area_ratio: float = 0.025      # largest WT contour / largest brain contour must exceed this
+    max_wt_contours: int = 5
+    threshold: float = 0.5
+    image_size: int = 224              # classifier input
+    seq_len: int = 35
+    stride: int = 5
+    tta_zoom: float = 1.2              # test-time zoom-in about the centre (1.0: none)
+
+    def __post_init__(self) -> None:
+        if self.slice_order not in SLICE_ORDERS:
+            raise ValueError(f"slice_order must be one of {SLICE_ORDERS}, got {self.slice_order!r}")
+        if self.pixel_values not in PIXEL_VALUES:
+            raise ValueError(f"pixel_values must be one of {PIXEL_VALUES}, got {self.pixel_values!r}")
+        if self.nonempty_test not in NONEMPTY_TESTS:
+            raise ValueError(f"nonempty_test must be one of {NONEMPTY_TESTS}, got {self.nonempty_test!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputContract:
+        """Known keys only; a key this version does not know is an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown input-contract keys {unknown}: written by a newer mgmt2d?")
+        return cls(**{k: data[k] for k in data})
+
+    def with_overrides(self, **values: Any) -> InputContract:
+        """A copy with the given fields replaced; None means "keep"."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+
+REFERENCE = InputContract(slice_order="filename", pixel_values="stored", nonempty_test="stored_positive")
+OURS = InputContract()
+
+
+def contract_of(config: Mapping[str, Any] | None) -> InputContract:
+    """The contract a checkpoint's config records; a raw state dict (no config) -> REFERENCE.
+
+    A config written before contracts were recorded describes data that mgmt2d prepared,
+    so it gets mgmt2d's defaults with the sizes the config does record.
+    """
+    if not config:
+        return REFERENCE
+    if "contract" in config:
+        return InputContract.from_dict(config["contract"])
+    sizes = {k: config[k] for k in ("image_size", "seq_len", "stride") if k in config}
+    return replace(OURS, **sizes)

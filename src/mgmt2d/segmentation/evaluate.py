@@ -1,0 +1,141 @@
+"""Whole-volume evaluation of the segmenter: every axial slice, volumetric BraTS Dice.
+
+``python -m mgmt2d evaluate-segmentation --settings S --task1-dir DIR --out OUT``
+writes ``OUT/<case>_pred.nii.gz`` (0 background, 2 whole tumour outside ET, 4 ET; the
+input's affine) and ``OUT/metrics.csv`` (case,dice_wt,dice_et).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from mgmt2d.data import brats
+from mgmt2d.segmentation import model as segmenter
+from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.data.intensity import minmax_uint8
+from mgmt2d.data.io import atomic_path, write_csv_atomic, write_run_config
+from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Volumetric Dice; an empty prediction of an empty truth scores 1 (BraTS convention)."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    total = pred.sum() + truth.sum()
+    if total == 0:
+        return 1.0
+    return float(2.0 * np.logical_and(pred, truth).sum() / total)
+
+
+def labels_from_masks(wt: np.ndarray, et: np.ndarray) -> np.ndarray:
+    """[WT, ET] binary maps -> BraTS-style labels: 4 for ET, 2 for the rest of the tumour."""
+    out = np.zeros(wt.shape, dtype=np.uint8)
+    out[wt.astype(bool)] = 2
+    out[et.astype(bool)] = 4
+    return out
+
+
+def segment_volume(
+    model: torch.nn.Module,
+    volumes: dict[str, np.ndarray],
+    device: torch.device,
+    image_size: int,
+    batch_size: int,
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Probabilities of every axial slice, averaged over modalities -> uint8 (2, X, Y, Z) masks."""
+    shape = next(iter(volumes.values())).shape
+    probs = np.zeros((shape[2], 2, image_size, image_size), dtype=np.float32)
+    used = 0
+    for name, volume in volumes.items():
+        scaled = minmax_uint8(volume)
+        if scaled is None:
+            log.warning("modality %s is constant: left out of the average", name)
+            continue
+        axial = np.ascontiguousarray(np.moveaxis(scaled, 2, 0))  # (Z, X, Y)
+        probs += segmenter.predict_probs(model, segmenter.to_input(axial, image_size), device, batch_size)
+        used += 1
+    if used == 0:
+        raise ValueError("every modality of this case is constant")
+    probs /= used
+    masks = np.stack([segmenter.from_output(p, shape[:2]) for p in probs]) > threshold  # (Z, 2, X, Y)
+    return np.moveaxis(masks, 0, -1).astype(np.uint8)  # (2, X, Y, Z)
+
+
+def evaluate(
+    model_path: Path,
+    task1_dir: Path,
+    out_dir: Path,
+    modalities: tuple[str, ...],
+    device: torch.device,
+    image_size: int | None = None,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    model = segmenter.load_segmenter(model_path, device)
+    if image_size is None:
+        image_size = _checkpoint_image_size(model_path) or 224
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case_dir in tqdm(brats.list_cases(task1_dir), desc="evaluate", unit="case"):
+        try:
+            case = brats.read_case(case_dir, modalities)
+            masks = segment_volume(model, case.volumes, device, image_size, batch_size)
+        except (brats.BratsCaseError, ValueError) as err:
+            log.error("%s: %s (skipped)", case_dir.name, err)
+            continue
+        with atomic_path(out_dir / f"{case_dir.name}_pred.nii.gz", suffix=".nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(labels_from_masks(*masks), case.affine), str(tmp))
+        rows.append({"case": case_dir.name, "dice_wt": dice(masks[0], case.masks[0]), "dice_et": dice(masks[1], case.masks[1])})
+    metrics = pd.DataFrame(rows, columns=["case", "dice_wt", "dice_et"])
+    write_csv_atomic(out_dir / "metrics.csv", metrics)
+    return metrics
+
+
+def _checkpoint_image_size(path: Path) -> int | None:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    config = obj.get("config") if isinstance(obj, dict) else None
+    return int(config["image_size"]) if isinstance(config, dict) and "image_size" in config else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_argument(parser)
+    parser.add_argument("--model", type=Path, help="checkpoint (default: SEGMENT_MODEL_DIR/fold0/best.pt)")
+    parser.add_argument("--task1-dir", type=Path, required=True, help="BraTS case folders with seg files")
+    parser.add_argument("--modalities", nargs="+", default=list(brats.MODALITIES))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 224")
+    parser.add_argument("--batch-size", type=int, default=16)
+    add_device_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        model_path = args.model
+        if model_path is None:
+            model_path = load_settings(args.settings)["SEGMENT_MODEL_DIR"] / "fold0" / "best.pt"
+        if not model_path.is_file():
+            raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
+        modalities = brats.parse_modalities(args.modalities)
+        device = resolve_device(args.device)
+        write_run_config(args.out, "evaluate_config.json", {**vars(args), "model": str(model_path)})
+        metrics = evaluate(model_path, args.task1_dir, args.out, modalities, device, args.image_size, args.batch_size)
+    except (SettingsError, brats.BratsCaseError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if metrics.empty:
+        print("error: no case could be evaluated", file=sys.stderr)
+        return 1
+    print(metrics.to_string(index=False))
+    print(f"mean dice_wt {metrics.dice_wt.mean():.4f}  dice_et {metrics.dice_et.mean():.4f}  ({len(metrics)} cases)")
+    print(f"predictions and metrics.csv in {args.out}")
+    return 0

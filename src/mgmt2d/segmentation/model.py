@@ -1,0 +1,162 @@
+"""The stage-1 segmenter: UNet++ / DenseNet121 predicting WT and ET, and how slices go in and out.
+
+One module for the model, its input transform and its inverse, so training,
+whole-volume evaluation, prepare_classification.py and inference_on_test.py agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from mgmt2d.data.intensity import normalise_gray
+
+log = logging.getLogger(__name__)
+
+ENCODER = "densenet121"
+
+
+def build_segmenter() -> nn.Module:
+    """The reference architecture, randomly initialised; state-dict keys equal the published model's."""
+    import segmentation_models_pytorch as smp
+
+    return smp.UnetPlusPlus(
+        encoder_name=ENCODER, encoder_depth=5, encoder_weights=None, classes=2, activation="sigmoid"
+    )
+
+
+def state_dict_from_file(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """Weights from a .pt/.pth (weights_only) or .safetensors file; accepts our checkpoints too."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                return obj[key]
+    return obj
+
+
+def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A trained segmenter (ours or the reference's weights) loaded strictly, in eval mode."""
+    model = build_segmenter()
+    model.load_state_dict(state_dict_from_file(path), strict=True)
+    return model.to(device).eval()
+
+
+def load_pretrained(model: nn.Module, weights: str | Path) -> str:
+    """Initialise from ``weights``, strictly: a whole UNet++ (like the published stage-1 init file) or an encoder.
+
+    A file with decoder keys is a whole model and must match it key for key; otherwise it
+    is DenseNet121 encoder weights (ImageNet), whose classifier keys are dropped. Returns
+    "whole model" or "encoder".
+    """
+    state = dict(state_dict_from_file(weights))
+    if any(k.startswith(("decoder.", "segmentation_head.")) for k in state):
+        _strict_load(model, state, weights, "a whole UNet++ / DenseNet121 with 2 outputs")
+        return "whole model"
+    state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+    _strict_load(model.encoder, state, weights, "DenseNet121 encoder weights")
+    return "encoder"
+
+
+def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """load_state_dict(strict=True), its long key lists turned into one line that names the file."""
+    try:
+        module.load_state_dict(state)   # strict by default (smp encoders take no strict argument)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise ValueError(f"{path} does not fit {what}: {first}") from None
+
+
+# ---------------------------------------------------------------- input / output transforms
+
+
+def zoomed_size(image_size: int, zoom: float) -> int:
+    """The side the slices are resized to before the centre crop: int(), as the reference (224 * 1.2 -> 268)."""
+    return int(image_size * zoom)
+
+
+def to_input(slices: np.ndarray, image_size: int, zoom: float = 1.0) -> np.ndarray:
+    """(N, H, W) slices in [0, 255] (uint8, or float as stage 2 passes them) -> float32 (N, 3, S, S).
+
+    zoom 1.0 resizes to S (training, evaluation); zoom 1.2 resizes to int(1.2 S) and
+    centre-crops S, as the reference does before segmenting Task 2 slices. Float slices
+    are resized in float64 (the reference's precision), then normalised in float32.
+    """
+    big = zoomed_size(image_size, zoom)
+    lo = (big - image_size) // 2
+    out = np.empty((len(slices), 3, image_size, image_size), dtype=np.float32)
+    for i, sl in enumerate(slices):
+        src = sl if sl.dtype == np.uint8 else sl.astype(np.float64, copy=False)
+        img = cv2.resize(src, (big, big), interpolation=cv2.INTER_LINEAR)
+        out[i] = normalise_gray(img[lo:lo + image_size, lo:lo + image_size])
+    return out
+
+
+def from_output(pred: np.ndarray, shape: tuple[int, int], zoom: float = 1.0) -> np.ndarray:
+    """Inverse of to_input for (C, S, S) maps: pad back to the zoomed size, resize bilinearly to (H, W).
+
+    The padding mirrors the border (reflect-101, albumentations' PadIfNeeded default, which
+    the reference used), so a mask touching the crop edge continues into the margin. uint8
+    {0,1} masks stay {0,1} under bilinear resizing (OpenCV rounds), as in the reference.
+    """
+    channels, size, _ = pred.shape
+    big = zoomed_size(size, zoom)
+    top = (big - size) // 2
+    bottom = big - size - top
+    h, w = shape
+    out = np.empty((channels, h, w), dtype=pred.dtype)
+    for c in range(channels):
+        plane = np.ascontiguousarray(pred[c])
+        if big > size:
+            plane = cv2.copyMakeBorder(plane, top, bottom, top, bottom, cv2.BORDER_REFLECT_101)
+        out[c] = cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16/fp16 autocast on CUDA, a no-op elsewhere."""
+    use = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: nn.Module,
+    inputs: np.ndarray,
+    device: torch.device,
+    batch_size: int = 32,
+    amp: bool = True,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Sigmoid probabilities (N, 2, S, S) for prepared inputs, in batches of ``batch_size``.
+
+    With ``threshold`` the result is the uint8 {0,1} mask instead (a quarter of the memory).
+    """
+    model.eval()
+    dtype = np.float32 if threshold is None else np.uint8
+    out = np.empty((len(inputs), 2, *inputs.shape[2:]), dtype=dtype)
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.from_numpy(inputs[start:start + batch_size])
+        if device.type == "cuda":
+            batch = batch.pin_memory().to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            probs = model(batch)
+        probs = probs.float()
+        if threshold is not None:
+            probs = probs > threshold
+        out[start:start + len(batch)] = probs.cpu().numpy()
+    return out

@@ -1,0 +1,728 @@
+"""Stage-1 data: BraTS Task 1 volumes -> a compact store of 2D tumour slices, and its reader.
+
+Why a store and not one file per slice: the reference wrote hundreds of thousands of
+``.npy`` files. Here each case gets a handful of memory-mappable arrays (one per plane),
+so the training loader reads a single slice without loading a case, and a killed run is
+resumed case by case.
+
+Store layout (``SEGMENT_DATA_DIR``)::
+
+    dataset.json                       parameters, counts, skipped/broken cases, versions
+    index.csv                          one row per slice (all cases, with their fold)
+    folds.csv                          case,fold
+    cases/<case_id>/<plane>_images.npy uint8 (N, H, W): the kept slices of every modality
+    cases/<case_id>/<plane>_masks.npy  uint8 (M, H, W): bit 0 = WT, bit 1 = ET
+    cases/<case_id>/index.csv          the case's rows (without fold)
+    cases/<case_id>/case.json          done marker, written last
+
+Planes keep the NIfTI array order (no transpose): sagittal = axis 0 -> (Y, Z),
+coronal = axis 1 -> (X, Z), axial = axis 2 -> (X, Y); for BraTS 240x155, 240x155 and
+240x240, which is why arrays are per plane rather than padded. A mask row is shared by
+every modality that kept the same slice (``mask_row`` in the index), which keeps the
+masks from dominating the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from mgmt2d.training import augment
+from mgmt2d.data.brats import MODALITIES, BratsCaseError, case_id, list_cases, parse_modalities, read_case
+from mgmt2d.data.intensity import minmax_uint8, normalise_gray
+from mgmt2d.data.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
+from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
+from mgmt2d.data.task2 import Task2Error, format_id, task2_patient_ids
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = 1
+PLANES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
+DEFAULT_KEEP_RATE = 0.1
+DEFAULT_MIN_TUMOUR_RATIO = 0.01
+RATIO_OF = ("slice", "brain")   # denominator of the tumour ratio: whole slice (published) or brain area
+DEFAULT_RATIO_OF = "slice"
+DEFAULT_N_FOLDS = 5
+DEFAULT_SEED = 42
+CASE_MARKER = "case.json"
+CASE_INDEX = "index.csv"
+OWNED = ("cases", "index.csv", "folds.csv", "dataset.json")  # what --overwrite may remove
+STORE_LAYOUT = {
+    "cases/<case>/<plane>_images.npy": "uint8 (N, H, W); row image_row of the index",
+    "cases/<case>/<plane>_masks.npy": "uint8 (M, H, W); bit 0 = WT, bit 1 = ET; row mask_row",
+    "planes": "sagittal = axis 0 (Y, Z), coronal = axis 1 (X, Z), axial = axis 2 (X, Y); no transpose",
+    "index.csv": "one row per slice, with fold; paths relative to this folder",
+}
+INDEX_COLUMNS = [
+    "case", "modality", "plane", "slice", "fold", "tumour_ratio", "tumour_pixels",
+    "brain_pixels", "height", "width", "image_file", "image_row", "mask_file", "mask_row",
+]
+
+
+class SegDataError(ValueError):
+    """A store problem the user must fix; the message is one line and names the fix."""
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def scale_to_uint8(volume: np.ndarray) -> tuple[np.ndarray, bool]:
+    """:func:`mgmt2d.intensity.minmax_uint8` as (volume, ok); (zeros, False) when constant."""
+    scaled = minmax_uint8(volume)
+    if scaled is None:
+        return np.zeros(np.shape(volume), np.uint8), False
+    return scaled, True
+
+
+def plane_slices(volume: np.ndarray, plane: str) -> np.ndarray:
+    """A view (n, H, W) of the slices along a plane's axis; the other axes keep their order."""
+    if plane not in PLANES:
+        raise ValueError(f"unknown plane {plane!r}; choose from {', '.join(PLANES)}")
+    return np.moveaxis(volume, PLANES[plane], 0)
+
+
+def tumour_ratios(
+    images: np.ndarray, wt: np.ndarray, of: str = DEFAULT_RATIO_OF
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice (n, H, W): tumour ratio, tumour pixels, brain pixels.
+
+    Tumour = WT pixels, brain = non-zero image pixels. ``of="slice"`` (the published rule,
+    GUIDE 2): ratio = WT mask mean over the whole slice. ``of="brain"`` (our earlier rule):
+    tumour area / brain area, 0 for a slice without brain.
+    """
+    if of not in RATIO_OF:
+        raise SegDataError(f"tumour ratio of {of!r}: choose from {', '.join(RATIO_OF)}")
+    brain = np.count_nonzero(images.reshape(len(images), -1), axis=1)
+    tumour = np.count_nonzero(wt.reshape(len(wt), -1), axis=1)
+    if of == "slice":
+        ratio = tumour / float(np.prod(wt.shape[1:])) if len(wt) else np.zeros(0, np.float64)
+    else:
+        ratio = np.divide(tumour, brain, out=np.zeros(len(brain), np.float64), where=brain > 0)
+    return np.asarray(ratio, np.float64), tumour, brain
+
+
+def kept_slices(ratio: np.ndarray, brain: np.ndarray, min_ratio: float = DEFAULT_MIN_TUMOUR_RATIO) -> np.ndarray:
+    """Indices of slices whose tumour ratio exceeds ``min_ratio`` (strictly) and that have brain."""
+    ratio = np.asarray(ratio)
+    return np.flatnonzero((np.asarray(brain) > 0) & (ratio > min_ratio))
+
+
+def sampling_step(n_kept: int, keep_rate: float = DEFAULT_KEEP_RATE) -> int:
+    """T = max(round(n_kept * keep_rate), 1), Python rounding (half to even) as the reference."""
+    return max(round(n_kept * keep_rate), 1)
+
+
+def sample_slices(kept: np.ndarray, keep_rate: float = DEFAULT_KEEP_RATE) -> np.ndarray:
+    """Every T-th kept slice, starting with the first: neighbours are near-duplicates."""
+    kept = np.asarray(kept)
+    return kept[:: sampling_step(len(kept), keep_rate)]
+
+
+def encode_masks(wt: np.ndarray, et: np.ndarray) -> np.ndarray:
+    """WT/ET -> one uint8 array, bit 0 = WT, bit 1 = ET (exact; half the bytes of two channels)."""
+    return ((np.asarray(wt) > 0).astype(np.uint8) | ((np.asarray(et) > 0).astype(np.uint8) << 1))
+
+
+def decode_masks(code: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_masks`: (..., H, W) -> uint8 (..., 2, H, W) [WT, ET]."""
+    code = np.asarray(code)
+    return np.stack([code & 1, (code >> 1) & 1], axis=-3).astype(np.uint8)
+
+
+def assign_folds(case_ids: Iterable[str], n_folds: int = DEFAULT_N_FOLDS, seed: int = DEFAULT_SEED) -> dict[str, int]:
+    """Patient-grouped folds: shuffle the sorted IDs with ``seed``, deal round-robin.
+
+    Depends only on the set of IDs and the seed (not on order or worker count);
+    fold 0 gets ceil(n / n_folds) patients.
+    """
+    if n_folds < 2:
+        raise SegDataError(f"--n-folds must be at least 2 (got {n_folds})")
+    ids = sorted(set(case_ids))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return {ids[j]: pos % n_folds for pos, j in enumerate(order)}
+
+
+def filter_task2_overlap(case_ids: Sequence[str], task2_ids: set[str]) -> tuple[list[str], list[str]]:
+    """(kept, dropped): Task 1 cases whose ID is a Task 2 patient are dropped (leakage)."""
+    task2 = {format_id(t) for t in task2_ids}
+    kept = [c for c in case_ids if format_id(c) not in task2]
+    dropped = [c for c in case_ids if format_id(c) in task2]
+    return kept, dropped
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """Everything that changes the content of the store (compared on resume)."""
+
+    modalities: tuple[str, ...] = MODALITIES
+    n_folds: int = DEFAULT_N_FOLDS
+    seed: int = DEFAULT_SEED
+    keep_rate: float = DEFAULT_KEEP_RATE
+    min_tumour_ratio: float = DEFAULT_MIN_TUMOUR_RATIO
+    tumour_ratio_of: str = DEFAULT_RATIO_OF
+    keep_task2_overlap: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", parse_modalities(self.modalities))
+        if not 0 < self.keep_rate <= 1:
+            raise SegDataError(f"--keep-rate must be in (0, 1] (got {self.keep_rate})")
+        if not 0 <= self.min_tumour_ratio < 1:
+            raise SegDataError(f"--min-tumour-ratio must be in [0, 1) (got {self.min_tumour_ratio})")
+        if self.n_folds < 2:
+            raise SegDataError(f"--n-folds must be at least 2 (got {self.n_folds})")
+        if self.tumour_ratio_of not in RATIO_OF:
+            raise SegDataError(f"--tumour-ratio-of must be one of {', '.join(RATIO_OF)} (got {self.tumour_ratio_of!r})")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["modalities"] = list(self.modalities)
+        out["planes"] = list(PLANES)
+        out["store_format"] = STORE_FORMAT
+        return out
+
+
+@dataclass
+class CaseSlices:
+    """One case's store content: arrays per plane and the index rows pointing into them."""
+
+    images: dict[str, np.ndarray]   # plane -> uint8 (N, H, W)
+    masks: dict[str, np.ndarray]    # plane -> uint8 (M, H, W) encoded WT/ET
+    rows: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def case_store_paths(case: str) -> dict[str, str]:
+    """Store-relative file names of one case's arrays (the keys of ``image_file``/``mask_file``)."""
+    out = {}
+    for plane in PLANES:
+        out[f"{plane}_images"] = f"cases/{case}/{plane}_images.npy"
+        out[f"{plane}_masks"] = f"cases/{case}/{plane}_masks.npy"
+    return out
+
+
+def build_case_slices(
+    case: str,
+    volumes: dict[str, np.ndarray],
+    masks: np.ndarray,
+    params: PrepareParams,
+) -> CaseSlices:
+    """Scale, select and pack one case's slices (pure: arrays in, arrays and rows out).
+
+    ``masks`` is uint8 (2, X, Y, Z) [WT, ET]. A constant modality volume is reported in
+    ``warnings`` and contributes no slice.
+    """
+    paths = case_store_paths(case)
+    scaled: dict[str, np.ndarray] = {}
+    warnings: list[str] = []
+    for mod in params.modalities:
+        vol, ok = scale_to_uint8(volumes[mod])
+        if ok:
+            scaled[mod] = vol
+        else:
+            warnings.append(f"{mod}: constant volume, skipped")
+    code = encode_masks(masks[0], masks[1])
+    images_out: dict[str, np.ndarray] = {}
+    masks_out: dict[str, np.ndarray] = {}
+    rows: list[dict[str, Any]] = []
+    for plane in PLANES:
+        wt = plane_slices(masks[0], plane)
+        code_slices = plane_slices(code, plane)
+        height, width = code_slices.shape[1:]
+        chosen: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        for mod, vol in scaled.items():
+            slices = plane_slices(vol, plane)
+            ratio, tumour, brain = tumour_ratios(slices, wt, params.tumour_ratio_of)
+            picked = sample_slices(kept_slices(ratio, brain, params.min_tumour_ratio), params.keep_rate)
+            chosen[mod] = (picked, ratio, tumour, brain)
+        union = np.unique(np.concatenate([c[0] for c in chosen.values()] or [np.zeros(0, np.int64)]))
+        mask_row = {int(s): r for r, s in enumerate(union)}
+        masks_out[plane] = np.ascontiguousarray(code_slices[union])
+        stacks = []
+        image_row = 0
+        for mod, (picked, ratio, tumour, brain) in chosen.items():
+            stacks.append(plane_slices(scaled[mod], plane)[picked])
+            for s in picked:
+                rows.append({
+                    "case": case, "modality": mod, "plane": plane, "slice": int(s),
+                    "tumour_ratio": float(ratio[s]), "tumour_pixels": int(tumour[s]),
+                    "brain_pixels": int(brain[s]), "height": int(height), "width": int(width),
+                    "image_file": paths[f"{plane}_images"], "image_row": image_row,
+                    "mask_file": paths[f"{plane}_masks"], "mask_row": mask_row[int(s)],
+                })
+                image_row += 1
+        if stacks:
+            images_out[plane] = np.ascontiguousarray(np.concatenate(stacks))
+        else:
+            images_out[plane] = np.zeros((0, height, width), np.uint8)
+    return CaseSlices(images_out, masks_out, rows, warnings)
+
+
+# --------------------------------------------------------------------------- case writer
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case (returned from a worker, so plain data only)."""
+
+    case: str
+    status: str                 # "done" or "broken"
+    n_slices: int = 0
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+
+def case_dir_of(out_dir: Path, case: str) -> Path:
+    return Path(out_dir) / "cases" / case
+
+
+def is_case_done(out_dir: Path, case: str) -> bool:
+    """A case is finished once its marker (written last) exists."""
+    return (case_dir_of(out_dir, case) / CASE_MARKER).is_file()
+
+
+def write_case(out_dir: Path, case: str, content: CaseSlices, seconds: float = 0.0) -> None:
+    """Write arrays, then the case index, then the done marker; each file atomically."""
+    folder = case_dir_of(out_dir, case)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a killed run
+        stale.unlink()
+    for plane in PLANES:
+        save_npy_atomic(folder / f"{plane}_images.npy", content.images[plane])
+        save_npy_atomic(folder / f"{plane}_masks.npy", content.masks[plane])
+    frame = pd.DataFrame(content.rows, columns=[c for c in INDEX_COLUMNS if c != "fold"])
+    write_csv_atomic(folder / CASE_INDEX, frame)
+    marker = {
+        "case": case, "n_slices": len(content.rows), "warnings": content.warnings,
+        "seconds": round(seconds, 3), "store_format": STORE_FORMAT,
+        "shapes": {p: list(content.images[p].shape) for p in PLANES},
+    }
+    write_json_atomic(folder / CASE_MARKER, marker)
+
+
+def process_case(case_folder: str | Path, out_dir: str | Path, params: PrepareParams) -> CaseResult:
+    """Read, select and write one case; a case that cannot be read is reported, not fatal."""
+    start = time.perf_counter()
+    case_folder, out_dir = Path(case_folder), Path(out_dir)
+    cid = case_id(case_folder)
+    try:
+        case = read_case(case_folder, params.modalities, with_seg=True)
+    except BratsCaseError as err:
+        return CaseResult(cid, "broken", error=str(err))
+    except (OSError, EOFError, ValueError, MemoryError) as err:  # truncated gzip and the like
+        return CaseResult(cid, "broken", error=f"{type(err).__name__}: {err}")
+    content = build_case_slices(cid, case.volumes, case.masks, params)
+    del case
+    seconds = time.perf_counter() - start
+    write_case(out_dir, cid, content, seconds)
+    return CaseResult(cid, "done", len(content.rows), content.warnings, seconds=seconds)
+
+
+def _process_task(task: tuple[str, str, PrepareParams]) -> CaseResult:
+    return process_case(*task)
+
+
+def read_case_marker(out_dir: Path, case: str) -> dict[str, Any]:
+    return json.loads((case_dir_of(out_dir, case) / CASE_MARKER).read_text())
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass
+class PrepareSummary:
+    """What one prepare run did; also the source of the counts in dataset.json."""
+
+    out_dir: Path
+    processed: list[str]
+    resumed: list[str]
+    broken: dict[str, str]
+    dropped_task2: list[str]
+    warnings: dict[str, list[str]]
+    n_slices: int
+    seconds: float
+
+    def report(self) -> str:
+        lines = [
+            f"{self.out_dir}: {self.n_slices} slices; {len(self.processed)} case(s) written, "
+            f"{len(self.resumed)} already finished (skipped), {len(self.broken)} broken, "
+            f"{len(self.dropped_task2)} dropped as Task 2 patients; {self.seconds:.1f} s"
+        ]
+        for cid, reason in sorted(self.broken.items()):
+            lines.append(f"  broken {cid}: {reason}")
+        for cid, msgs in sorted(self.warnings.items()):
+            for msg in msgs:
+                lines.append(f"  skipped {cid} {msg}")
+        return "\n".join(lines)
+
+
+def _json_roundtrip(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def open_store(out_dir: Path, params: PrepareParams, overwrite: bool) -> None:
+    """Make ``out_dir`` ready: resume a matching store, refuse a different one, or clear ours."""
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "dataset.json"
+    if overwrite:
+        for name in OWNED:
+            target = out_dir / name
+            if target.is_dir():
+                log.info("--overwrite: removing %s", target)
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text()).get("params", {})
+        except json.JSONDecodeError:
+            raise SegDataError(f"{meta_path} is not valid JSON; pass --overwrite or choose another SEGMENT_DATA_DIR") from None
+        new = _json_roundtrip(params.as_dict())
+        if old != new:
+            diff = ", ".join(
+                f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            )
+            raise SegDataError(
+                f"{out_dir} holds a segmentation store made with other parameters ({diff}); "
+                "pass --overwrite to replace it, or point SEGMENT_DATA_DIR at another folder"
+            )
+    elif (out_dir / "cases").exists() or (out_dir / "index.csv").exists():
+        raise SegDataError(
+            f"{out_dir} holds segmentation data without dataset.json; "
+            "pass --overwrite to replace it, or point SEGMENT_DATA_DIR at another folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _collect_index(out_dir: Path, cases: Sequence[str], folds: dict[str, int]) -> pd.DataFrame:
+    frames = []
+    for cid in cases:
+        frame = pd.read_csv(case_dir_of(out_dir, cid) / CASE_INDEX, dtype={"case": str})
+        if len(frame):
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=INDEX_COLUMNS)
+    index = pd.concat(frames, ignore_index=True)
+    index["case"] = index["case"].map(format_id)
+    index["fold"] = index["case"].map(folds).astype(int)
+    return index[INDEX_COLUMNS]
+
+
+def _counts(index: pd.DataFrame, folds: dict[str, int], n_folds: int) -> dict[str, Any]:
+    written = set(index["case"]) if len(index) else set()
+    by_fold_cases = {str(f): sum(1 for c, g in folds.items() if g == f) for f in range(n_folds)}
+    return {
+        "slices": int(len(index)),
+        "cases_with_slices": len(written),
+        "slices_by_plane": {p: int((index["plane"] == p).sum()) for p in PLANES},
+        "slices_by_modality": {m: int(n) for m, n in index["modality"].value_counts().sort_index().items()},
+        "cases_by_fold": by_fold_cases,
+        "slices_by_fold": {str(f): int((index["fold"] == f).sum()) for f in range(n_folds)},
+    }
+
+
+def prepare(
+    task1_dir: str | Path,
+    out_dir: str | Path,
+    params: PrepareParams,
+    dicom_dir: str | Path | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PrepareSummary:
+    """Build (or resume) the segmentation store; see the module docstring for the layout.
+
+    ``dicom_dir`` is DICOM_DATA_DIR when it exists: its patients are dropped from Task 1
+    unless ``params.keep_task2_overlap``. Cases are streamed (one per worker, order kept);
+    finished cases are skipped, so re-running resumes.
+    """
+    start = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    task1_dir, out_dir = Path(task1_dir), Path(out_dir)
+    folders = {case_id(p): p for p in list_cases(task1_dir)}
+    all_ids = sorted(folders)
+    if params.keep_task2_overlap:
+        candidates, dropped, leakage = all_ids, [], "disabled (--keep-task2-overlap)"
+    elif dicom_dir is not None and Path(dicom_dir).is_dir():
+        candidates, dropped = filter_task2_overlap(all_ids, task2_patient_ids(dicom_dir))
+        leakage = "applied"
+    else:
+        candidates, dropped, leakage = all_ids, [], "not applied: DICOM_DATA_DIR absent"
+        log.warning("DICOM_DATA_DIR %s not found: Task 2 patients cannot be dropped from Task 1", dicom_dir)
+    if not candidates:
+        raise SegDataError(f"no Task 1 case left to prepare in {task1_dir} ({len(all_ids)} found, {len(dropped)} dropped)")
+    folds = assign_folds(candidates, params.n_folds, params.seed)
+    if len(candidates) < params.n_folds:
+        log.warning("%d case(s) for %d folds: some folds are empty", len(candidates), params.n_folds)
+
+    open_store(out_dir, params, overwrite)
+    meta: dict[str, Any] = {
+        "name": "mgmt2d segmentation slices",
+        "status": "incomplete",
+        "params": params.as_dict(),
+        "source": {"task1_dir": str(task1_dir), "dicom_dir": str(dicom_dir) if dicom_dir else None, "task2_filter": leakage},
+        "layout": STORE_LAYOUT,
+        "versions": library_versions(),
+    }
+    write_json_atomic(out_dir / "dataset.json", meta)
+
+    resumed = [c for c in candidates if is_case_done(out_dir, c)]
+    done = set(resumed)
+    todo = [c for c in candidates if c not in done]
+    if resumed:
+        log.info("resuming: %d of %d case(s) already finished, skipped", len(resumed), len(candidates))
+    tasks = [(str(folders[c]), str(out_dir), params) for c in todo]
+    results: list[CaseResult] = []
+    workers = max(1, min(int(workers), len(tasks)))
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="segmentation data", unit="case", disable=not progress or not tasks)
+    try:
+        if workers == 1:
+            for task in tasks:
+                results.append(_process_task(task))
+                bar.update()
+        else:
+            with multiprocessing.get_context().Pool(workers) as pool:
+                for result in pool.imap(_process_task, tasks, chunksize=1):
+                    results.append(result)
+                    bar.update()
+    finally:
+        bar.close()
+
+    broken = {r.case: r.error for r in results if r.status == "broken"}
+    for cid, reason in broken.items():
+        log.warning("broken case %s: %s", cid, reason)
+    processed = [r.case for r in results if r.status == "done"]
+    finished = [c for c in candidates if is_case_done(out_dir, c)]
+    warnings = {c: read_case_marker(out_dir, c).get("warnings", []) for c in finished}
+    warnings = {c: w for c, w in warnings.items() if w}
+    index = _collect_index(out_dir, finished, folds)
+    write_csv_atomic(out_dir / "index.csv", index)
+    write_csv_atomic(out_dir / "folds.csv", pd.DataFrame({"case": list(folds), "fold": list(folds.values())}))
+    seconds = time.perf_counter() - start
+    meta.update({
+        "status": "complete",
+        "counts": {
+            "cases_found": len(all_ids),
+            "cases_dropped_task2": len(dropped),
+            "cases_candidates": len(candidates),
+            "cases_finished": len(finished),
+            "cases_broken": len(broken),
+            **_counts(index, folds, params.n_folds),
+        },
+        "dropped_task2": dropped,
+        "broken": broken,
+        "skipped_modalities": warnings,
+        "run": {
+            "started": started_at, "seconds": round(seconds, 2), "workers": workers,
+            "processed": len(processed), "resumed": len(resumed),
+        },
+    })
+    write_json_atomic(out_dir / "dataset.json", meta)
+    return PrepareSummary(out_dir, processed, resumed, broken, dropped, warnings, len(index), seconds)
+
+
+# --------------------------------------------------------------------------- reading the store
+
+
+def load_index(segment_data_dir: str | Path) -> pd.DataFrame:
+    """The store's index.csv (case IDs as 5-digit strings); refuses an unfinished store."""
+    root = Path(segment_data_dir)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise SegDataError(f"{meta_path} not found; run prepare_segmentation_data.py first")
+    status = json.loads(meta_path.read_text()).get("status")
+    if status != "complete" or not (root / "index.csv").is_file():
+        raise SegDataError(f"{root} is an unfinished segmentation store; re-run prepare_segmentation_data.py to finish it")
+    index = pd.read_csv(
+        root / "index.csv",
+        dtype={"case": str, "modality": str, "plane": str, "image_file": str, "mask_file": str},
+    )
+    index["case"] = index["case"].map(format_id)
+    return index
+
+
+def split_by_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train rows, validation rows) for one fold; raises unless the two share no patient."""
+    folds_per_case = index.groupby("case")["fold"].nunique()
+    if (folds_per_case > 1).any():
+        bad = folds_per_case[folds_per_case > 1].index[0]
+        raise SegDataError(f"case {bad} appears in more than one fold; the index is not patient-grouped")
+    if fold not in set(index["fold"].astype(int)):
+        raise SegDataError(f"fold {fold} has no slice (folds present: {sorted(set(index['fold']))})")
+    is_val = index["fold"].astype(int) == fold
+    train, val = index[~is_val].reset_index(drop=True), index[is_val].reset_index(drop=True)
+    overlap = set(train["case"]) & set(val["case"])
+    if overlap:  # cannot happen after the check above; kept as the stated guarantee
+        raise SegDataError(f"train and validation share case(s) {sorted(overlap)[:5]}")
+    return train, val
+
+
+def seed_transform(transform: Any, seed: int, epoch: int, index: int) -> None:
+    """Seed an albumentations transform for one sample; see :func:`mgmt2d.augment.seed_transform`."""
+    augment.seed_transform(transform, seed, epoch, index)
+
+
+def train_transform() -> "A.Compose":
+    """The published stage-1 augmentation (:func:`mgmt2d.augment.train_transform`): flips and
+    shift-scale-rotate, p = 0.5 each, drawn independently, image and mask together (mask nearest).
+    Per-sample seeding is done by the dataset."""
+    return augment.train_transform()
+
+
+normalise_slice = normalise_gray  # kept name: the training input transform
+
+
+class SegmentationSliceDataset(Dataset):
+    """Slices of the store by index rows: (image float32 (3, S, S), mask float32 (2, S, S)).
+
+    Arrays are memory-mapped lazily in each worker process (a bounded cache of open maps).
+    Order per sample: augment (native size), resize (image linear, mask nearest), normalise.
+
+    Augmentation seeding, per sample: after :meth:`set_epoch` ``(e)``, sample ``i`` is
+    augmented with a seed derived from (seed, e, i), so results depend on neither worker
+    count nor order; call it before each epoch's DataLoader iterator is created (workers
+    copy the dataset then; not with ``persistent_workers=True``). Until ``set_epoch`` is
+    called, the per-sample key is drawn from NumPy's global RNG instead, which the
+    engine re-seeds every epoch (and ``seed_worker`` in each worker): reproducible for
+    a given (seed, epoch, worker count) and different from epoch to epoch.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        rows: pd.DataFrame,
+        image_size: int = 224,
+        transform: Any | None = None,
+        seed: int = DEFAULT_SEED,
+        max_open: int = 64,
+    ) -> None:
+        missing = {"case", "image_file", "image_row", "mask_file", "mask_row"} - set(rows.columns)
+        if missing:
+            raise SegDataError(f"index rows lack column(s) {', '.join(sorted(missing))}")
+        self.root = Path(root)
+        self.image_files = rows["image_file"].astype(str).tolist()
+        self.image_rows = rows["image_row"].to_numpy(np.int64)
+        self.mask_files = rows["mask_file"].astype(str).tolist()
+        self.mask_rows = rows["mask_row"].to_numpy(np.int64)
+        self.cases = rows["case"].astype(str).tolist()
+        self.image_size = int(image_size)
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch: int | None = None
+        self.max_open = int(max_open)
+        self._maps: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed augmentation from (seed, epoch, index) from now on."""
+        self.epoch = int(epoch)
+
+    def _array(self, rel: str) -> np.ndarray:
+        if self._pid != os.getpid():  # a forked worker opens its own maps
+            self._maps = OrderedDict()
+            self._pid = os.getpid()
+        arr = self._maps.get(rel)
+        if arr is None:
+            arr = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
+            self._maps[rel] = arr
+            if len(self._maps) > self.max_open:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(rel)
+        return arr
+
+    def raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored slice: image uint8 (H, W) and mask uint8 (2, H, W), no resize."""
+        image = np.array(self._array(self.image_files[i])[self.image_rows[i]])
+        mask = decode_masks(np.array(self._array(self.mask_files[i])[self.mask_rows[i]]))
+        return image, mask
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.raw(i)
+        mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
+        if self.transform is not None:  # at the native slice size, as the reference (GUIDE 2)
+            image, mask = augment.apply(self.transform, self.seed, self.epoch, i, image, mask)
+        size = (self.image_size, self.image_size)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        if mask.ndim == 2:  # OpenCV drops a trailing axis of size 1
+            mask = mask[..., None]
+        x = normalise_slice(image)
+        y = np.ascontiguousarray(mask.transpose(2, 0, 1), dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The prepare_segmentation_data.py options (also usable by a subcommand)."""
+    add_settings_argument(parser)
+    parser.add_argument("--modalities", nargs="+", default=list(MODALITIES),
+                        help="Task 1 modalities to slice (default: t1 t1ce t2 flair)")
+    parser.add_argument("--n-folds", type=int, default=DEFAULT_N_FOLDS, help="patient-grouped folds (default 5; fold 0 validates)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"fold shuffle seed (default {DEFAULT_SEED})")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="parallel case readers (default: min(8, CPUs)); 1 runs in-process")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove an existing store in SEGMENT_DATA_DIR first (otherwise a re-run resumes)")
+    parser.add_argument("--keep-task2-overlap", action="store_true",
+                        help="keep Task 1 cases that are Task 2 patients (leaks labels into stage 2; for experiments only)")
+    parser.add_argument("--keep-rate", type=float, default=DEFAULT_KEEP_RATE,
+                        help="take every T-th kept slice of a plane, T = max(round(n_kept * rate), 1) (reference: 0.1)")
+    parser.add_argument("--min-tumour-ratio", type=float, default=DEFAULT_MIN_TUMOUR_RATIO,
+                        help="keep a slice when its tumour ratio exceeds this (reference: 0.01)")
+    parser.add_argument("--tumour-ratio-of", choices=RATIO_OF, default=DEFAULT_RATIO_OF,
+                        help="tumour ratio = WT area / whole slice (default, the published rule) "
+                             "or / brain (non-zero) area (our earlier rule; keeps more slices)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run prepare from parsed arguments; user errors become one line on stderr, exit 2."""
+    try:
+        settings = load_settings(args.settings)
+        params = PrepareParams(
+            modalities=tuple(args.modalities), n_folds=args.n_folds, seed=args.seed,
+            keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio, tumour_ratio_of=args.tumour_ratio_of,
+            keep_task2_overlap=args.keep_task2_overlap,
+        )
+        task1 = settings.existing("TASK1_DIR")
+        if args.workers < 1:
+            raise SegDataError(f"--workers must be at least 1 (got {args.workers})")
+        summary = prepare(
+            task1, settings["SEGMENT_DATA_DIR"], params,
+            dicom_dir=settings["DICOM_DATA_DIR"],
+            workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+        )
+    except (SettingsError, SegDataError, BratsCaseError, Task2Error) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(summary.report())
+    return 0

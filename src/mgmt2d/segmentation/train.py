@@ -1,0 +1,69 @@
+"""train_segmentation.py: UNet++ / DenseNet121 on WT/ET slices, validated on the held-out fold.
+
+Writes SEGMENT_MODEL_DIR/fold<k>/ (best.pt, last.pt, history.csv, curves.png, train_config.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from mgmt2d.training import trainer as engine
+from mgmt2d.segmentation import prepare as segdata, model as segmenter
+from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
+from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.data.settings import add_settings_argument, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_settings_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--fold", type=int, default=0, help="validation fold (reference: 0)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader workers")
+    add_pretrained_argument(parser, "densenet121")
+    engine.add_train_arguments(
+        parser, epochs=500, warmup_epochs=10, lr=1e-4, patience=10, plateau_factor=(0.1, 0.1), plateau_patience=(10, 10),
+        monitor="val_loss",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(args.settings)
+    data_dir = settings.existing("SEGMENT_DATA_DIR")
+    index = segdata.load_index(data_dir)
+    train_rows, val_rows = segdata.split_by_fold(index, args.fold)
+    pretrained = resolve_pretrained(args.pretrained, settings, "densenet121")
+    out_dir = settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold}"
+    config = engine.TrainConfig.from_args(args, out_dir=str(out_dir))
+    engine.seed_everything(config.seed)
+    model = segmenter.build_segmenter()
+    initialised = "random"
+    if pretrained is not None:
+        initialised = segmenter.load_pretrained(model, pretrained)
+        log.info("initialised the %s from %s", initialised, pretrained)
+    device = resolve_device(args.device)
+    train_ds = segdata.SegmentationSliceDataset(data_dir, train_rows, args.image_size, segdata.train_transform(), seed=config.seed)
+    val_ds = segdata.SegmentationSliceDataset(data_dir, val_rows, args.image_size, None)
+    train_loader = engine.make_loader(train_ds, args.batch_size, True, device, args.workers)
+    val_loader = engine.make_loader(val_ds, args.batch_size, False, device, args.workers)
+    log.info("fold %d: %d training slices (%d cases), %d validation slices (%d cases)",
+             args.fold, len(train_ds), train_rows.case.nunique(), len(val_ds), val_rows.case.nunique())
+    trainer = engine.Trainer(
+        model, train_loader, val_loader, engine.SegmentationLoss(), engine.SegmentationMetrics(), config,
+        freeze_module=model.encoder,
+        extra_config={
+            "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
+            "pretrained": str(pretrained) if pretrained else "none", "initialised": initialised,
+            "data_dir": str(data_dir),
+            "train_cases": sorted(train_rows.case.unique()), "val_cases": sorted(val_rows.case.unique()),
+        },
+    )
+    result = trainer.fit()
+    best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+    print(f"segmentation fold {args.fold}: best epoch {result.best_epoch} val_loss {best.get('val_loss', float('nan')):.4f} "
+          f"val_iou {best.get('val_iou', float('nan')):.4f} -> {out_dir}")
+    return 0

@@ -1,0 +1,782 @@
+"""Fetch model weights once, on a connected machine, so every later step runs offline.
+
+Two kinds of weights:
+
+* ImageNet weights of the two backbones, fetched through the libraries' own hub mechanism
+  (timm's ``create_model(pretrained=True, cache_dir=...)`` and the Hugging Face repository
+  that segmentation-models-pytorch names for its ``densenet121`` encoder), with the hub
+  cache kept under ``PRETRAINED_DIR/hub``. The backbone state dicts are then stored in one
+  stable format that the segmenter and classifier load without any hub:
+
+      PRETRAINED_DIR/eca_nfnet_l0_imagenet.safetensors
+          state dict of ``timm.create_model("eca_nfnet_l0", pretrained=False, num_classes=0)``
+          (183 tensors; the 1000-class ``head.fc`` is dropped)
+      PRETRAINED_DIR/densenet121_imagenet.safetensors
+          state dict of ``segmentation_models_pytorch.encoders.get_encoder("densenet121")``,
+          i.e. of ``UnetPlusPlus(encoder_name="densenet121").encoder`` (725 tensors)
+      PRETRAINED_DIR/pretrained.json
+          what each file is, its SHA-256, size and source
+
+  Both load with ``safetensors.torch.load_file`` (or :func:`load_pretrained_state_dict`)
+  and ``module.load_state_dict(state_dict)`` with ``strict=True``.
+
+* Trained checkpoints listed in ``models/manifest.json`` (name, url, sha256, destination):
+  downloaded with urllib, resumed with HTTP Range from ``<destination>.part``, verified
+  with SHA-256 while streaming and renamed into place only when the hash matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mgmt2d.data.io import atomic_path, write_json_atomic
+from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
+
+__all__ = [
+    "PRETRAINED_NAMES",
+    "PRETRAINED_INDEX",
+    "MODEL_DIR_KEYS",
+    "FetchedWeights",
+    "ManifestEntry",
+    "ManifestError",
+    "MissingWeightsError",
+    "PretrainedError",
+    "Result",
+    "build_parser",
+    "check_manifest",
+    "check_pretrained",
+    "download_file",
+    "fetch_manifest",
+    "fetch_pretrained",
+    "file_sha256",
+    "hub_unreachable",
+    "load_manifest",
+    "load_pretrained_state_dict",
+    "main",
+    "pretrained_path",
+    "require_pretrained",
+    "resolve_destination",
+    "save_pretrained",
+    "verify_file",
+    "verify_pretrained",
+]
+
+CHUNK = 1 << 20
+USER_AGENT = "mgmt2d-download/0.1"
+PRETRAINED_INDEX = "pretrained.json"
+HUB_CACHE = "hub"
+INDEX_FORMAT = "mgmt2d-pretrained/1"
+MODEL_DIR_KEYS: tuple[str, ...] = ("SEGMENT_MODEL_DIR", "CLASSIFICATION_MODEL_DIR", "PRETRAINED_DIR")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+# --------------------------------------------------------------------------------------
+# Errors and small records
+# --------------------------------------------------------------------------------------
+
+
+class MissingWeightsError(FileNotFoundError):
+    """ImageNet weights absent: the message is one line that says how to get them."""
+
+
+class PretrainedError(RuntimeError):
+    """Fetched weights that do not fit the backbone they are meant for."""
+
+
+class ManifestError(ValueError):
+    """A malformed models/manifest.json; the message is one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class FetchedWeights:
+    """What a hub fetcher hands back: the target module's state dict and where it came from."""
+
+    state_dict: dict[str, Any]
+    source: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """Outcome for one file: ``ok`` is True only when present and verified."""
+
+    name: str
+    path: Path
+    status: str  # "present" | "downloaded" | "saved" | "missing" | "failed"
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("present", "downloaded", "saved")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One trained checkpoint: where to get it, its SHA-256, where it goes."""
+
+    name: str
+    url: str
+    sha256: str
+    destination: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, read in chunks so large checkpoints never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: str | Path, sha256: str) -> str | None:
+    """None when ``path`` exists with this SHA-256, else a short reason."""
+    path = Path(path)
+    if not path.is_file():
+        return "not found"
+    actual = file_sha256(path)
+    if actual != sha256.lower():
+        return f"sha256 mismatch (expected {sha256.lower()}, found {actual})"
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# ImageNet weights: hub fetchers (the only code that needs the internet)
+# --------------------------------------------------------------------------------------
+
+
+def _fetch_eca_nfnet_l0(cache_dir: Path) -> FetchedWeights:
+    """timm's own loader (Hugging Face hub, ``timm/eca_nfnet_l0.ra2_in1k``) into ``cache_dir``."""
+    import timm
+
+    model = timm.create_model("eca_nfnet_l0", pretrained=True, num_classes=0, cache_dir=cache_dir)
+    cfg = dict(model.pretrained_cfg)
+    source = {
+        "library": f"timm {timm.__version__}",
+        "call": "timm.create_model('eca_nfnet_l0', pretrained=True, num_classes=0, cache_dir=...)",
+        "hf_hub_id": cfg.get("hf_hub_id"),
+        "url": cfg.get("url"),
+        "tag": cfg.get("tag"),
+    }
+    return FetchedWeights(model.state_dict(), source)
+
+
+def _fetch_densenet121(cache_dir: Path) -> FetchedWeights:
+    """smp's own weight source for ``densenet121`` (its Hugging Face repo and pinned revision).
+
+    smp 0.6.0's ``get_encoder`` has no cache-dir argument, so the same two ``hf_hub_download``
+    calls it makes are made here with ``cache_dir``; smp's encoder then loads the file (it
+    renames old torchvision keys) and its state dict is what gets stored.
+    """
+    import huggingface_hub
+    from safetensors.torch import load_file
+    from segmentation_models_pytorch import __version__ as smp_version
+    from segmentation_models_pytorch.encoders import encoders, get_encoder
+
+    hub = encoders["densenet121"]["pretrained_settings"]["imagenet"]
+    repo_id, revision = hub["repo_id"], hub["revision"]
+    huggingface_hub.hf_hub_download(repo_id, filename="config.json", revision=revision, cache_dir=cache_dir)
+    weights = huggingface_hub.hf_hub_download(
+        repo_id, filename="model.safetensors", revision=revision, cache_dir=cache_dir
+    )
+    encoder = get_encoder("densenet121", in_channels=3, depth=5, weights=None)
+    encoder.load_state_dict(load_file(weights, device="cpu"))
+    source = {
+        "library": f"segmentation-models-pytorch {smp_version}",
+        "hf_repo_id": repo_id,
+        "revision": revision,
+        "filename": "model.safetensors",
+    }
+    return FetchedWeights(encoder.state_dict(), source)
+
+
+def _build_eca_nfnet_l0() -> Any:
+    import timm
+
+    return timm.create_model("eca_nfnet_l0", pretrained=False, num_classes=0)
+
+
+def _build_densenet121() -> Any:
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    return get_encoder("densenet121", in_channels=3, depth=5, weights=None)
+
+
+@dataclass(frozen=True)
+class _PretrainedSpec:
+    filename: str
+    load_into: str
+    fetch: Callable[[Path], FetchedWeights]
+    build: Callable[[], Any]
+
+
+_PRETRAINED: dict[str, _PretrainedSpec] = {
+    "eca_nfnet_l0": _PretrainedSpec(
+        filename="eca_nfnet_l0_imagenet.safetensors",
+        load_into="timm.create_model('eca_nfnet_l0', pretrained=False, num_classes=0)",
+        fetch=_fetch_eca_nfnet_l0,
+        build=_build_eca_nfnet_l0,
+    ),
+    "densenet121": _PretrainedSpec(
+        filename="densenet121_imagenet.safetensors",
+        load_into="segmentation_models_pytorch.UnetPlusPlus(encoder_name='densenet121').encoder",
+        fetch=_fetch_densenet121,
+        build=_build_densenet121,
+    ),
+}
+PRETRAINED_NAMES: tuple[str, ...] = tuple(_PRETRAINED)
+
+
+def _spec(name: str) -> _PretrainedSpec:
+    try:
+        return _PRETRAINED[name]
+    except KeyError:
+        raise ValueError(f"unknown pretrained backbone {name!r}; known: {', '.join(PRETRAINED_NAMES)}") from None
+
+
+# --------------------------------------------------------------------------------------
+# ImageNet weights: the stable on-disk format other modules load
+# --------------------------------------------------------------------------------------
+
+
+def pretrained_path(pretrained_dir: str | Path, name: str) -> Path:
+    """Where the ImageNet state dict of ``name`` lives (whether or not it is there yet)."""
+    return Path(pretrained_dir) / _spec(name).filename
+
+
+def require_pretrained(pretrained_dir: str | Path, name: str) -> Path:
+    """The weights file of ``name``; a one-line error saying how to fetch it when absent."""
+    path = pretrained_path(pretrained_dir, name)
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"ImageNet weights for {name} not found in {Path(pretrained_dir)}: "
+            "run `python download_models.py` (needs internet)"
+        )
+    return path
+
+
+def load_pretrained_state_dict(
+    pretrained_dir: str | Path, name: str, *, verify: bool = False
+) -> dict[str, Any]:
+    """The stored state dict of ``name``, ready for ``load_state_dict(..., strict=True)``.
+
+    ``verify`` re-hashes the file against pretrained.json (costs a read of the file).
+    """
+    from safetensors.torch import load_file
+
+    path = require_pretrained(pretrained_dir, name)
+    if verify:
+        problem = verify_pretrained(pretrained_dir, name)
+        if problem:
+            raise PretrainedError(f"{path}: {problem}; run `python download_models.py --pretrained-only`")
+    return load_file(path, device="cpu")
+
+
+def _read_index(pretrained_dir: Path) -> dict[str, Any]:
+    """pretrained.json, or an empty index when missing or unreadable (it is rebuilt on save)."""
+    path = pretrained_dir / PRETRAINED_INDEX
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"format": INDEX_FORMAT, "weights": {}}
+    if not isinstance(data, dict) or not isinstance(data.get("weights"), dict):
+        return {"format": INDEX_FORMAT, "weights": {}}
+    return data
+
+
+def verify_pretrained(pretrained_dir: str | Path, name: str) -> str | None:
+    """None when the file of ``name`` exists and matches pretrained.json, else a reason."""
+    pretrained_dir = Path(pretrained_dir)
+    path = pretrained_path(pretrained_dir, name)
+    if not path.is_file():
+        return "not found"
+    entry = _read_index(pretrained_dir)["weights"].get(name)
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return f"not recorded in {PRETRAINED_INDEX}"
+    return verify_file(path, entry["sha256"])
+
+
+def save_pretrained(
+    pretrained_dir: str | Path,
+    name: str,
+    fetch: Callable[[Path], FetchedWeights] | None = None,
+    *,
+    force: bool = False,
+) -> Result:
+    """Fetch the ImageNet weights of ``name`` (unless already verified), check, store, describe.
+
+    ``fetch`` defaults to the real hub fetcher; tests pass one that needs no network.
+    The state dict must load strictly into the target module, so a changed library or a
+    wrong checkpoint fails here, not in the middle of training.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    pretrained_dir = Path(pretrained_dir)
+    spec = _spec(name)
+    path = pretrained_path(pretrained_dir, name)
+    if not force and verify_pretrained(pretrained_dir, name) is None:
+        return Result(name, path, "present")
+
+    cache_dir = pretrained_dir / HUB_CACHE
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fetched = (fetch or spec.fetch)(cache_dir)
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in fetched.state_dict.items()}
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedError(f"fetched weights for {name} are not a state dict of tensors")
+    target = spec.build()
+    try:
+        target.load_state_dict(dict(state))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise PretrainedError(f"fetched weights for {name} do not fit {spec.load_into}: {first}") from None
+
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "name": name, "load_into": spec.load_into})
+    index = _read_index(pretrained_dir)
+    index["format"] = INDEX_FORMAT
+    index["about"] = (
+        "ImageNet backbone weights for mgmt2d, one safetensors state dict per backbone; "
+        "load with safetensors.torch.load_file and module.load_state_dict(strict=True)."
+    )
+    index["weights"][name] = {
+        "file": path.name,
+        "sha256": file_sha256(path),
+        "bytes": path.stat().st_size,
+        "tensors": len(state),
+        "load_into": spec.load_into,
+        "source": fetched.source,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(pretrained_dir / PRETRAINED_INDEX, index)
+    return Result(name, path, "saved", fetched.source.get("hf_hub_id") or fetched.source.get("hf_repo_id") or "")
+
+
+def fetch_pretrained(
+    pretrained_dir: str | Path,
+    names: Iterable[str] = PRETRAINED_NAMES,
+    *,
+    fetchers: Mapping[str, Callable[[Path], FetchedWeights]] | None = None,
+    force: bool = False,
+) -> list[Result]:
+    """:func:`save_pretrained` for each name; a failure is reported, never raised, so all are tried."""
+    results = []
+    for name in names:
+        fetch = (fetchers or {}).get(name)
+        try:
+            results.append(save_pretrained(pretrained_dir, name, fetch, force=force))
+        except Exception as err:  # noqa: BLE001 - hub libraries raise many types; report them all
+            reason = (str(err).strip().splitlines() or [""])[0] or type(err).__name__
+            path = pretrained_path(pretrained_dir, name)
+            results.append(Result(name, path, "failed", f"{type(err).__name__}: {reason}"))
+    return results
+
+
+def hub_unreachable(endpoint: str | None = None, timeout: float = 10.0) -> str | None:
+    """None when the Hugging Face hub answers (any HTTP status), else why not.
+
+    huggingface_hub retries an unreachable host for about 40 s per file; one quick request
+    first turns "offline" into an immediate, clear message. Proxies are honoured (urllib).
+    """
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:  # the user wants the local hub cache only: let the fetchers try it
+            return None
+        endpoint = constants.ENDPOINT
+    request = urllib.request.Request(endpoint, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - fixed hub endpoint
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as err:
+        return f"{endpoint} unreachable: {err.reason}"
+    except (http.client.HTTPException, OSError) as err:
+        return f"{endpoint} unreachable: {type(err).__name__}: {err}"
+
+
+def check_pretrained(pretrained_dir: str | Path, names: Iterable[str] = PRETRAINED_NAMES) -> list[Result]:
+    """Offline check of the stored ImageNet weights (no network)."""
+    results = []
+    for name in names:
+        problem = verify_pretrained(pretrained_dir, name)
+        status = "present" if problem is None else "missing"
+        results.append(Result(name, pretrained_path(pretrained_dir, name), status, problem or ""))
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Trained checkpoints: manifest
+# --------------------------------------------------------------------------------------
+
+
+def load_manifest(path: str | Path) -> list[ManifestEntry]:
+    """Entries of a manifest: a JSON list, or an object whose ``models`` key holds the list."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"manifest {path} not found; pass --manifest PATH") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"manifest {path} is not valid JSON: {err}") from None
+    items = raw.get("models") if isinstance(raw, dict) else raw
+    if not isinstance(items, list):
+        raise ManifestError(f"manifest {path} must be a JSON list or an object with a 'models' list")
+    entries: list[ManifestEntry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"manifest {path} entry {i}"
+        if not isinstance(item, dict):
+            raise ManifestError(f"{where} must be an object")
+        required = ("name", "url", "sha256", "destination")
+        missing = [k for k in required if not item.get(k) or not isinstance(item[k], str)]
+        if missing:
+            raise ManifestError(f"{where} lacks string field(s): {', '.join(missing)}")
+        name, url, sha, dest = item["name"], item["url"], item["sha256"].lower(), item["destination"]
+        if name in seen:
+            raise ManifestError(f"{where}: duplicate name {name!r}")
+        seen.add(name)
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise ManifestError(f"{where} ({name}): url must be http(s), got {url!r}")
+        if not _SHA256_RE.match(sha):
+            raise ManifestError(f"{where} ({name}): sha256 must be 64 hex digits")
+        _check_destination(dest, f"{where} ({name})")
+        extra = {k: v for k, v in item.items() if k not in ("name", "url", "sha256", "destination")}
+        entries.append(ManifestEntry(name, url, sha, dest, extra))
+    return entries
+
+
+def _check_destination(dest: str, where: str) -> PurePosixPath:
+    rel = PurePosixPath(dest)
+    if "\\" in dest or rel.is_absolute() or not rel.parts or ".." in rel.parts:
+        raise ManifestError(f"{where}: destination {dest!r} must be a relative path without '..'")
+    if rel.parts[0] in MODEL_DIR_KEYS and len(rel.parts) < 2:
+        raise ManifestError(f"{where}: destination {dest!r} names a folder, not a file")
+    return rel
+
+
+def resolve_destination(destination: str, settings: Settings) -> Path:
+    """``SEGMENT_MODEL_DIR/x.pth`` -> that settings folder; any other relative path -> project root.
+
+    The first component may be SEGMENT_MODEL_DIR, CLASSIFICATION_MODEL_DIR or PRETRAINED_DIR;
+    otherwise the path is taken relative to the folder holding SETTINGS.json (the project
+    root, against which SETTINGS.json's own relative paths resolve too).
+    """
+    rel = _check_destination(destination, "destination")
+    if rel.parts[0] in MODEL_DIR_KEYS:
+        return settings[rel.parts[0]].joinpath(*rel.parts[1:])
+    return settings.source.parent.joinpath(*rel.parts)
+
+
+# --------------------------------------------------------------------------------------
+# Trained checkpoints: resumable, verified download
+# --------------------------------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    """The body stopped early; the .part file holds what arrived and can be resumed."""
+
+    def __init__(self, received: int, have: int, total: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.received, self.have, self.total, self.reason = received, have, total, reason
+
+
+class _Refused(Exception):
+    """The server answered in a way that cannot be used (bad Content-Range...)."""
+
+
+def _content_range_start(value: str | None) -> tuple[int | None, int | None]:
+    match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
+    if not match:
+        return None, None
+    total = None if match.group(3) == "*" else int(match.group(3))
+    return int(match.group(1)), total
+
+
+def _transfer(
+    url: str, part: Path, offset: int, *, name: str, timeout: float, progress: bool
+) -> str:
+    """One HTTP request appending to ``part`` from ``offset``; returns the SHA-256 of the whole part.
+
+    The hash is carried along with the bytes (prefix re-read once on resume), so a finished
+    download is never read twice.
+    """
+    from tqdm import tqdm
+
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked in load_manifest
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset > 0:  # part already holds everything (or more): let the hash decide
+            err.close()
+            return file_sha256(part)
+        raise
+    with response:
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if response.status == 206:
+            start, total = _content_range_start(response.headers.get("Content-Range"))
+            if start != offset:
+                got = response.headers.get("Content-Range")
+                raise _Refused(f"server answered Range bytes={offset}- with Content-Range {got!r}")
+            mode = "ab"
+        else:  # 200: the server ignored Range, start over
+            offset, mode, total = 0, "wb", length
+        digest = hashlib.sha256()
+        if mode == "ab":
+            with open(part, "rb") as fh:
+                while block := fh.read(CHUNK):
+                    digest.update(block)
+        received = 0
+        bar = tqdm(
+            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=name, disable=not progress, leave=False,
+        )
+        with bar, open(part, mode) as fh:
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except (http.client.IncompleteRead, OSError) as err:
+                    fh.flush()
+                    raise _Interrupted(received, offset + received, total, f"{type(err).__name__}: {err}") from None
+                if not block:
+                    break
+                fh.write(block)
+                digest.update(block)
+                received += len(block)
+                bar.update(len(block))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if length is not None and received < length:
+            raise _Interrupted(received, offset + received, total, "connection closed early")
+    return digest.hexdigest()
+
+
+def download_file(
+    url: str,
+    dest: str | Path,
+    sha256: str,
+    *,
+    name: str | None = None,
+    timeout: float = 60.0,
+    progress: bool = True,
+    max_attempts: int = 3,
+    retry_wait: float = 2.0,
+) -> Result:
+    """Make ``dest`` hold the file with this SHA-256, downloading (and resuming) only if needed.
+
+    * ``dest`` already verified: nothing is requested.
+    * Bytes go to ``<dest>.part``; a later call resumes it with ``Range: bytes=N-``.
+    * A transfer cut after some progress is retried (at most ``max_attempts`` requests);
+      a connection that cannot be made at all is not (offline fails fast).
+    * The hash must match before ``os.replace`` puts the file in place; on a mismatch the
+      .part is deleted (after one fresh restart when a resumed .part may have been stale).
+    """
+    dest = Path(dest)
+    sha256 = sha256.lower()
+    name = name or dest.name
+    stale = ""
+    if dest.is_file():
+        if file_sha256(dest) == sha256:
+            return Result(name, dest, "present")
+        stale = "existing file has the wrong sha256 and is kept until a verified copy replaces it; "
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    host = urllib.parse.urlsplit(url).netloc
+    restarted = False
+    attempts = 0
+    while True:
+        attempts += 1
+        offset = part.stat().st_size if part.is_file() else 0
+        try:
+            digest = _transfer(url, part, offset, name=name, timeout=timeout, progress=progress)
+        except _Interrupted as err:
+            if err.received > 0 and attempts < max_attempts:
+                time.sleep(retry_wait * attempts)
+                continue
+            total = f" of {err.total}" if err.total else ""
+            return Result(
+                name, dest, "failed",
+                stale + f"transfer interrupted at {err.have}{total} bytes ({err.reason}); "
+                f"{part.name} kept, run again to resume",
+            )
+        except _Refused as err:
+            part.unlink(missing_ok=True)
+            return Result(name, dest, "failed", stale + f"{err}; partial download deleted")
+        except urllib.error.HTTPError as err:
+            return Result(name, dest, "failed", stale + f"HTTP {err.code} {err.reason} for {url}")
+        except urllib.error.URLError as err:
+            return Result(name, dest, "failed", stale + f"cannot reach {host}: {err.reason}")
+        except (http.client.HTTPException, OSError) as err:
+            return Result(name, dest, "failed", stale + f"cannot download from {host}: {type(err).__name__}: {err}")
+        if digest == sha256:
+            os.replace(part, dest)
+            return Result(name, dest, "downloaded")
+        part.unlink(missing_ok=True)
+        if offset > 0 and not restarted:  # the kept .part may predate a change on the server
+            restarted = True
+            continue
+        return Result(
+            name, dest, "failed",
+            stale + f"sha256 mismatch (expected {sha256}, got {digest}); download deleted",
+        )
+
+
+def fetch_manifest(
+    entries: Sequence[ManifestEntry], settings: Settings, *, progress: bool = True, timeout: float = 60.0,
+    retry_wait: float = 2.0,
+) -> list[Result]:
+    """Download every manifest entry not already present and verified."""
+    return [
+        download_file(
+            e.url, resolve_destination(e.destination, settings), e.sha256, name=e.name,
+            progress=progress, timeout=timeout, retry_wait=retry_wait,
+        )
+        for e in entries
+    ]
+
+
+def check_manifest(entries: Sequence[ManifestEntry], settings: Settings) -> list[Result]:
+    """Offline check of manifest entries (no network)."""
+    results = []
+    for e in entries:
+        dest = resolve_destination(e.destination, settings)
+        problem = verify_file(dest, e.sha256)
+        results.append(Result(e.name, dest, "present" if problem is None else "missing", problem or ""))
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="download_models.py",
+        description=(
+            "Fetch ImageNet backbone weights (into PRETRAINED_DIR) and the trained checkpoints "
+            "listed in the manifest. Run once on a machine with internet; exit 0 when every "
+            "file is present and verified, 1 otherwise."
+        ),
+    )
+    add_settings_argument(parser)
+    parser.add_argument(
+        "--manifest", default=None,
+        help="trained-checkpoint manifest (default: models/manifest.json beside download_models.py)",
+    )
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--pretrained-only", action="store_true", help="only the ImageNet backbone weights")
+    only.add_argument("--trained-only", action="store_true", help="only the manifest's trained checkpoints")
+    parser.add_argument(
+        "--offline-check", action="store_true",
+        help="download nothing: check that every file is present with the right SHA-256",
+    )
+    parser.add_argument("--force", action="store_true", help="re-fetch ImageNet weights even when present")
+    parser.add_argument(
+        "--published", choices=["t4e"],
+        help="fetch the published solution's released weights (Google Drive, via gdown) instead; "
+             "SHA-256 recorded in <manifest folder>/<name>.lock.json on first download, verified after",
+    )
+    parser.add_argument("--published-dir", type=Path, help="where --published puts them (default <manifest folder>/<name>)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _report(results: Sequence[Result], *, offline: bool) -> int:
+    for r in results:
+        if r.ok:
+            print(f"ok       {r.name}: {r.path} ({r.status})")
+    bad = [r for r in results if not r.ok]
+    if not results:
+        print("nothing to fetch or check")
+        return 0
+    if not bad:
+        print(f"all {len(results)} file(s) present and verified")
+        return 0
+    print(f"error: {len(bad)} of {len(results)} file(s) missing or unverified:", file=sys.stderr)
+    for r in bad:
+        print(f"  - {r.name}: {r.path}: {r.message}", file=sys.stderr)
+    if offline:
+        print("run `python download_models.py` on a machine with internet and copy the model folders here",
+              file=sys.stderr)
+    elif any(word in r.message for r in bad for word in ("unreachable", "cannot reach", "interrupted")):
+        print("no internet? run this on a connected machine and copy the model folders (see README); "
+              "an interrupted download resumes when run again", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None, *, default_manifest: str | Path | None = None) -> int:
+    """Entry point of download_models.py; returns the exit code (0 all verified, 1 otherwise)."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.settings)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    progress = not args.no_progress
+    results: list[Result] = []
+    manifest = Path(args.manifest) if args.manifest else Path(
+        default_manifest or settings.source.parent / "models" / "manifest.json"
+    )
+    if args.published:
+        from mgmt2d.inference.published import main_published
+
+        dest = args.published_dir or manifest.parent / args.published
+        return main_published(args.published, dest, manifest.parent / f"{args.published}.lock.json")
+
+    if not args.trained_only:
+        pretrained_dir = settings["PRETRAINED_DIR"]
+        if args.offline_check:
+            results += check_pretrained(pretrained_dir)
+        else:
+            print(f"ImageNet weights -> {pretrained_dir}")
+            todo = [n for n in PRETRAINED_NAMES if args.force or verify_pretrained(pretrained_dir, n) is not None]
+            offline = hub_unreachable(timeout=min(args.timeout, 10.0)) if todo else None
+            if offline:
+                results += [r for r in check_pretrained(pretrained_dir) if r.ok]
+                results += [Result(n, pretrained_path(pretrained_dir, n), "failed", offline) for n in todo]
+            else:
+                results += fetch_pretrained(pretrained_dir, force=args.force)
+
+    if not args.pretrained_only:
+        try:
+            entries = load_manifest(manifest)
+        except ManifestError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        if not entries:
+            print(f"{manifest} lists no trained checkpoints (none published yet)")
+        elif args.offline_check:
+            results += check_manifest(entries, settings)
+        else:
+            print(f"trained checkpoints ({len(entries)}) from {manifest}")
+            results += fetch_manifest(entries, settings, progress=progress, timeout=args.timeout)
+
+    return _report(results, offline=args.offline_check)
