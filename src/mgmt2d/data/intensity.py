@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def minmax_uint8(volume: np.ndarray) -> np.ndarray | None:
-    """Scale to uint8 [0, 255] over the whole array, rounded; None for a constant array.
-
-    Non-finite values count as the minimum, so a stray NaN cannot poison the scale. The
-    minimum maps to 0, which is what lets "brain = non-zero pixels" work on z-scored data.
-    """
-    vol = np.asarray(volume, dtype=np.float32)
+def _finite_range(vol: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """(array with non-finite values set to the minimum, min, max) over the finite values; None
+    when no value is finite or the array is constant."""
     finite = np.isfinite(vol)
     if not finite.any():
         return None
@@ -20,6 +16,19 @@ def minmax_uint8(volume: np.ndarray) -> np.ndarray | None:
         return None
     if not finite.all():
         vol = np.where(finite, vol, lo)
+    return vol, lo, hi
+
+
+def minmax_uint8(volume: np.ndarray) -> np.ndarray | None:
+    """Scale to uint8 [0, 255] over the whole array, rounded; None for a constant array.
+
+    Non-finite values count as the minimum, so a stray NaN cannot poison the scale. The
+    minimum maps to 0, which is what lets "brain = non-zero pixels" work on z-scored data.
+    """
+    span = _finite_range(np.asarray(volume, dtype=np.float32))
+    if span is None:
+        return None
+    vol, lo, hi = span
     scaled = (vol - lo) * (255.0 / (hi - lo))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
@@ -31,15 +40,10 @@ def minmax_float(volume: np.ndarray) -> np.ndarray | None:
     channel is this value truncated to uint8 and its segmenter input is this value itself,
     so the last bit matters where truncation sits on an integer.
     """
-    vol = np.asarray(volume, dtype=np.float64)
-    finite = np.isfinite(vol)
-    if not finite.any():
+    span = _finite_range(np.asarray(volume, dtype=np.float64))
+    if span is None:
         return None
-    lo, hi = float(vol[finite].min()), float(vol[finite].max())
-    if not hi > lo:
-        return None
-    if not finite.all():
-        vol = np.where(finite, vol, lo)
+    vol, lo, hi = span
     return (vol - lo) / (hi - lo) * 255.0
 
 
@@ -59,6 +63,6 @@ def imagenet_normalise(image: np.ndarray) -> np.ndarray:
 def normalise_gray(image: np.ndarray) -> np.ndarray:
     """(H, W) in [0, 255] (uint8 or float) -> float32 (3, H, W): the slice repeated to 3 channels, normalised.
 
-    The segmenter's input in training (segdata) and in use (segmenter.to_input).
+    The segmenter's input in training (segmentation.dataset) and in use (segmentation.model.to_input).
     """
     return np.ascontiguousarray(imagenet_normalise(image[..., None]).transpose(2, 0, 1))
