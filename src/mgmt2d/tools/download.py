@@ -676,18 +676,19 @@ def check_manifest(entries: Sequence[ManifestEntry], settings: Settings) -> list
 # --------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="download_models.py",
-        description=(
-            "Fetch ImageNet backbone weights (into PRETRAINED_DIR) and the trained checkpoints "
-            "listed in the manifest. Run once on a machine with internet; exit 0 when every "
-            "file is present and verified, 1 otherwise."
-        ),
-    )
+DESCRIPTION = (
+    "Fetch ImageNet backbone weights (into PRETRAINED_DIR) and the trained checkpoints "
+    "listed in the manifest. Run once on a machine with internet; exit 0 when every "
+    "file is present and verified, 1 otherwise."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_manifest: str | Path | None = None) -> None:
+    """The flags of download_models.py; ``default_manifest`` is the script's own models/manifest.json
+    (without one: models/manifest.json beside SETTINGS.json)."""
     add_settings_argument(parser)
     parser.add_argument(
-        "--manifest", default=None,
+        "--manifest", type=Path, default=default_manifest,
         help="trained-checkpoint manifest (default: models/manifest.json beside download_models.py)",
     )
     only = parser.add_mutually_exclusive_group()
@@ -706,6 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--published-dir", type=Path, help="where --published puts them (default <manifest folder>/<name>)")
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser(default_manifest: str | Path | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="download_models.py", description=DESCRIPTION)
+    add_arguments(parser, default_manifest)
     return parser
 
 
@@ -732,9 +738,11 @@ def _report(results: Sequence[Result], *, offline: bool) -> int:
     return 1
 
 
-def main(argv: Sequence[str] | None = None, *, default_manifest: str | Path | None = None) -> int:
-    """Entry point of download_models.py; returns the exit code (0 all verified, 1 otherwise)."""
-    args = build_parser().parse_args(argv)
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
+    """Entry point of download_models.py (parsed arguments, or an argument list); returns the exit
+    code (0 all verified, 1 otherwise)."""
+    if not isinstance(args, argparse.Namespace):
+        args = build_parser().parse_args(args)
     try:
         settings = load_settings(args.settings)
     except SettingsError as err:
@@ -742,9 +750,7 @@ def main(argv: Sequence[str] | None = None, *, default_manifest: str | Path | No
         return 1
     progress = not args.no_progress
     results: list[Result] = []
-    manifest = Path(args.manifest) if args.manifest else Path(
-        default_manifest or settings.source.parent / "models" / "manifest.json"
-    )
+    manifest = Path(args.manifest) if args.manifest else settings.source.parent / "models" / "manifest.json"
     if args.published:
         from mgmt2d.inference.published import main_published
 
