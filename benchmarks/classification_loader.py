@@ -12,7 +12,7 @@ noise in channel 0 and tumour masks in channels 1-2 (content does not change res
 cost). Then, alternating ``--rounds`` times:
 
 * loader: ``chunk_dataset.ChunkDataset(augment=True)`` (seq_len 35, stride 5) through
-  ``engine.make_loader`` (shuffle, ``--workers`` workers), ``--loader-batches`` batches of
+  ``make_loader`` (shuffle, ``--workers`` workers), ``--loader-batches`` batches of
   ``--batch-size`` chunks; steady chunks/s excludes the first batch of each epoch iterator;
 * model: ``classifier.build_classifier()`` (eca_nfnet_l0 + BiLSTM, random init), train mode,
   AdamW, BCE-with-logits, forward + backward + step on random (B, 35, 3, S, S) chunks;
@@ -50,8 +50,8 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +60,11 @@ import psutil
 import torch
 
 from mgmt2d.classification import dataset as chunk_dataset
-from mgmt2d.training import trainer as engine
 from mgmt2d.classification.chunks import n_chunks
 from mgmt2d.classification.model import build_classifier
-from mgmt2d.device import resolve_device
 from mgmt2d.data.settings import KEYS
+from mgmt2d.device import resolve_device
+from mgmt2d.training.seeding import epoch_seed, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 MRI_TYPES = ("FLAIR", "T1w", "T1wCE", "T2w")
@@ -126,13 +126,13 @@ def write_prepared(root: Path, n_series: int, seed: int) -> Path:
 
 
 def time_loader(ds: chunk_dataset.ChunkDataset, batch_size: int, workers: int, n_batches: int, seed: int) -> dict:
-    loader = engine.make_loader(ds, batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader = make_loader(ds, batch_size, shuffle=True, num_workers=workers, drop_last=True)
     done = chunks = steady_chunks = 0
     steady_s = 0.0
     epoch = 0
     start = time.perf_counter()
     while done < n_batches:
-        loader.generator.manual_seed(engine.epoch_seed(seed, epoch))
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
         epoch += 1
         t_prev = None
         for batch in loader:

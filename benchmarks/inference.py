@@ -55,14 +55,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgmt2d.data import dicom
-from mgmt2d.inference import predict as inference
-from mgmt2d.segmentation import model as segmenter
 from mgmt2d.classification import stack
 from mgmt2d.classification.chunks import chunk_index, n_chunks
 from mgmt2d.classification.model import build_classifier, predict_series, predict_series_chunkwise
+from mgmt2d.data import dicom
 from mgmt2d.data.contract import OURS
+from mgmt2d.inference import predict as inference
 from mgmt2d.inference.published import WeightsLayout
+from mgmt2d.segmentation import model as segmenter
 
 STEPS = ("read", "seg_prep", "seg_model", "filter_stack", "frames", "classify")
 NON_MODEL = ("read", "seg_prep", "filter_stack", "frames")

@@ -9,13 +9,13 @@ prepare_segmentation_data.py) from the real BraTS sample (``../shared/data/brats
 FLAIR + T1ce) or from synthetic BraTS-geometry data (``python -m mgmt2d synth --size full``),
 then alternates, ``--rounds`` times:
 
-* loader: ``engine.make_loader`` over ``segdata.SegmentationSliceDataset`` with
-  ``segdata.train_transform()`` (the training loader: shuffle, ``--workers`` workers, new
+* loader: ``make_loader`` over ``seg_dataset.SegmentationSliceDataset`` with
+  ``augment.train_transform()`` (the training loader: shuffle, ``--workers`` workers, new
   workers every epoch), ``--loader-batches`` batches of ``--batch-size``; the main process
   only consumes batches. Steady rate = slices after the first batch of each epoch iterator /
   their time (worker start-up excluded); the rate with start-up is printed too.
 * model: ``segmenter.build_segmenter()`` in train mode, AdamW (lr 1e-4), Dice loss
-  (``engine.dice_loss``) on random tensors of ``--model-batch`` x 3 x S x S; forward +
+  (``dice_loss``) on random tensors of ``--model-batch`` x 3 x S x S; forward +
   backward + step, ``--model-steps`` timed steps (one untimed warm-up step first).
 
 The ratio loader_rate / model_rate (goal >= 3: the model, not the loader, is the bottleneck)
@@ -40,9 +40,13 @@ from pathlib import Path
 
 import torch
 
-from mgmt2d.training import trainer as engine
-from mgmt2d.segmentation import prepare as segdata, model as segmenter
 from mgmt2d.device import resolve_device
+from mgmt2d.segmentation import dataset as seg_dataset
+from mgmt2d.segmentation import model as segmenter
+from mgmt2d.segmentation import prepare as segdata
+from mgmt2d.training import augment
+from mgmt2d.training.metrics import dice_loss
+from mgmt2d.training.seeding import epoch_seed, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "brats2015-sample"
@@ -61,7 +65,7 @@ def header(title: str) -> None:
 def build_store(args: argparse.Namespace, tmp: Path) -> Path:
     """A complete stage-1 store: reuse ``--store`` when given, else prepare one in ``tmp``."""
     if args.store is not None:
-        segdata.load_index(args.store)  # refuses an unfinished store
+        seg_dataset.load_index(args.store)  # refuses an unfinished store
         print(f"store: reusing {args.store}")
         return args.store
     if args.data == "sample":
@@ -88,13 +92,13 @@ def build_store(args: argparse.Namespace, tmp: Path) -> Path:
     return store
 
 
-def time_loader(dataset: segdata.SegmentationSliceDataset, batch_size: int, workers: int, n_batches: int,
+def time_loader(dataset: seg_dataset.SegmentationSliceDataset, batch_size: int, workers: int, n_batches: int,
                 seed: int) -> dict[str, float]:
     """Consume ``n_batches`` batches, re-creating the epoch iterator as training does.
 
     Returns slices/s with and without the first batch of each epoch (worker start-up).
     """
-    loader = engine.make_loader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader = make_loader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True)
     if len(loader) == 0:
         raise SystemExit(f"error: {len(dataset)} slices is less than one batch of {batch_size}")
     done = slices = steady_slices = 0
@@ -102,7 +106,7 @@ def time_loader(dataset: segdata.SegmentationSliceDataset, batch_size: int, work
     start = time.perf_counter()
     epoch = 0
     while done < n_batches:
-        loader.generator.manual_seed(engine.epoch_seed(seed, epoch))
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
         epoch += 1
         t_prev = None
         for image, mask in loader:
@@ -129,7 +133,7 @@ def time_model(model: torch.nn.Module, opt: torch.optim.Optimizer, batch: int, s
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = engine.dice_loss(model(x), y)
+        loss = dice_loss(model(x), y)
         loss.backward()
         opt.step()
         if device.type == "cuda":
@@ -165,8 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     header("stage-1 loader vs segmenter training step")
     with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-seg-") as tmp_name:
         store = build_store(args, Path(tmp_name))
-        index = segdata.load_index(store)
-        dataset = segdata.SegmentationSliceDataset(store, index, args.image_size, transform=segdata.train_transform(),
+        index = seg_dataset.load_index(store)
+        dataset = seg_dataset.SegmentationSliceDataset(store, index, args.image_size, transform=augment.train_transform(),
                                                    seed=args.seed)
         shapes = index.groupby(["height", "width"]).size().to_dict()
         print(f"dataset: {len(dataset)} slices, stored sizes {shapes}, image size {args.image_size}, "

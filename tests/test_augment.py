@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mgmt2d.training import augment
 from mgmt2d.classification import frames
+from mgmt2d.training import augment
 
 N_DRAWS = 400
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mgmt2d.classification.chunks import chunk_index, chunk_windows, gather_frames, n_chunks, patient_auc, patient_scores
+from mgmt2d.classification.chunks import chunk_index, chunk_windows, gather_frames, n_chunks
+from mgmt2d.training.metrics import patient_auc, patient_scores
 
 # n -> (n_chunks, windows) with seq_len=35, stride=5
 CASES = {

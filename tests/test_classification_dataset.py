@@ -6,8 +6,8 @@ import pytest
 
 from mgmt2d.classification import frames
 from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
-from mgmt2d.classification.prepare import make_folds
 from mgmt2d.classification.model import normalised_zero_frame
+from mgmt2d.classification.prepare import make_folds
 
 
 def _store(tmp_path: Path, kept=(3, 12)) -> pd.DataFrame:

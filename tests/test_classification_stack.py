@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 import torch
 
-from mgmt2d.segmentation import model as segmenter
 from mgmt2d.classification import stack
 from mgmt2d.data.contract import REFERENCE, InputContract
+from mgmt2d.segmentation import model as segmenter
 
 
 def _disc(shape, center, radius):

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import torch
 
-from mgmt2d.tools import download as dl
 from mgmt2d.data.settings import KEYS, load_settings
+from mgmt2d.tools import download as dl
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from mgmt2d.classification import frames
-from mgmt2d.inference import predict as inference
 from mgmt2d.classification.model import build_classifier, predict_series, predict_series_chunkwise
-from mgmt2d.data.contract import InputContract
-from mgmt2d.inference.published import WeightsLayout
 from mgmt2d.classification.stack import StackedSeries
+from mgmt2d.data.contract import InputContract
+from mgmt2d.inference import predict as inference
+from mgmt2d.inference.published import WeightsLayout
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from mgmt2d.data import dicom
-from mgmt2d.dev import synth
 from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
-from mgmt2d.classification.prepare import INDEX_COLUMNS
 from mgmt2d.classification.model import load_trained_classifier
-from mgmt2d.data.contract import contract_of
-from mgmt2d.inference.predict import classify_series
+from mgmt2d.classification.prepare import INDEX_COLUMNS
 from mgmt2d.classification.stack import StackedSeries
+from mgmt2d.data import dicom
+from mgmt2d.data.contract import contract_of
+from mgmt2d.dev import synth
 from mgmt2d.dev.synth_stack import prepare_from_synth, stack_with_truth, true_masks
+from mgmt2d.inference.predict import classify_series
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,12 +20,13 @@ import pydicom
 import pytest
 import torch
 
-from mgmt2d.data import dicom
-from mgmt2d.inference import predict as inference, published
-from mgmt2d.segmentation import model as segmenter
-from mgmt2d.dev import synth
 from mgmt2d.classification.model import build_classifier
+from mgmt2d.data import dicom
 from mgmt2d.data.contract import OURS, REFERENCE, InputContract, contract_of
+from mgmt2d.dev import synth
+from mgmt2d.inference import predict as inference
+from mgmt2d.inference import published
+from mgmt2d.segmentation import model as segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgmt2d.segmentation import evaluate, model as segmenter
 from mgmt2d.data.intensity import IMAGENET_MEAN, IMAGENET_STD
+from mgmt2d.segmentation import evaluate
+from mgmt2d.segmentation import model as segmenter
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference_state_dicts.json"
 

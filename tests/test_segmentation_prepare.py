@@ -8,18 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-import cv2
-
-from mgmt2d.training import augment
 from mgmt2d.data import intensity
+from mgmt2d.segmentation import dataset as seg_dataset
 from mgmt2d.segmentation import prepare as segdata
 from mgmt2d.segmentation.prepare import PrepareParams, SegDataError
+from mgmt2d.training import augment
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS_KEYS = (
@@ -235,7 +235,7 @@ def test_leakage_filter_folds_and_dataset_json(synth, tmp_path: Path):
     out = tmp_path / "seg"
     summary = _prepare(synth, out, workers=2)
     expected = sorted(set(TASK1_IDS) - {"00002", "00005", "00009"})
-    index = segdata.load_index(out)
+    index = seg_dataset.load_index(out)
     assert sorted(index["case"].unique()) == expected
     assert summary.dropped_task2 == ["00002", "00005", "00009"]
     assert sorted(summary.processed) == expected and not summary.resumed and not summary.broken
@@ -264,7 +264,7 @@ def test_keep_task2_overlap_keeps_them(synth, tmp_path: Path):
     params = PrepareParams(modalities=("flair",), n_folds=3, seed=3, keep_task2_overlap=True)
     summary = _prepare(synth, tmp_path / "seg", params)
     assert not summary.dropped_task2
-    assert sorted(segdata.load_index(tmp_path / "seg")["case"].unique()) == TASK1_IDS
+    assert sorted(seg_dataset.load_index(tmp_path / "seg")["case"].unique()) == TASK1_IDS
 
 
 def test_broken_case_is_listed_not_fatal(synth, tmp_path: Path):
@@ -324,10 +324,10 @@ def test_existing_store_is_never_deleted_without_overwrite(synth, tmp_path: Path
 
 def test_unfinished_store_is_not_loaded(tmp_path: Path):
     with pytest.raises(SegDataError, match="run prepare"):
-        segdata.load_index(tmp_path)
+        seg_dataset.load_index(tmp_path)
     (tmp_path / "dataset.json").write_text(json.dumps({"status": "incomplete"}))
     with pytest.raises(SegDataError, match="unfinished"):
-        segdata.load_index(tmp_path)
+        seg_dataset.load_index(tmp_path)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -341,24 +341,24 @@ def store(synth, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_split_by_fold_is_patient_disjoint(store: Path):
-    index = segdata.load_index(store)
+    index = seg_dataset.load_index(store)
     for fold in range(3):
-        train, val = segdata.split_by_fold(index, fold)
+        train, val = seg_dataset.split_by_fold(index, fold)
         assert len(train) + len(val) == len(index) and len(val)
         assert not set(train["case"]) & set(val["case"])
         assert set(val["fold"]) == {fold}
     with pytest.raises(SegDataError, match="fold 7"):
-        segdata.split_by_fold(index, 7)
+        seg_dataset.split_by_fold(index, 7)
     bad = index.copy()
     bad.loc[0, "fold"] = (bad.loc[0, "fold"] + 1) % 3
     with pytest.raises(SegDataError, match="more than one fold"):
-        segdata.split_by_fold(bad, 0)
+        seg_dataset.split_by_fold(bad, 0)
 
 
 def test_dataset_shapes_and_values(store: Path):
-    index = segdata.load_index(store)
-    train, val = segdata.split_by_fold(index, 0)
-    ds = segdata.SegmentationSliceDataset(store, val, image_size=32)
+    index = seg_dataset.load_index(store)
+    train, val = seg_dataset.split_by_fold(index, 0)
+    ds = seg_dataset.SegmentationSliceDataset(store, val, image_size=32)
     assert len(ds) == len(val)
     image, mask = ds[0]
     assert image.dtype == torch.float32 and image.shape == (3, 32, 32)
@@ -380,9 +380,9 @@ def test_dataset_shapes_and_values(store: Path):
 
 
 def test_augmentation_is_reproducible_per_epoch_and_sample(store: Path):
-    index = segdata.load_index(store)
-    train, _ = segdata.split_by_fold(index, 0)
-    ds = segdata.SegmentationSliceDataset(store, train, image_size=32, transform=segdata.train_transform(), seed=5)
+    index = seg_dataset.load_index(store)
+    train, _ = seg_dataset.split_by_fold(index, 0)
+    ds = seg_dataset.SegmentationSliceDataset(store, train, image_size=32, transform=augment.train_transform(), seed=5)
     ds.set_epoch(0)
     a = [ds[i] for i in range(8)]
     b = [ds[i] for i in reversed(range(8))][::-1]  # order (hence worker split) does not matter
@@ -390,14 +390,14 @@ def test_augmentation_is_reproducible_per_epoch_and_sample(store: Path):
     ds.set_epoch(1)
     c = [ds[i] for i in range(8)]
     assert not all(torch.equal(x[0], y[0]) for x, y in zip(a, c))
-    plain = segdata.SegmentationSliceDataset(store, train, image_size=32)
+    plain = seg_dataset.SegmentationSliceDataset(store, train, image_size=32)
     assert not all(torch.equal(x[0], p[0]) for x, p in zip(a, (plain[i] for i in range(8))))
 
 
 def test_augmentation_follows_global_seeding_without_set_epoch(store: Path):
     """The engine re-seeds NumPy every epoch; without set_epoch the dataset follows it."""
-    index = segdata.load_index(store)
-    ds = segdata.SegmentationSliceDataset(store, index, image_size=32, transform=segdata.train_transform(), seed=5)
+    index = seg_dataset.load_index(store)
+    ds = seg_dataset.SegmentationSliceDataset(store, index, image_size=32, transform=augment.train_transform(), seed=5)
     state = np.random.get_state()
     try:
         runs = []
@@ -411,13 +411,13 @@ def test_augmentation_follows_global_seeding_without_set_epoch(store: Path):
 
 def test_augmentation_runs_at_native_size_before_resize(store: Path):
     """Published order: augment the stored slice, then resize (mask nearest), then normalise."""
-    index = segdata.load_index(store)
-    ds = segdata.SegmentationSliceDataset(store, index, image_size=32, transform=segdata.train_transform(), seed=5)
+    index = seg_dataset.load_index(store)
+    ds = seg_dataset.SegmentationSliceDataset(store, index, image_size=32, transform=augment.train_transform(), seed=5)
     ds.set_epoch(2)
     for i in range(6):
         image, mask = ds.raw(i)
         aug, aug_mask = augment.apply(ds.transform, 5, 2, i, image, np.ascontiguousarray(mask.transpose(1, 2, 0)))
-        expected = segdata.normalise_slice(cv2.resize(aug, (32, 32), interpolation=cv2.INTER_LINEAR))
+        expected = seg_dataset.normalise_slice(cv2.resize(aug, (32, 32), interpolation=cv2.INTER_LINEAR))
         expected_mask = cv2.resize(aug_mask, (32, 32), interpolation=cv2.INTER_NEAREST).transpose(2, 0, 1)
         x, y = ds[i]
         np.testing.assert_array_equal(x.numpy(), expected)
@@ -432,14 +432,14 @@ def test_real_sample_end_to_end(brats_sample_dir: Path, tmp_path: Path):
     params = PrepareParams(modalities=("flair", "t1ce"))
     summary = segdata.prepare(brats_sample_dir, out, params, workers=2, progress=False)
     assert sorted(summary.processed) == ["90003", "90004", "90005", "90006"] and not summary.broken
-    index = segdata.load_index(out)
+    index = seg_dataset.load_index(out)
     assert set(index["modality"]) == {"flair", "t1ce"} and set(index["plane"]) == set(segdata.PLANES)
     shapes = index.groupby("plane")[["height", "width"]].first()
     assert shapes.loc["axial"].tolist() == [240, 240] and shapes.loc["sagittal"].tolist() == [240, 155]
     assert (index["tumour_ratio"] > 0.01).all()
     # WT/ET in the store equal labels {1,2,4} / {4} of the seg file
     seg = np.asarray(nib.load(str(brats_sample_dir / "BraTS2021_90003" / "BraTS2021_90003_seg.nii.gz")).dataobj)
-    ds = segdata.SegmentationSliceDataset(out, index)
+    ds = seg_dataset.SegmentationSliceDataset(out, index)
     rows = index.index[index["case"] == "90003"]
     for i in rows[:: max(len(rows) // 6, 1)]:
         row = index.loc[i]
@@ -497,13 +497,13 @@ def test_synthetic_dataset_through_the_cli(synth_small, tmp_path: Path):
     task2 = set(info["task2_train_ids"]) | set(info["task2_test_ids"])
     expected = sorted(set(info["task1_ids"]) - task2)
     assert expected and set(info["shared_ids"]) and set(info["shared_ids"]) <= set(info["task1_ids"])
-    index = segdata.load_index(tmp_path / "seg")
+    index = seg_dataset.load_index(tmp_path / "seg")
     assert sorted(index["case"].unique()) == expected
     meta = json.loads((tmp_path / "seg" / "dataset.json").read_text())
     assert meta["dropped_task2"] == sorted(set(info["task1_ids"]) & task2)
     assert meta["params"]["modalities"] == ["t1", "t1ce", "t2", "flair"]
     grid = info["grid"]
-    ds = segdata.SegmentationSliceDataset(tmp_path / "seg", index, image_size=64)
+    ds = seg_dataset.SegmentationSliceDataset(tmp_path / "seg", index, image_size=64)
     image, mask = ds[len(ds) - 1]
     assert image.shape == (3, 64, 64) and mask.shape == (2, 64, 64) and mask[0].sum() > 0
     assert ds.raw(0)[0].shape == tuple(g for k, g in enumerate(grid) if k != segdata.PLANES[index.loc[0, "plane"]])
@@ -511,4 +511,4 @@ def test_synthetic_dataset_through_the_cli(synth_small, tmp_path: Path):
     params = PrepareParams(modalities=("flair",), n_folds=2, keep_task2_overlap=True)
     summary = segdata.prepare(data / "task1", tmp_path / "seg_all", params, dicom_dir=data / "task2", progress=False)
     assert not summary.dropped_task2
-    assert sorted(segdata.load_index(tmp_path / "seg_all")["case"].unique()) == sorted(info["task1_ids"])
+    assert sorted(seg_dataset.load_index(tmp_path / "seg_all")["case"].unique()) == sorted(info["task1_ids"])

@@ -15,22 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mgmt2d.training import trainer as engine
-from mgmt2d.training.trainer import (
-    ClassificationLoss,
-    ClassificationMetrics,
-    SegmentationLoss,
-    SegmentationMetrics,
-    TrainConfig,
-    Trainer,
-    dice_loss,
-    evaluate,
-    iou_score,
-    load_checkpoint,
-    load_model_weights,
-    make_loader,
-    seed_everything,
-)
+from mgmt2d.training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics, SegmentationLoss, SegmentationMetrics, dice_loss, iou_score
+from mgmt2d.training.seeding import epoch_seed, make_loader, rng_state, seed_everything, set_rng_state
+from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments, evaluate
 
 
 class TinySeg(nn.Module):
@@ -315,18 +303,18 @@ def test_patient_auc_is_mean_chunk_probability() -> None:
 
 def test_rng_state_roundtrip_and_epoch_seed(tmp_path: Path) -> None:
     seed_everything(5)
-    state = engine.rng_state()
-    engine.save_checkpoint(tmp_path / "r.pt", {"rng": state})
+    state = rng_state()
+    save_checkpoint(tmp_path / "r.pt", {"rng": state})
     a = (random.random(), np.random.rand(), torch.rand(1).item())
-    engine.set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
-    assert engine.epoch_seed(1, 1) != engine.epoch_seed(2, 0)
-    assert engine.epoch_seed(1, 1) == engine.epoch_seed(1, 1)
+    assert epoch_seed(1, 1) != epoch_seed(2, 0)
+    assert epoch_seed(1, 1) == epoch_seed(1, 1)
 
 
 def test_cli_flags_map_to_config() -> None:
     parser = argparse.ArgumentParser()
-    engine.add_train_arguments(parser, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10), warmup_epochs=5)
+    add_train_arguments(parser, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10), warmup_epochs=5)
     args = parser.parse_args(["--epochs", "80", "--lr", "1e-6", "--no-amp", "--resume", "--monitor", "patient_auc"])
     cfg = TrainConfig.from_args(args, out_dir="x", device="cpu")
     assert (cfg.epochs, cfg.lr, cfg.amp, cfg.resume, cfg.warmup_epochs) == (80, 1e-6, False, True, 5)

@@ -26,3 +26,27 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, or cuda[:N]")
+
+
+# The one mixed-precision policy of the package: fp16 autocast on CUDA where a stage enables it
+# (training: --amp, default on; inference classifier: default on, --no-amp off; stage-2 segmenter:
+# off, as published, --seg-amp on), fp32 everywhere else. Run configs record the result.
+AMP_DTYPE = torch.float16
+
+
+def autocast_dtype(device: torch.device | str, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for ``device`` (fp16 on CUDA when ``enabled``), None for fp32."""
+    return AMP_DTYPE if enabled and torch.device(device).type == "cuda" else None
+
+
+def autocast(device: torch.device | str, enabled: bool = True) -> torch.autocast:
+    """``torch.autocast`` as :func:`autocast_dtype` decides (a disabled context when it says fp32)."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device, enabled)
+    return torch.autocast(device_type=device.type, dtype=dtype or AMP_DTYPE, enabled=dtype is not None)
+
+
+def autocast_name(device: torch.device | str, enabled: bool = True) -> str:
+    """What a run config records: "float16" (autocast) or "none" (fp32)."""
+    dtype = autocast_dtype(device, enabled)
+    return "float16" if dtype is not None else "none"

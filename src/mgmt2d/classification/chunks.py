@@ -1,4 +1,4 @@
-"""Chunk arithmetic and patient-level scoring for the stage-2 classifier.
+"""Chunk arithmetic for the stage-2 classifier (patient scores and AUC: :mod:`mgmt2d.training.metrics`).
 
 A series' kept slices (in anatomical order) are cut into overlapping windows of ``seq_len``
 frames with step ``stride``::
@@ -15,8 +15,6 @@ share one definition of a chunk.
 """
 
 from __future__ import annotations
-
-from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -90,39 +88,3 @@ def gather_frames(stack: np.ndarray, index: np.ndarray, pad_value: float | int =
     if pad.any():
         out[pad] = pad_value
     return out
-
-
-def patient_scores(patient_ids: Sequence[Hashable], chunk_probs: Sequence[float] | np.ndarray) -> dict[Hashable, float]:
-    """Mean chunk probability per patient (the published patient score), first-seen order."""
-    probs = np.asarray(chunk_probs, dtype=np.float64).reshape(-1)
-    ids = list(patient_ids)
-    if len(ids) != probs.shape[0]:
-        raise ValueError(f"{len(ids)} patient ids but {probs.shape[0]} chunk probabilities")
-    sums: dict[Hashable, float] = {}
-    counts: dict[Hashable, int] = {}
-    for pid, p in zip(ids, probs, strict=True):
-        sums[pid] = sums.get(pid, 0.0) + float(p)
-        counts[pid] = counts.get(pid, 0) + 1
-    return {pid: sums[pid] / counts[pid] for pid in sums}
-
-
-def patient_auc(
-    patient_ids: Sequence[Hashable],
-    chunk_probs: Sequence[float] | np.ndarray,
-    labels_by_patient: Mapping[Hashable, int],
-) -> float:
-    """ROC AUC over patients of the mean chunk probability (the metric; chunk AUC is not).
-
-    Every patient in ``patient_ids`` must have a label; both classes must be present.
-    """
-    from sklearn.metrics import roc_auc_score  # local: keep `import mgmt2d.classification.chunks` light
-
-    scores = patient_scores(patient_ids, chunk_probs)
-    missing = [pid for pid in scores if pid not in labels_by_patient]
-    if missing:
-        raise KeyError(f"no label for patient(s) {missing[:5]}{'...' if len(missing) > 5 else ''}")
-    y_true = np.array([int(labels_by_patient[pid]) for pid in scores])
-    if np.unique(y_true).size < 2:
-        raise ValueError("patient AUC needs both classes among the scored patients")
-    y_score = np.array([scores[pid] for pid in scores])
-    return float(roc_auc_score(y_true, y_score))

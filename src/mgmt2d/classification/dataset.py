@@ -10,8 +10,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mgmt2d.classification import frames
-from mgmt2d.training.augment import train_transform
 from mgmt2d.classification.chunks import chunk_index
+from mgmt2d.training.augment import train_transform
 
 SEQ_LEN = 35
 STRIDE = 5

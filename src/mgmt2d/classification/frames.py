@@ -10,8 +10,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from mgmt2d.training import augment as seeded
 from mgmt2d.data.intensity import imagenet_normalise
+from mgmt2d.training import augment as seeded
 
 _CV_MAX_CHANNELS = 512
 

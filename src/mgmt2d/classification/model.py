@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch import nn
 
 from mgmt2d.classification.chunks import SEQ_LEN, STRIDE, chunk_index
 from mgmt2d.data.intensity import imagenet_normalise
+from mgmt2d.training.checkpoint import checkpoint_config, read_state_dict, read_weights_file, unwrap_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -123,43 +124,13 @@ def build_classifier(
     return MGMTClassifier(net, lstm_hidden=lstm_hidden, seq_len=seq_len)
 
 
-def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors file, or torch.load(weights_only=True) of anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
-    return dict(obj)
-
-
-def _unwrap(obj: Mapping, keys: tuple[str, ...], path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint dict (first of ``keys`` present), minus a DataParallel prefix."""
-    for key in keys:
-        if key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-            break
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if len(state) != len(obj):
-        others = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))[:5]
-        raise ValueError(f"{path}: not a state dict (non-tensor entries such as {others})")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     """Load timm ImageNet weights into a classifier-less backbone; returns the ignored head keys.
 
     Strict except for the removed classifier (e.g. ``head.fc.*``): any other missing or
     unexpected key is an error, so a wrong architecture cannot load silently.
     """
-    state = _unwrap(_read_state_dict(path), ("state_dict", "model"), path)
+    state = read_state_dict(path, ("state_dict", "model"))
     head = getattr(backbone, "default_cfg", {}).get("classifier") or "head.fc"
     heads = (head,) if isinstance(head, str) else tuple(head)
     own = set(backbone.state_dict())
@@ -172,7 +143,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
 
 def load_classifier_weights(model: MGMTClassifier, path: str | Path) -> MGMTClassifier:
     """Load trained classifier weights (raw state dict or checkpoint with a "model" key), strict."""
-    state = _unwrap(_read_state_dict(path), ("model", "state_dict"), path)
+    state = read_state_dict(path)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -185,12 +156,11 @@ def load_trained_classifier(
     The file is read once. A raw state dict (no ``config``) gets ``backbone`` and the
     reference sizes (hidden 128, 35 slices). Returns the model and that config.
     """
-    obj = _read_state_dict(path)
-    config = obj.get("config")
-    config = dict(config) if isinstance(config, Mapping) else {}
+    obj = read_weights_file(path)
+    config = checkpoint_config(obj)
     model = build_classifier(config.get("backbone", backbone), int(config.get("lstm_hidden", 128)),
                              int(config.get("seq_len", 35)))
-    model.load_state_dict(_unwrap(obj, ("model", "state_dict"), path), strict=True)
+    model.load_state_dict(unwrap_state_dict(obj, path), strict=True)
     return prepare_for_inference(model, device, channels_last), config
 
 
@@ -220,10 +190,8 @@ def _eval_inference(model: nn.Module, device: torch.device, autocast_dtype: torc
     model.eval()
     try:
         with torch.inference_mode():
-            if autocast_dtype is not None:
-                with torch.autocast(device_type=device.type, dtype=autocast_dtype):
-                    yield
-            else:
+            with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float16,
+                                enabled=autocast_dtype is not None):
                 yield
     finally:
         model.train(was_training)

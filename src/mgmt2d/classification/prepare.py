@@ -24,13 +24,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, task2
-from mgmt2d.segmentation import model as segmenter
 from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract
-from mgmt2d.device import add_device_argument, resolve_device
 from mgmt2d.data.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic, write_run_config
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
-from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
+from mgmt2d.device import add_device_argument, autocast_name, resolve_device
+from mgmt2d.segmentation import model as segmenter
 
 log = logging.getLogger(__name__)
 INDEX_COLUMNS = ["patient", "type", "kept", "total", "file", "label", "fold", "note"]
@@ -316,7 +316,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-wt-contours", type=int, default=5, help="max WT contours per slice (reference 5)")
     parser.add_argument("--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)")
     parser.add_argument("--seg-amp", action="store_true",
-                        help="fp16/bf16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
+                        help="fp16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -334,6 +334,7 @@ def main(args: argparse.Namespace) -> int:
         params = {
             "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
             "contract": contract.to_dict(), "seg_amp": args.seg_amp,
+            "segmenter_autocast": autocast_name(device, args.seg_amp),
             "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
         }
         model = segmenter.load_segmenter(seg_model, device)

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from mgmt2d.segmentation import model as segmenter
 from mgmt2d.data.contract import InputContract
 from mgmt2d.data.intensity import minmax_float
+from mgmt2d.segmentation import model as segmenter
 
 # Why a slice was dropped (the report and the per-type CSV show these).
 NEAR_EMPTY = "near-empty"

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import torch
 
-from mgmt2d.training import trainer as engine
 from mgmt2d.classification.dataset import POOLED, ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification.model import build_classifier
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
 from mgmt2d.data.contract import InputContract
-from mgmt2d.device import add_device_argument
 from mgmt2d.data.io import write_csv_atomic
 from mgmt2d.data.settings import add_settings_argument, load_settings
 from mgmt2d.data.task2 import MRI_TYPES
+from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics
+from mgmt2d.training.seeding import make_loader, seed_everything
+from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments
 
 log = logging.getLogger(__name__)
 ALL = "all"
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
     add_pretrained_argument(parser, "eca_nfnet_l0")
-    engine.add_train_arguments(
+    add_train_arguments(
         parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
         monitor="val_loss",
     )
@@ -85,8 +87,8 @@ def train_one(args: argparse.Namespace) -> None:
     assert not overlap, f"patients in both splits: {sorted(overlap)[:5]}"
     pretrained = resolve_pretrained(args.pretrained, settings, args.backbone)
     out_dir = settings["CLASSIFICATION_MODEL_DIR"] / args.mri_type / f"fold{args.fold}"
-    config = engine.TrainConfig.from_args(args, out_dir=str(out_dir))
-    engine.seed_everything(config.seed)
+    config = TrainConfig.from_args(args, out_dir=str(out_dir))
+    seed_everything(config.seed)
     model = build_classifier(args.backbone, args.lstm_hidden, args.seq_len, pretrained)
 
     contract = training_contract(data_dir, args.image_size, args.seq_len, args.stride)
@@ -95,20 +97,20 @@ def train_one(args: argparse.Namespace) -> None:
         return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment, seed=config.seed)
 
     train_ds, val_ds = dataset(train_rows, args.augment), dataset(val_rows, False)
-    device = torch.device(engine.resolve_device(args.device))
-    train_loader = engine.make_loader(train_ds, args.batch_size, True, device, args.workers)
-    val_loader = engine.make_loader(val_ds, args.batch_size, False, device, args.workers)
-    metrics = engine.ClassificationMetrics()
+    device = torch.device(resolve_device(args.device))
+    train_loader = make_loader(train_ds, args.batch_size, True, device, args.workers)
+    val_loader = make_loader(val_ds, args.batch_size, False, device, args.workers)
+    metrics = ClassificationMetrics()
     log.info("%s fold %d: %d train chunks (%d patients), %d validation chunks (%d patients)",
              args.mri_type, args.fold, len(train_ds), train_rows.patient.nunique(), len(val_ds), val_rows.patient.nunique())
 
-    def save_patient_scores(trainer: engine.Trainer, record: dict) -> None:
+    def save_patient_scores(trainer: Trainer, record: dict) -> None:
         # The metrics object still holds this epoch's validation pass (it runs after training).
         if trainer.best_epoch == record.get("epoch"):
             write_csv_atomic(out_dir / "val_patients.csv", trainer.metrics.patient_table())
 
-    trainer = engine.Trainer(
-        model, train_loader, val_loader, engine.ClassificationLoss(), metrics, config,
+    trainer = Trainer(
+        model, train_loader, val_loader, ClassificationLoss(), metrics, config,
         freeze_module=model.backbone,
         extra_config={
             "mri_type": args.mri_type, "fold": args.fold, "image_size": args.image_size, "seq_len": args.seq_len,

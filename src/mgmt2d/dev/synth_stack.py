@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mgmt2d.data import dicom
 from mgmt2d.classification.prepare import INDEX_COLUMNS, make_folds
+from mgmt2d.classification.stack import StackedSeries, prepare_series, stack_series
+from mgmt2d.data import dicom
 from mgmt2d.data.contract import InputContract
 from mgmt2d.data.io import save_npy_atomic, write_csv_atomic, write_json_atomic
-from mgmt2d.classification.stack import StackedSeries, prepare_series, stack_series
 
 __all__ = ["true_masks", "stack_with_truth", "prepare_from_synth"]
 

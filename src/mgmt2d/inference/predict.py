@@ -19,17 +19,17 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from mgmt2d.data import dicom, task2
 from mgmt2d.classification import frames
-from mgmt2d.segmentation import model as segmenter
 from mgmt2d.classification.chunks import chunk_index
 from mgmt2d.classification.model import MGMTClassifier, load_trained_classifier, predict_series
+from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
+from mgmt2d.data import dicom, task2
 from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract, contract_of
-from mgmt2d.inference.published import WeightsLayout, detect_layout, model_dirs_layout
-from mgmt2d.device import add_device_argument, resolve_device
 from mgmt2d.data.io import save_npy_atomic, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
-from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
+from mgmt2d.device import add_device_argument, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.inference.published import WeightsLayout, detect_layout, model_dirs_layout
+from mgmt2d.segmentation import model as segmenter
 
 log = logging.getLogger(__name__)
 FALLBACK = 0.5
@@ -172,7 +172,7 @@ def predict(
     plan = {p: patient_series(input_dir, p, types) for p in patients}
     reader = dicom.read_series_many([path for p in patients for _, path in plan[p]], workers=max(workers, 1),
                                     order=c.slice_order, rescale=c.pixel_values == "modality")
-    autocast_dtype = torch.float16 if amp and device.type == "cuda" else None
+    classifier_dtype = autocast_dtype(device, amp)
     rows, detail = [], []
     for patient in tqdm(patients, desc="inference", unit="patient"):
         t0 = time.perf_counter()
@@ -194,7 +194,7 @@ def predict(
                 continue
             if keep_dir is not None:
                 save_npy_atomic(keep_dir / f"{patient}_{mri_type}.npy", res.images)
-            chunk_probs = classify_series(models.classifiers[mri_type], res, c, batch_size, autocast_dtype)
+            chunk_probs = classify_series(models.classifiers[mri_type], res, c, batch_size, classifier_dtype)
             prob = float(np.mean(chunk_probs))
             type_probs.append(prob)
             detail.append(_detail(
@@ -295,7 +295,8 @@ def main(args: argparse.Namespace) -> int:
     write_run_config(output.parent, output.stem + "_config.json",
                      {**vars(args), "input": input_dir, "output": output, "weights_layout": layout.kind,
                       "weights": models.files, "contract": models.contract.to_dict(),
-                      "classifier_autocast": "float16" if args.amp and device.type == "cuda" else "none",
+                      "classifier_autocast": autocast_name(device, args.amp),
+                      "segmenter_autocast": autocast_name(device, False),
                       "seconds": timer.seconds})
     print(f"{len(sub)} patients -> {output} (per-type detail: {output.with_name(output.stem + '_per_type.csv')})")
     return 0

@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from mgmt2d.data import brats
-from mgmt2d.segmentation import model as segmenter
-from mgmt2d.device import add_device_argument, resolve_device
 from mgmt2d.data.intensity import minmax_uint8
 from mgmt2d.data.io import atomic_path, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
+from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.segmentation import model as segmenter
+from mgmt2d.training.checkpoint import checkpoint_config, read_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,8 @@ def evaluate(
 
 
 def _checkpoint_image_size(path: Path) -> int | None:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    config = obj.get("config") if isinstance(obj, dict) else None
-    return int(config["image_size"]) if isinstance(config, dict) and "image_size" in config else None
+    config = checkpoint_config(read_weights_file(path))
+    return int(config["image_size"]) if "image_size" in config else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

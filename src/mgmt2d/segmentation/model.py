@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from mgmt2d.data.intensity import normalise_gray
+from mgmt2d.device import autocast
+from mgmt2d.training.checkpoint import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +33,10 @@ def build_segmenter() -> nn.Module:
     )
 
 
-def state_dict_from_file(path: str | Path) -> Mapping[str, torch.Tensor]:
-    """Weights from a .pt/.pth (weights_only) or .safetensors file; accepts our checkpoints too."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} not found")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                return obj[key]
-    return obj
-
-
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """A trained segmenter (ours or the reference's weights) loaded strictly, in eval mode."""
     model = build_segmenter()
-    model.load_state_dict(state_dict_from_file(path), strict=True)
+    model.load_state_dict(read_state_dict(path), strict=True)
     return model.to(device).eval()
 
 
@@ -62,7 +47,7 @@ def load_pretrained(model: nn.Module, weights: str | Path) -> str:
     is DenseNet121 encoder weights (ImageNet), whose classifier keys are dropped. Returns
     "whole model" or "encoder".
     """
-    state = dict(state_dict_from_file(weights))
+    state = read_state_dict(weights)
     if any(k.startswith(("decoder.", "segmentation_head.")) for k in state):
         _strict_load(model, state, weights, "a whole UNet++ / DenseNet121 with 2 outputs")
         return "whole model"
@@ -124,13 +109,6 @@ def from_output(pred: np.ndarray, shape: tuple[int, int], zoom: float = 1.0) -> 
             plane = cv2.copyMakeBorder(plane, top, bottom, top, bottom, cv2.BORDER_REFLECT_101)
         out[c] = cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
     return out
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    """bf16/fp16 autocast on CUDA, a no-op elsewhere."""
-    use = enabled and device.type == "cuda"
-    dtype = torch.bfloat16 if use and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=use)
 
 
 @torch.inference_mode()

@@ -8,11 +8,15 @@ from __future__ import annotations
 import argparse
 import logging
 
-from mgmt2d.training import trainer as engine
-from mgmt2d.segmentation import prepare as segdata, model as segmenter
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
-from mgmt2d.device import add_device_argument, resolve_device
 from mgmt2d.data.settings import add_settings_argument, load_settings
+from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.segmentation import dataset as seg_dataset
+from mgmt2d.segmentation import model as segmenter
+from mgmt2d.training import augment
+from mgmt2d.training.metrics import SegmentationLoss, SegmentationMetrics
+from mgmt2d.training.seeding import make_loader, seed_everything
+from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fold", type=int, default=0, help="validation fold (reference: 0)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     add_pretrained_argument(parser, "densenet121")
-    engine.add_train_arguments(
+    add_train_arguments(
         parser, epochs=500, warmup_epochs=10, lr=1e-4, patience=10, plateau_factor=(0.1, 0.1), plateau_patience=(10, 10),
         monitor="val_loss",
     )
@@ -34,26 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings)
     data_dir = settings.existing("SEGMENT_DATA_DIR")
-    index = segdata.load_index(data_dir)
-    train_rows, val_rows = segdata.split_by_fold(index, args.fold)
+    index = seg_dataset.load_index(data_dir)
+    train_rows, val_rows = seg_dataset.split_by_fold(index, args.fold)
     pretrained = resolve_pretrained(args.pretrained, settings, "densenet121")
     out_dir = settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold}"
-    config = engine.TrainConfig.from_args(args, out_dir=str(out_dir))
-    engine.seed_everything(config.seed)
+    config = TrainConfig.from_args(args, out_dir=str(out_dir))
+    seed_everything(config.seed)
     model = segmenter.build_segmenter()
     initialised = "random"
     if pretrained is not None:
         initialised = segmenter.load_pretrained(model, pretrained)
         log.info("initialised the %s from %s", initialised, pretrained)
     device = resolve_device(args.device)
-    train_ds = segdata.SegmentationSliceDataset(data_dir, train_rows, args.image_size, segdata.train_transform(), seed=config.seed)
-    val_ds = segdata.SegmentationSliceDataset(data_dir, val_rows, args.image_size, None)
-    train_loader = engine.make_loader(train_ds, args.batch_size, True, device, args.workers)
-    val_loader = engine.make_loader(val_ds, args.batch_size, False, device, args.workers)
+    train_ds = seg_dataset.SegmentationSliceDataset(data_dir, train_rows, args.image_size, augment.train_transform(), seed=config.seed)
+    val_ds = seg_dataset.SegmentationSliceDataset(data_dir, val_rows, args.image_size, None)
+    train_loader = make_loader(train_ds, args.batch_size, True, device, args.workers)
+    val_loader = make_loader(val_ds, args.batch_size, False, device, args.workers)
     log.info("fold %d: %d training slices (%d cases), %d validation slices (%d cases)",
              args.fold, len(train_ds), train_rows.case.nunique(), len(val_ds), val_rows.case.nunique())
-    trainer = engine.Trainer(
-        model, train_loader, val_loader, engine.SegmentationLoss(), engine.SegmentationMetrics(), config,
+    trainer = Trainer(
+        model, train_loader, val_loader, SegmentationLoss(), SegmentationMetrics(), config,
         freeze_module=model.encoder,
         extra_config={
             "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,

@@ -35,18 +35,21 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
 
-from mgmt2d.device import resolve_device
-from mgmt2d.data.io import atomic_path, write_csv_atomic, write_run_config
+from mgmt2d.data.io import write_csv_atomic, write_run_config
+from mgmt2d.device import autocast, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.training.checkpoint import load_checkpoint, save_checkpoint
+from mgmt2d.training.metrics import Batch, Metrics, batch_field, batch_to_device
+from mgmt2d.training.plots import plot_history
+from mgmt2d.training.seeding import epoch_seed, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -58,345 +61,7 @@ RUN_CONFIG = "train_config.json"
 FROZEN, UNFROZEN = "frozen", "unfrozen"
 CHECKPOINT_FORMAT = 1
 
-Batch = Any  # dict[str, Any] | tuple | list, as yielded by a DataLoader
 LossFn = Callable[[Tensor, Batch], Tensor]
-
-
-# --------------------------------------------------------------------------- seeding
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed python, NumPy and torch (CPU + all CUDA devices) so a run can be repeated.
-
-    ``deterministic`` also makes cuDNN pick deterministic kernels (slower on GPU); CPU runs
-    are deterministic without it.
-    """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 32-bit seed for ``epoch`` of a run seeded with ``seed``.
-
-    Mixed (not ``seed + epoch``) so that runs with neighbouring seeds do not share epochs.
-    """
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed.
-
-    torch gives every worker ``base_seed + worker_id`` where ``base_seed`` comes from the
-    loader's (per-epoch re-seeded) generator, so worker randomness follows (seed, epoch).
-    """
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    device: torch.device | str = "cpu",
-    num_workers: int = 0,
-    drop_last: bool = False,
-    **kwargs: Any,
-) -> DataLoader:
-    """A DataLoader set up for the engine: own generator (re-seeded per epoch), pinned memory
-    on CUDA, seeded workers, no persistent workers (exact resume)."""
-    device = torch.device(device)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=seed_worker,
-        generator=torch.Generator(),
-        persistent_workers=False,
-        **kwargs,
-    )
-
-
-def rng_state() -> dict[str, Any]:
-    """All global RNG states as tensors/lists/ints, loadable with ``weights_only=True``."""
-    py_version, py_state, py_gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": {"version": int(py_version), "state": [int(v) for v in py_state], "gauss_next": py_gauss},
-        "numpy": {
-            "kind": str(kind),
-            "keys": [int(v) for v in keys],
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured (CUDA states only for devices present)."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    npst = state["numpy"]
-    np.random.set_state(
-        (npst["kind"], np.asarray(npst["keys"], dtype=np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
-    )
-    torch.set_rng_state(state["torch"].cpu())
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available():
-        for i, s in enumerate(cuda[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s.cpu(), i)
-
-
-# --------------------------------------------------------------------------- batches
-
-
-def batch_to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of a (nested) batch to ``device``; non-blocking to CUDA (pinned memory)."""
-    non_blocking = device.type == "cuda"
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, Mapping):
-        return {k: batch_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(batch_to_device(v, device) for v in batch)
-    return batch
-
-
-def batch_field(batch: Batch, key: str, index: int) -> Any:
-    """``batch[key]`` for dict batches, ``batch[index]`` for tuple/list batches."""
-    if isinstance(batch, Mapping):
-        if key not in batch:
-            raise KeyError(f"batch has no field {key!r} (fields: {sorted(batch)})")
-        return batch[key]
-    if len(batch) <= index:
-        raise IndexError(f"tuple batch of length {len(batch)} has no item {index} ({key})")
-    return batch[index]
-
-
-# --------------------------------------------------------------------------- losses and metrics
-
-
-def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-7, smooth: float = 0.0) -> Tensor:
-    """Binary soft Dice loss on probabilities, as smp ``DiceLoss(mode="binary", from_logits=False)``.
-
-    Like smp's binary mode, every channel and every sample of the batch are pooled into one
-    Dice score (``1 - 2*sum(p*t) / max(sum(p) + sum(t), eps)``); the loss is 0 when the
-    target has no positive pixel. Computed in float32 (an fp16 sum over a batch overflows).
-    """
-    if probs.shape[0] != target.shape[0]:
-        raise ValueError(f"batch sizes differ: {tuple(probs.shape)} vs {tuple(target.shape)}")
-    p = probs.float().reshape(probs.shape[0], 1, -1)
-    t = target.float().reshape(target.shape[0], 1, -1)
-    if p.shape != t.shape:
-        raise ValueError(f"shapes differ: {tuple(probs.shape)} vs {tuple(target.shape)}")
-    dims = (0, 2)
-    intersection = (p * t).sum(dims)
-    cardinality = (p + t).sum(dims)
-    score = (2.0 * intersection + smooth) / (cardinality + smooth).clamp_min(eps)
-    loss = (1.0 - score) * (t.sum(dims) > 0).to(score.dtype)
-    return loss.mean()
-
-
-def iou_score(probs: Tensor, target: Tensor, threshold: float = 0.5, eps: float = 1e-7) -> Tensor:
-    """IoU of ``probs > threshold`` with the target, pooled over the batch and channels.
-
-    Same formula as smp's (0.2) ``utils.metrics.IoU``: ``(I + eps) / (U + eps)``, so an
-    empty prediction of an empty target scores 1.
-    """
-    p = (probs.float() > threshold).float()
-    t = target.float()
-    intersection = (p * t).sum()
-    union = p.sum() + t.sum() - intersection + eps
-    return (intersection + eps) / union
-
-
-@runtime_checkable
-class Metrics(Protocol):
-    """What the engine needs from a stage's metric object."""
-
-    def reset(self) -> None: ...
-
-    def update(self, outputs: Tensor, batch: Batch) -> None: ...
-
-    def compute(self) -> dict[str, float]: ...
-
-
-class SegmentationLoss:
-    """Stage-1 loss: :func:`dice_loss` of the model's probabilities against ``batch[target_key]``.
-
-    ``activation="sigmoid"`` applies a sigmoid first (for a model that outputs logits); the
-    UNet++ is built with ``activation="sigmoid"`` so the default is ``None``.
-    """
-
-    def __init__(self, target_key: str = "mask", activation: str | None = None, eps: float = 1e-7) -> None:
-        _check_activation(activation)
-        self.target_key, self.activation, self.eps = target_key, activation, eps
-
-    def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
-        probs = outputs.float().sigmoid() if self.activation == "sigmoid" else outputs
-        return dice_loss(probs, batch_field(batch, self.target_key, 1), eps=self.eps)
-
-
-class ClassificationLoss:
-    """Stage-2 loss: BCE-with-logits of ``(B,)`` or ``(B, 1)`` logits against float labels."""
-
-    def __init__(self, target_key: str = "label") -> None:
-        self.target_key = target_key
-
-    def __call__(self, outputs: Tensor, batch: Batch) -> Tensor:
-        target = batch_field(batch, self.target_key, 1)
-        return nn.functional.binary_cross_entropy_with_logits(
-            outputs.float().reshape(-1), target.float().reshape(-1).to(outputs.device)
-        )
-
-
-class SegmentationMetrics:
-    """Mean Dice loss and IoU at ``threshold`` over batches (weighted by batch size).
-
-    ``activation=None``: outputs already are probabilities (UNet++ with sigmoid);
-    ``"sigmoid"``: outputs are logits. Both values are computed per batch (batch pooled,
-    as smp does) and averaged, which is how the published numbers were logged.
-    """
-
-    names = ("dice_loss", "iou")
-
-    def __init__(
-        self, threshold: float = 0.5, activation: str | None = None, target_key: str = "mask", eps: float = 1e-7
-    ) -> None:
-        _check_activation(activation)
-        self.threshold, self.activation, self.target_key, self.eps = threshold, activation, target_key, eps
-        self.reset()
-
-    def reset(self) -> None:
-        self._n = 0
-        self._dice = 0.0
-        self._iou = 0.0
-
-    @torch.no_grad()
-    def update(self, outputs: Tensor, batch: Batch) -> None:
-        probs = outputs.detach().float()
-        if self.activation == "sigmoid":
-            probs = probs.sigmoid()
-        target = batch_field(batch, self.target_key, 1)
-        n = int(probs.shape[0])
-        self._dice += float(dice_loss(probs, target, eps=self.eps)) * n
-        self._iou += float(iou_score(probs, target, self.threshold, eps=self.eps)) * n
-        self._n += n
-
-    def compute(self) -> dict[str, float]:
-        if self._n == 0:
-            return {"dice_loss": math.nan, "iou": math.nan}
-        return {"dice_loss": self._dice / self._n, "iou": self._iou / self._n}
-
-
-class ClassificationMetrics:
-    """Chunk AUC and patient AUC (patient score = mean chunk probability).
-
-    ``activation="sigmoid"`` (default) turns logits into probabilities; ``None`` if the model
-    already outputs probabilities. Patient IDs come from ``batch[patient_key]`` (dict) or
-    ``batch[2]`` (tuple). An AUC is NaN when only one class is present.
-    """
-
-    names = ("chunk_auc", "patient_auc")
-
-    def __init__(
-        self, activation: str | None = "sigmoid", target_key: str = "label", patient_key: str = "patient_id"
-    ) -> None:
-        _check_activation(activation)
-        self.activation, self.target_key, self.patient_key = activation, target_key, patient_key
-        self.reset()
-
-    def reset(self) -> None:
-        self._probs: list[float] = []
-        self._labels: list[float] = []
-        self._patients: list[str] = []
-
-    @torch.no_grad()
-    def update(self, outputs: Tensor, batch: Batch) -> None:
-        probs = outputs.detach().float().reshape(-1)
-        if self.activation == "sigmoid":
-            probs = probs.sigmoid()
-        labels = batch_field(batch, self.target_key, 1)
-        labels = labels.detach().float().reshape(-1).cpu().tolist() if isinstance(labels, Tensor) else list(labels)
-        patients = batch_field(batch, self.patient_key, 2)
-        if isinstance(patients, Tensor):
-            patients = patients.reshape(-1).cpu().tolist()
-        patients = [str(p) for p in patients]
-        if not (len(patients) == len(labels) == probs.numel()):
-            raise ValueError(f"{probs.numel()} outputs, {len(labels)} labels, {len(patients)} patient ids")
-        self._probs.extend(probs.cpu().tolist())
-        self._labels.extend(float(v) for v in labels)
-        self._patients.extend(patients)
-
-    def patient_table(self) -> Any:
-        """One row per patient: patient_id, label, prob (mean chunk probability), n_chunks."""
-        import pandas as pd
-
-        frame = pd.DataFrame({"patient_id": self._patients, "label": self._labels, "prob": self._probs})
-        grouped = frame.groupby("patient_id", sort=True)
-        mixed = grouped["label"].nunique()
-        if (mixed > 1).any():
-            raise ValueError(f"patients with chunks of different labels: {list(mixed[mixed > 1].index)[:5]}")
-        table = grouped.agg(label=("label", "first"), prob=("prob", "mean"), n_chunks=("prob", "size"))
-        return table.reset_index()
-
-    def compute(self) -> dict[str, float]:
-        if not self._probs:
-            return {"chunk_auc": math.nan, "patient_auc": math.nan}
-        table = self.patient_table()
-        return {
-            "chunk_auc": _auc(self._labels, self._probs),
-            "patient_auc": _auc(table["label"].tolist(), table["prob"].tolist()),
-        }
-
-
-def _auc(labels: Sequence[float], scores: Sequence[float]) -> float:
-    """ROC AUC, NaN (no warning) when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(labels)) < 2:
-        return math.nan
-    return float(roc_auc_score(labels, scores))
-
-
-def _check_activation(activation: str | None) -> None:
-    if activation not in (None, "sigmoid"):
-        raise ValueError(f"activation must be None or 'sigmoid', got {activation!r}")
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """torch.save through a temp file + os.replace: a killed run never leaves a half file."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state), tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by the engine, loaded with ``weights_only=True`` (no pickled code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load only the model weights of ``path`` (engine checkpoint or raw state dict), strictly."""
-    obj = load_checkpoint(path)
-    state = obj["model"] if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else obj
-    model.load_state_dict(state, strict=strict)
-    return model
 
 
 # --------------------------------------------------------------------------- one pass
@@ -429,13 +94,13 @@ def run_epoch(
     disable = None if progress is None else not progress
     bar = tqdm(loader, desc=desc, total=n_batches or None, disable=disable, leave=False,
                dynamic_ncols=True, file=sys.stderr)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
+    amp_context = autocast(device, amp)
     try:
         with torch.set_grad_enabled(train):
             for i, batch in enumerate(bar):
                 batch = batch_to_device(batch, device)
                 inputs = batch_field(batch, input_key, 0)
-                with autocast:
+                with amp_context:
                     outputs = model(inputs)
                     loss = loss_fn(outputs, batch)
                 if step is not None:
@@ -658,9 +323,9 @@ class Trainer:
         self.input_key = input_key
         self.on_epoch_end = on_epoch_end
         self.out_dir = Path(config.out_dir)
-        self.use_amp = bool(config.amp) and self.device.type == "cuda"
+        self.use_amp = autocast_dtype(self.device, bool(config.amp)) is not None
         self.config: dict[str, Any] = _plain(
-            {**asdict(config), "resolved_device": str(self.device), "amp_active": self.use_amp, **(extra_config or {})}
+            {**asdict(config), "resolved_device": str(self.device), "amp_active": self.use_amp, "autocast": autocast_name(self.device, bool(config.amp)), **(extra_config or {})}
         )
         names = getattr(metrics, "names", None)
         if names is not None:
@@ -879,42 +544,3 @@ class Trainer:
 
         write_csv_atomic(self.out_dir / HISTORY_CSV, pd.DataFrame(self.history))
         plot_history(self.history, self.out_dir / CURVES_PNG, self.cfg.warmup_epochs, self.best_epoch, self.cfg.monitor)
-
-
-def plot_history(
-    history: Sequence[Mapping[str, Any]],
-    path: str | Path,
-    warmup_epochs: int = 0,
-    best_epoch: int | None = None,
-    monitor: str | None = None,
-) -> None:
-    """Loss and metric curves (train vs val) into a PNG, atomically; Agg canvas, no pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [r["epoch"] for r in history]
-    names = ["loss"] + sorted(
-        {k[4:] for r in history for k in r if k.startswith("val_") and k != "val_loss"}
-    )
-    fig = Figure(figsize=(4.5 * len(names), 3.6))
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.14, top=0.9, wspace=0.25)
-    for i, name in enumerate(names):
-        ax = fig.add_subplot(1, len(names), i + 1)
-        for split in ("train", "val"):
-            key = f"{split}_{name}"
-            if any(key in r for r in history):
-                ax.plot(epochs, [r.get(key, math.nan) for r in history], marker=".", label=split)
-        if 0 < warmup_epochs < (epochs[-1] if epochs else 0):
-            ax.axvline(warmup_epochs + 0.5, color="grey", ls=":", label="unfreeze")
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="tab:red", ls="--", lw=0.8, label=f"best ({monitor})")
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if i == 0:
-            ax.legend(fontsize="small")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
