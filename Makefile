@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all demo clean-venv
+.PHONY: install test test-slow test-all lint demo clean-venv
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ test-slow: install
 	$(PY) -m pytest -q -m slow -s --durations=5
 
 test-all: test test-slow
+
+# Line length and import order (settings in pyproject.toml).
+lint: install
+	$(PY) -m ruff check .
 
 clean-venv:
 	rm -rf $(VENV)

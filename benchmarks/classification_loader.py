@@ -3,7 +3,8 @@
     python benchmarks/classification_loader.py [--part loader|memory|both]
         loader: [--series 8] [--workers 2] [--batch-size 2] [--image-size 224] [--loader-batches 20]
                 [--model-batch 1] [--model-steps 1] [--rounds 2] [--no-frozen]
-        memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--pick largest] [--prep-image-size 32] [--prep-workers 2]
+        memory: [--synth DIR | --synth-patients 8] [--counts 2 6] [--pick largest] [--prep-image-size 32]
+                [--prep-workers 2]
 
 (a) ``--part loader``. Prepared stage-2 data is written directly in the layout of
 prepare_classification.py (``series/<patient>_<type>.npy``, (K, H, W, 3) uint8, K drawn in
@@ -208,8 +209,11 @@ def run_loader_part(args: argparse.Namespace) -> None:
             step.rate(1, frozen=True)  # warm-up of the frozen phase (its own optimiser)
 
         solo = time_loader(ds, args.batch_size, 0, max(args.loader_batches // 4, 2), args.seed)
-        print(f"loader in-process (0 workers): {solo['steady']:.2f} chunks/s = {1000 / solo['steady']:.0f} ms per chunk "
-              "of one core", flush=True)
+        print(
+            f"loader in-process (0 workers): {solo['steady']:.2f} chunks/s = {1000 / solo['steady']:.0f} ms per chunk "
+            "of one core",
+            flush=True,
+        )
 
         lo_r, st_r, mo_r, fr_r = [], [], [], []
         for r in range(args.rounds):
@@ -227,7 +231,9 @@ def run_loader_part(args: argparse.Namespace) -> None:
     print("RESULT (a) stage-2 loader (medians over rounds)")
     print(f"  loader  {lo_m:8.2f} chunks/s ({args.workers} workers, batch {args.batch_size}; {st_m:.2f} incl. start-up)"
           f" = {lo_m * args.seq_len:.0f} frames/s")
-    print(f"  model   {mo_m:8.4f} chunks/s (forward+backward+AdamW, backbone trainable, {args.image_size} px, {device})")
+    print(
+        f"  model   {mo_m:8.4f} chunks/s (forward+backward+AdamW, backbone trainable, {args.image_size} px, {device})"
+    )
     print(f"  RATIO loader/model = {lo_m / mo_m:.1f}  (goal >= 3: {'met' if lo_m / mo_m >= 3 else 'NOT met'})")
     if not args.no_frozen:
         fr_m = statistics.median(fr_r)
@@ -370,11 +376,26 @@ def run_memory_part(args: argparse.Namespace) -> None:
             make_dicom_subset(task2, chosen, run_dir / "dicom")
             settings = write_settings(run_dir)
             (run_dir / "work").mkdir()
-            pd.DataFrame({"BraTS21ID": chosen, "MGMT_value": [0] * len(chosen),
-                          "fold": [i % 5 for i in range(len(chosen))]}).to_csv(run_dir / "work" / "folds.csv", index=False)
-            cmd = [sys.executable, str(REPO / "prepare_classification.py"), "--settings", str(settings), "--split", "train",
-                   "--seg-model", str(ckpt), "--device", "cpu", "--image-size", str(args.prep_image_size),
-                   "--workers", str(args.prep_workers), "--exclude"]
+            pd.DataFrame(
+                {"BraTS21ID": chosen, "MGMT_value": [0] * len(chosen), "fold": [i % 5 for i in range(len(chosen))]}
+            ).to_csv(run_dir / "work" / "folds.csv", index=False)
+            cmd = [
+                sys.executable,
+                str(REPO / "prepare_classification.py"),
+                "--settings",
+                str(settings),
+                "--split",
+                "train",
+                "--seg-model",
+                str(ckpt),
+                "--device",
+                "cpu",
+                "--image-size",
+                str(args.prep_image_size),
+                "--workers",
+                str(args.prep_workers),
+                "--exclude",
+            ]
             out = run_dir / "work" / "classification_data_dir" / "train"
             done = out / "done"
             rc, secs, mon = run_measured(cmd, run_dir / "prepare.log",
@@ -411,8 +432,13 @@ def run_memory_part(args: argparse.Namespace) -> None:
     small, large = patient_peaks[c0], patient_peaks[c1]
     common = [p for p in small if p in large]
     if common:
-        print("  same patient, peak while preparing it: " + ", ".join(
-            f"{p} {small[p] / MB:.0f} MB ({c0}-patient run) vs {large[p] / MB:.0f} MB ({c1}-patient run)" for p in common))
+        print(
+            "  same patient, peak while preparing it: "
+            + ", ".join(
+                f"{p} {small[p] / MB:.0f} MB ({c0}-patient run) vs {large[p] / MB:.0f} MB ({c1}-patient run)"
+                for p in common
+            )
+        )
     print(f"   end  {loadavg()}", flush=True)
 
 

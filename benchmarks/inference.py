@@ -75,8 +75,11 @@ def loadavg() -> str:
 
 def header(title: str) -> None:
     print(f"== {title}")
-    print(f"   {datetime.now().isoformat(timespec='seconds')}  {platform.node()}  {platform.machine()}  "
-          f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}", flush=True)
+    print(
+        f"   {datetime.now().isoformat(timespec='seconds')}  {platform.node()}  {platform.machine()}  "
+        f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}",
+        flush=True,
+    )
 
 
 def backbone_frames(n: int, seq_len: int = 35, stride: int = 5) -> tuple[int, int]:
@@ -147,13 +150,19 @@ def classify_stack(volume: np.ndarray, n: int, c) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--synth", type=Path, help="reuse a synthetic dataset (--size full) instead of generating one")
-    parser.add_argument("--patients", type=int, default=3, help="patients (synth --patients; Task 2 train+test folders)")
+    parser.add_argument(
+        "--patients", type=int, default=3, help="patients (synth --patients; Task 2 train+test folders)"
+    )
     parser.add_argument("--mri-types", nargs="+", default=["T1wCE"], choices=["FLAIR", "T1w", "T1wCE", "T2w"],
                         help="series per patient (default: T1wCE only, to fit the CPU time budget; every step "
                              "is per series, so the ratios do not depend on it)")
-    parser.add_argument("--seg-slices", type=int, default=8, help="central non-empty slices segmented per series (0 = all)")
+    parser.add_argument(
+        "--seg-slices", type=int, default=8, help="central non-empty slices segmented per series (0 = all)"
+    )
     parser.add_argument("--cls-slices", type=int, default=60, help="slices classified per series (first non-empty)")
-    parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (classifier: 224 from its config)")
+    parser.add_argument(
+        "--image-size", type=int, default=224, help="segmenter input size (classifier: 224 from its config)"
+    )
     parser.add_argument("--tta-zoom", type=float, default=1.2)
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call (both schedules)")

@@ -58,8 +58,11 @@ def loadavg() -> str:
 
 def header(title: str) -> None:
     print(f"== {title}")
-    print(f"   {datetime.now().isoformat(timespec='seconds')}  {platform.node()}  {platform.processor() or platform.machine()}  "
-          f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}")
+    print(
+        f"   {datetime.now().isoformat(timespec='seconds')}  {platform.node()}  "
+        f"{platform.processor() or platform.machine()}  "
+        f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}"
+    )
 
 
 def build_store(args: argparse.Namespace, tmp: Path) -> Path:
@@ -170,8 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-seg-") as tmp_name:
         store = build_store(args, Path(tmp_name))
         index = seg_dataset.load_index(store)
-        dataset = seg_dataset.SegmentationSliceDataset(store, index, args.image_size, transform=augment.train_transform(),
-                                                   seed=args.seed)
+        dataset = seg_dataset.SegmentationSliceDataset(
+            store, index, args.image_size, transform=augment.train_transform(), seed=args.seed
+        )
         shapes = index.groupby(["height", "width"]).size().to_dict()
         print(f"dataset: {len(dataset)} slices, stored sizes {shapes}, image size {args.image_size}, "
               f"batch {args.batch_size}, {args.workers} workers")
@@ -186,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
 
         # In-process cost per slice (what one core sustains), measured once.
         solo = time_loader(dataset, args.batch_size, 0, max(args.loader_batches // 3, 2), args.seed)
-        print(f"loader in-process (0 workers): {solo['steady']:.1f} slices/s = {1000 / solo['steady']:.1f} ms per slice "
-              "of one core")
+        print(
+            f"loader in-process (0 workers): {solo['steady']:.1f} slices/s = {1000 / solo['steady']:.1f} ms per slice "
+            "of one core"
+        )
 
         loader_rates, startup_rates, model_rates = [], [], []
         for r in range(args.rounds):

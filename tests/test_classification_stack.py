@@ -138,7 +138,9 @@ def test_segment_and_stack_keeps_tumour_slices_and_reports_why_others_went():
     np.testing.assert_array_equal(alone.images, series.images)
     # the reference's test reads the reader's stored-value fractions, not the values themselves
     ref = stack.StackOptions(REFERENCE.with_overrides(seg_image_size=64), seg_batch_size=4)
-    shifted = stack.segment_and_stack(model, vol - 1024.0, torch.device("cpu"), ref, fractions=stack.positive_fraction(vol))
+    shifted = stack.segment_and_stack(
+        model, vol - 1024.0, torch.device("cpu"), ref, fractions=stack.positive_fraction(vol)
+    )
     assert shifted.slice_index.tolist() == [2, 4]
     assert stack.segment_and_stack(model, vol - 1024.0, torch.device("cpu"), ref).kept == 0
 

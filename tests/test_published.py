@@ -150,10 +150,16 @@ def test_pretrained_whole_unetpp_or_encoder_strictly(tmp_path: Path):
 
 def test_contract_of_a_raw_state_dict_is_the_reference():
     assert contract_of(None) == REFERENCE and contract_of({}) == REFERENCE
-    assert (REFERENCE.slice_order, REFERENCE.pixel_values, REFERENCE.nonempty_test) == ("filename", "stored", "stored_positive")
+    assert (REFERENCE.slice_order, REFERENCE.pixel_values, REFERENCE.nonempty_test) == (
+        "filename",
+        "stored",
+        "stored_positive",
+    )
     ours = InputContract(image_size=96, seq_len=8)
     assert contract_of({"contract": ours.to_dict()}) == ours
-    assert contract_of({"image_size": 64, "seq_len": 8, "stride": 8}) == InputContract(image_size=64, seq_len=8, stride=8)
+    assert contract_of({"image_size": 64, "seq_len": 8, "stride": 8}) == InputContract(
+        image_size=64, seq_len=8, stride=8
+    )
     with pytest.raises(ValueError, match="unknown input-contract keys"):
         InputContract.from_dict({**OURS.to_dict(), "mystery": 1})
     assert REFERENCE.with_overrides(slice_order="position", tta_zoom=None).slice_order == "position"
@@ -162,7 +168,9 @@ def test_contract_of_a_raw_state_dict_is_the_reference():
 # ------------------------------------------------------------------ the published pipeline, restated
 
 
-def reference_series(series_dir: Path, seg_model, classifier, c: InputContract) -> tuple[list[str], np.ndarray, np.ndarray]:
+def reference_series(
+    series_dir: Path, seg_model, classifier, c: InputContract
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(kept file names, stacked uint8 slices, chunk probabilities) the published way, slice by slice."""
     names, stacked = reference_stacked(series_dir, seg_model, c)
     return names, stacked, reference_chunk_probs(stacked, classifier, c) if names else np.zeros(0)
@@ -242,7 +250,9 @@ def test_our_inference_equals_the_published_pipeline(synth_task2: Path, slice_or
     c = REFERENCE.with_overrides(seg_image_size=64, image_size=32, seq_len=6, stride=2)
     classifier = build_classifier(seq_len=c.seq_len).eval()
     seg = _BrightIsTumour()
-    models = inference.Models(seg, {"T1wCE": [classifier], "FLAIR": [classifier]}, c.with_overrides(slice_order=slice_order))
+    models = inference.Models(
+        seg, {"T1wCE": [classifier], "FLAIR": [classifier]}, c.with_overrides(slice_order=slice_order)
+    )
     input_dir = synth_task2 / "train"
     patients = sorted(p.name for p in input_dir.iterdir())
     keep = input_dir.parent / f"keep-{slice_order}"
@@ -289,8 +299,10 @@ def test_published_layout_end_to_end(synth_task2: Path, tmp_path: Path):
         seg.segmentation_head[0].bias.copy_(torch.tensor([5.0, -5.0]))
     torch.save(seg.state_dict(), _touch(weights / "models/densenet121_2d_segment/Fold0_densenet121_2d_segment.pth"))
     classifier = build_classifier().eval()
-    torch.save(classifier.state_dict(),
-               _touch(weights / "models/eca_nfnet_l0_2d_classification/T1wCE/T1wCE_Fold0_eca_nfnet_l0_2d_classification.pth"))
+    torch.save(
+        classifier.state_dict(),
+        _touch(weights / "models/eca_nfnet_l0_2d_classification/T1wCE/T1wCE_Fold0_eca_nfnet_l0_2d_classification.pth"),
+    )
     settings = tmp_path / "SETTINGS.json"
     settings.write_text(json.dumps(synth.settings_json(str(synth_task2.parent) + "/")))
     # a Kaggle-layout test folder with the first 14 files of each test patient's T1wCE (CPU time at 224 px)
@@ -319,4 +331,6 @@ def test_published_layout_end_to_end(synth_task2: Path, tmp_path: Path):
     assert row.kept_files.split() == names and len(names) == row.kept
     chunk_probs = [float(p) for p in row.chunk_probs.split()]
     assert len(chunk_probs) == row.chunks == max(-(-(row.kept - 35) // 5) + 1, 1)
-    assert float(sub.set_index("BraTS21ID").loc[row.BraTS21ID, "MGMT_value"]) == pytest.approx(np.mean(chunk_probs), abs=1e-6)
+    assert float(sub.set_index("BraTS21ID").loc[row.BraTS21ID, "MGMT_value"]) == pytest.approx(
+        np.mean(chunk_probs), abs=1e-6
+    )

@@ -67,8 +67,10 @@ def test_published_keep_rule_is_the_wt_mean_over_the_whole_slice():
     vol[..., 0], vol[..., 1] = images[0], images[1]
     masks = np.stack([np.moveaxis(wt, 0, -1), np.zeros((40, 40, 2), np.uint8)])
     vols = {"flair": vol}
-    axial = lambda p: sorted(r["slice"] for r in segdata.build_case_slices("00001", vols, masks, p).rows
-                             if r["plane"] == "axial")
+    def axial(p):
+        return sorted(r["slice"] for r in segdata.build_case_slices("00001", vols, masks, p).rows
+                      if r["plane"] == "axial")
+
     assert axial(PrepareParams(modalities=("flair",))) == [1]
     assert axial(PrepareParams(modalities=("flair",), tumour_ratio_of="brain")) == [0, 1]
     with pytest.raises(SegDataError, match="tumour-ratio-of"):
@@ -146,7 +148,9 @@ def _phantom(rng: np.random.Generator, shape=SHAPE) -> tuple[dict[str, np.ndarra
     """A brain ellipsoid with a layered tumour (labels 2 / 1 / 4) at a random spot."""
     x, y, z = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
     c = np.array(shape) / 2
-    brain = ((x - c[0]) / (0.45 * shape[0])) ** 2 + ((y - c[1]) / (0.45 * shape[1])) ** 2 + ((z - c[2]) / (0.45 * shape[2])) ** 2 < 1
+    brain = ((x - c[0]) / (0.45 * shape[0])) ** 2 + ((y - c[1]) / (0.45 * shape[1])) ** 2 + (
+        (z - c[2]) / (0.45 * shape[2])
+    ) ** 2 < 1
     t = c + rng.uniform(-2, 2, 3)
     r = np.sqrt((x - t[0]) ** 2 + (y - t[1]) ** 2 + (z - t[2]) ** 2)
     seg = np.zeros(shape, np.uint8)

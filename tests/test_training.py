@@ -16,7 +16,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mgmt2d.training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics, SegmentationLoss, SegmentationMetrics, dice_loss, iou_score
+from mgmt2d.training.metrics import (
+    ClassificationLoss,
+    ClassificationMetrics,
+    SegmentationLoss,
+    SegmentationMetrics,
+    dice_loss,
+    iou_score,
+)
 from mgmt2d.training.seeding import epoch_seed, make_loader, rng_state, seed_everything, set_rng_state
 from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments, evaluate
 

@@ -35,7 +35,9 @@ def resolve_pretrained(value: str, settings: Settings, name: str) -> Path | None
     return path
 
 
-def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+def run(
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> int:
     """Parse, set up logging, and turn user errors into one line on stderr with exit code 2."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -46,7 +48,11 @@ def run(main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentPars
         return 2
 
 
-def script_main(module_main: Callable[[argparse.Namespace], int], add_arguments: Callable[[argparse.ArgumentParser], None], description: str | None) -> int:
+def script_main(
+    module_main: Callable[[argparse.Namespace], int],
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    description: str | None,
+) -> int:
     """The body of every top-level stage script."""
     parser = argparse.ArgumentParser(description=description)
     add_arguments(parser)

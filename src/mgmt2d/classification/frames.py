@@ -40,7 +40,9 @@ def resize(frames: np.ndarray, size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, size, size, 3) uint8, bilinear."""
     if frames.shape[1:3] == (size, size):
         return frames
-    image = _per_channel_groups(to_channels(frames), lambda x: cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR))
+    image = _per_channel_groups(
+        to_channels(frames), lambda x: cv2.resize(x, (size, size), interpolation=cv2.INTER_LINEAR)
+    )
     return from_channels(image, len(frames))
 
 
@@ -52,7 +54,9 @@ def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
     matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), 0.0, scale)  # pixel-centre convention
     image = _per_channel_groups(
         to_channels(frames),
-        lambda x: cv2.warpAffine(x, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0),
+        lambda x: cv2.warpAffine(
+            x, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        ),
     )
     return from_channels(image, len(frames))
 

@@ -57,7 +57,9 @@ class MGMTClassifier(nn.Module):
         )
         self.clf_head = nn.Linear(2 * self.lstm_hidden * self.seq_len, 1)
 
-    def embed_frames(self, frames: torch.Tensor, batch_size: int | None = None, channels_last: bool = False) -> torch.Tensor:
+    def embed_frames(
+        self, frames: torch.Tensor, batch_size: int | None = None, channels_last: bool = False
+    ) -> torch.Tensor:
         """Backbone embeddings (N, F) of independent frames (N, 3, H, W), ``batch_size`` at a time.
 
         Frames are moved to the model's device batch by batch, so a whole series can stay on
@@ -175,7 +177,9 @@ def normalised_zero_frame(
     return value.to(dtype).view(-1, 1, 1).expand(3, height, width).contiguous().to(device)
 
 
-def prepare_for_inference(model: MGMTClassifier, device: torch.device | str, channels_last: bool = False) -> MGMTClassifier:
+def prepare_for_inference(
+    model: MGMTClassifier, device: torch.device | str, channels_last: bool = False
+) -> MGMTClassifier:
     """Move to ``device``, eval mode, and optionally channels-last weights (faster convs on CUDA)."""
     model = model.to(device).eval()
     if channels_last:
@@ -299,7 +303,9 @@ def predict_series_chunkwise(
     batch_size = _check_batch_size(batch_size)
     pad_frame = _check_series(frames, pad_frame)
     index = _padded_index(frames.shape[0], seq_len, stride, padded_chunk_frames)
-    extra = [pad_frame.unsqueeze(0)] + ([padded_chunk_frames.to(frames.dtype)] if padded_chunk_frames is not None else [])
+    extra = [pad_frame.unsqueeze(0)] + (
+        [padded_chunk_frames.to(frames.dtype)] if padded_chunk_frames is not None else []
+    )
     padded = torch.cat([frames, *extra], dim=0)
     index = torch.where(index < 0, frames.shape[0], index)
     device = _model_device(model)

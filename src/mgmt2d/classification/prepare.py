@@ -119,7 +119,9 @@ def ensure_folds(
 
 def read_jpg_series(folder: Path) -> np.ndarray:
     """The optional JPG copy (<type>/*-<n>.jpg, one file per slice) as a float32 (S, H, W) volume."""
-    files = sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0)
+    files = sorted(
+        folder.glob("*.jpg"), key=lambda p: int(p.stem.rsplit("-", 1)[-1]) if p.stem.rsplit("-", 1)[-1].isdigit() else 0
+    )
     images = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
     images = [im for im in images if im is not None]
     if not images:
@@ -159,7 +161,16 @@ def _patient_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for mri_type, _path, volume in series:
-        row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "", "label": label, "fold": fold, "note": ""}
+        row = {
+            "patient": patient,
+            "type": mri_type,
+            "kept": 0,
+            "total": 0,
+            "file": "",
+            "label": label,
+            "fold": fold,
+            "note": "",
+        }
         if isinstance(volume, Exception):
             row["note"] = f"unreadable: {volume}"
         else:
@@ -268,7 +279,9 @@ def prepare(
 
 
 def _collect(out_dir: Path, patients: list[str]) -> pd.DataFrame:
-    parts = [pd.read_csv(out_dir / "done" / f"{p}.csv", dtype={"patient": str}, keep_default_na=False) for p in patients]
+    parts = [
+        pd.read_csv(out_dir / "done" / f"{p}.csv", dtype={"patient": str}, keep_default_na=False) for p in patients
+    ]
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     frame["patient"] = frame["patient"].map(task2.format_id)
     return frame[INDEX_COLUMNS]
@@ -279,7 +292,9 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool) -> Non
     meta = out_dir / "prepare_config.json"
     if overwrite and out_dir.exists():
         if not meta.exists() and any(out_dir.iterdir()):
-            raise SettingsError(f"{out_dir} holds files not written by prepare_classification.py; refusing to delete it")
+            raise SettingsError(
+                f"{out_dir} holds files not written by prepare_classification.py; refusing to delete it"
+            )
         shutil.rmtree(out_dir)
         return
     if meta.exists():
@@ -304,17 +319,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-model", type=Path, help="stage-1 checkpoint (default SEGMENT_MODEL_DIR/fold0/best.pt)")
     add_device_argument(parser)
     parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (reference 224)")
-    parser.add_argument("--slice-order", choices=list(SLICE_ORDERS), default="position",
-                        help="position: anatomical (ours, default); filename: trailing number of the file name (reference)")
-    parser.add_argument("--pixel-values", choices=list(PIXEL_VALUES), default="modality",
-                        help="modality: rescale slope/intercept, MONOCHROME1 inverted (default); stored: raw values (reference)")
+    parser.add_argument(
+        "--slice-order",
+        choices=list(SLICE_ORDERS),
+        default="position",
+        help="position: anatomical (ours, default); filename: trailing number of the file name (reference)",
+    )
+    parser.add_argument(
+        "--pixel-values",
+        choices=list(PIXEL_VALUES),
+        default="modality",
+        help="modality: rescale slope/intercept, MONOCHROME1 inverted (default); stored: raw values (reference)",
+    )
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
     parser.add_argument("--overwrite", action="store_true", help="redo this split from scratch")
     parser.add_argument("--seed", type=int, default=42, help="fold assignment seed")
-    parser.add_argument("--min-area-ratio", type=float, default=0.025, help="WT/brain contour area ratio (reference 0.025)")
+    parser.add_argument(
+        "--min-area-ratio", type=float, default=0.025, help="WT/brain contour area ratio (reference 0.025)"
+    )
     parser.add_argument("--max-wt-contours", type=int, default=5, help="max WT contours per slice (reference 5)")
-    parser.add_argument("--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)")
+    parser.add_argument(
+        "--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)"
+    )
     parser.add_argument("--seg-amp", action="store_true",
                         help="fp16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
 
@@ -324,7 +351,9 @@ def main(args: argparse.Namespace) -> int:
         settings = load_settings(args.settings)
         seg_model = args.seg_model or settings["SEGMENT_MODEL_DIR"] / "fold0" / "best.pt"
         if not Path(seg_model).is_file():
-            raise SettingsError(f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model")
+            raise SettingsError(
+                f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model"
+            )
         device = resolve_device(args.device)
         contract = InputContract(
             slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,

@@ -94,15 +94,24 @@ def train_one(args: argparse.Namespace) -> None:
     contract = training_contract(data_dir, args.image_size, args.seq_len, args.stride)
 
     def dataset(rows, augment):
-        return ChunkDataset(rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment, seed=config.seed)
+        return ChunkDataset(
+            rows, data_dir, args.image_size, args.seq_len, args.stride, augment=augment, seed=config.seed
+        )
 
     train_ds, val_ds = dataset(train_rows, args.augment), dataset(val_rows, False)
     device = torch.device(resolve_device(args.device))
     train_loader = make_loader(train_ds, args.batch_size, True, device, args.workers)
     val_loader = make_loader(val_ds, args.batch_size, False, device, args.workers)
     metrics = ClassificationMetrics()
-    log.info("%s fold %d: %d train chunks (%d patients), %d validation chunks (%d patients)",
-             args.mri_type, args.fold, len(train_ds), train_rows.patient.nunique(), len(val_ds), val_rows.patient.nunique())
+    log.info(
+        "%s fold %d: %d train chunks (%d patients), %d validation chunks (%d patients)",
+        args.mri_type,
+        args.fold,
+        len(train_ds),
+        train_rows.patient.nunique(),
+        len(val_ds),
+        val_rows.patient.nunique(),
+    )
 
     def save_patient_scores(trainer: Trainer, record: dict) -> None:
         # The metrics object still holds this epoch's validation pass (it runs after training).

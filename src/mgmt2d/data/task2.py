@@ -109,7 +109,9 @@ def index_split(
         for mri_type in mri_types:
             series_dir = folder / mri_type
             if series_dir.is_dir():
-                rows.append({"patient": pid, "mri_type": mri_type, "path": str(series_dir), "label": labels.get(pid, -1)})
+                rows.append(
+                    {"patient": pid, "mri_type": mri_type, "path": str(series_dir), "label": labels.get(pid, -1)}
+                )
             else:
                 absent.append(mri_type)
         if absent:

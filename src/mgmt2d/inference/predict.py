@@ -95,7 +95,9 @@ def load_models(
             classifiers.setdefault(mri_type, []).append(cache[path])
             files.setdefault(mri_type, []).append(str(path))
     if not classifiers:
-        raise SettingsError(f"no classifier checkpoint for types {mri_types} folds {folds} under {layout.classification_dir}")
+        raise SettingsError(
+            f"no classifier checkpoint for types {mri_types} folds {folds} under {layout.classification_dir}"
+        )
     missing = sorted(set(mri_types) - set(classifiers))
     if missing:
         log.warning("no classifier for %s: those types are left out", ", ".join(missing))
@@ -244,22 +246,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--mri-types", nargs="+", default=list(task2.MRI_TYPES), choices=list(task2.MRI_TYPES))
     parser.add_argument("--folds", nargs="+", type=int, default=[0], help="fold models to average")
-    parser.add_argument("--weights-dir", type=Path,
-                        help="a folder of weights: ours (segmentation/fold0/best.pt, classification/<type>/fold<k>/best.pt) "
-                             "or the published layout (models/densenet121_2d_segment/..., detected); "
-                             "default: SEGMENT_MODEL_DIR and CLASSIFICATION_MODEL_DIR")
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        help="a folder of weights: ours (segmentation/fold0/best.pt, classification/<type>/fold<k>/best.pt) "
+        "or the published layout (models/densenet121_2d_segment/..., detected); "
+        "default: SEGMENT_MODEL_DIR and CLASSIFICATION_MODEL_DIR",
+    )
     contract = parser.add_argument_group(
         "input contract", "default: what the classifier checkpoints record (published weights: the reference's)")
     contract.add_argument("--slice-order", choices=list(SLICE_ORDERS),
                           help="position: anatomical (ours); filename: trailing number of the file name (reference)")
-    contract.add_argument("--pixel-values", choices=list(PIXEL_VALUES),
-                          help="modality: rescale slope/intercept, MONOCHROME1 inverted (ours); stored: raw (reference)")
+    contract.add_argument(
+        "--pixel-values",
+        choices=list(PIXEL_VALUES),
+        help="modality: rescale slope/intercept, MONOCHROME1 inverted (ours); stored: raw (reference)",
+    )
     contract.add_argument("--tta-zoom", type=float, help="test-time zoom-in (reference 1.2; 1.0 disables)")
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
     parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
     parser.add_argument("--keep-intermediate", action="store_true", help="save stacked slices in TEMP_DATA_DIR")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="fp32 classifier on CUDA (default fp16 autocast)")
+    parser.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="fp32 classifier on CUDA (default fp16 autocast)"
+    )
 
 
 def weights_layout(args: argparse.Namespace, settings) -> WeightsLayout:

@@ -29,7 +29,9 @@ def load_index(segment_data_dir: str | Path) -> pd.DataFrame:
         raise SegDataError(f"{meta_path} not found; run prepare_segmentation_data.py first")
     status = json.loads(meta_path.read_text()).get("status")
     if status != "complete" or not (root / "index.csv").is_file():
-        raise SegDataError(f"{root} is an unfinished segmentation store; re-run prepare_segmentation_data.py to finish it")
+        raise SegDataError(
+            f"{root} is an unfinished segmentation store; re-run prepare_segmentation_data.py to finish it"
+        )
     index = pd.read_csv(
         root / "index.csv",
         dtype={"case": str, "modality": str, "plane": str, "image_file": str, "mask_file": str},

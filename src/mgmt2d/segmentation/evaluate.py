@@ -96,7 +96,9 @@ def evaluate(
             continue
         with atomic_path(out_dir / f"{case_dir.name}_pred.nii.gz", suffix=".nii.gz") as tmp:
             nib.save(nib.Nifti1Image(labels_from_masks(*masks), case.affine), str(tmp))
-        rows.append({"case": case_dir.name, "dice_wt": dice(masks[0], case.masks[0]), "dice_et": dice(masks[1], case.masks[1])})
+        rows.append(
+            {"case": case_dir.name, "dice_wt": dice(masks[0], case.masks[0]), "dice_et": dice(masks[1], case.masks[1])}
+        )
     metrics = pd.DataFrame(rows, columns=["case", "dice_wt", "dice_et"])
     write_csv_atomic(out_dir / "metrics.csv", metrics)
     return metrics

@@ -393,11 +393,15 @@ def open_store(out_dir: Path, params: PrepareParams, overwrite: bool) -> None:
         try:
             old = json.loads(meta_path.read_text()).get("params", {})
         except json.JSONDecodeError:
-            raise SegDataError(f"{meta_path} is not valid JSON; pass --overwrite or choose another SEGMENT_DATA_DIR") from None
+            raise SegDataError(
+                f"{meta_path} is not valid JSON; pass --overwrite or choose another SEGMENT_DATA_DIR"
+            ) from None
         new = _json_roundtrip(params.as_dict())
         if old != new:
             diff = ", ".join(
-                f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+                f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
             )
             raise SegDataError(
                 f"{out_dir} holds a segmentation store made with other parameters ({diff}); "
@@ -467,7 +471,9 @@ def prepare(
         candidates, dropped, leakage = all_ids, [], "not applied: DICOM_DATA_DIR absent"
         log.warning("DICOM_DATA_DIR %s not found: Task 2 patients cannot be dropped from Task 1", dicom_dir)
     if not candidates:
-        raise SegDataError(f"no Task 1 case left to prepare in {task1_dir} ({len(all_ids)} found, {len(dropped)} dropped)")
+        raise SegDataError(
+            f"no Task 1 case left to prepare in {task1_dir} ({len(all_ids)} found, {len(dropped)} dropped)"
+        )
     folds = assign_folds(candidates, params.n_folds, params.seed)
     if len(candidates) < params.n_folds:
         log.warning("%d case(s) for %d folds: some folds are empty", len(candidates), params.n_folds)
@@ -477,7 +483,11 @@ def prepare(
         "name": "mgmt2d segmentation slices",
         "status": "incomplete",
         "params": params.as_dict(),
-        "source": {"task1_dir": str(task1_dir), "dicom_dir": str(dicom_dir) if dicom_dir else None, "task2_filter": leakage},
+        "source": {
+            "task1_dir": str(task1_dir),
+            "dicom_dir": str(dicom_dir) if dicom_dir else None,
+            "task2_filter": leakage,
+        },
         "layout": STORE_LAYOUT,
         "versions": library_versions(),
     }
@@ -548,14 +558,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_argument(parser)
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES),
                         help="Task 1 modalities to slice (default: t1 t1ce t2 flair)")
-    parser.add_argument("--n-folds", type=int, default=DEFAULT_N_FOLDS, help="patient-grouped folds (default 5; fold 0 validates)")
+    parser.add_argument(
+        "--n-folds", type=int, default=DEFAULT_N_FOLDS, help="patient-grouped folds (default 5; fold 0 validates)"
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"fold shuffle seed (default {DEFAULT_SEED})")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                         help="parallel case readers (default: min(8, CPUs)); 1 runs in-process")
     parser.add_argument("--overwrite", action="store_true",
                         help="remove an existing store in SEGMENT_DATA_DIR first (otherwise a re-run resumes)")
-    parser.add_argument("--keep-task2-overlap", action="store_true",
-                        help="keep Task 1 cases that are Task 2 patients (leaks labels into stage 2; for experiments only)")
+    parser.add_argument(
+        "--keep-task2-overlap",
+        action="store_true",
+        help="keep Task 1 cases that are Task 2 patients (leaks labels into stage 2; for experiments only)",
+    )
     parser.add_argument("--keep-rate", type=float, default=DEFAULT_KEEP_RATE,
                         help="take every T-th kept slice of a plane, T = max(round(n_kept * rate), 1) (reference: 0.1)")
     parser.add_argument("--min-tumour-ratio", type=float, default=DEFAULT_MIN_TUMOUR_RATIO,

@@ -30,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     add_pretrained_argument(parser, "densenet121")
     add_train_arguments(
-        parser, epochs=500, warmup_epochs=10, lr=1e-4, patience=10, plateau_factor=(0.1, 0.1), plateau_patience=(10, 10),
+        parser,
+        epochs=500,
+        warmup_epochs=10,
+        lr=1e-4,
+        patience=10,
+        plateau_factor=(0.1, 0.1),
+        plateau_patience=(10, 10),
         monitor="val_loss",
     )
 
@@ -50,7 +56,9 @@ def main(args: argparse.Namespace) -> int:
         initialised = segmenter.load_pretrained(model, pretrained)
         log.info("initialised the %s from %s", initialised, pretrained)
     device = resolve_device(args.device)
-    train_ds = seg_dataset.SegmentationSliceDataset(data_dir, train_rows, args.image_size, augment.train_transform(), seed=config.seed)
+    train_ds = seg_dataset.SegmentationSliceDataset(
+        data_dir, train_rows, args.image_size, augment.train_transform(), seed=config.seed
+    )
     val_ds = seg_dataset.SegmentationSliceDataset(data_dir, val_rows, args.image_size, None)
     train_loader = make_loader(train_ds, args.batch_size, True, device, args.workers)
     val_loader = make_loader(val_ds, args.batch_size, False, device, args.workers)
@@ -68,6 +76,9 @@ def main(args: argparse.Namespace) -> int:
     )
     result = trainer.fit()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    print(f"segmentation fold {args.fold}: best epoch {result.best_epoch} val_loss {best.get('val_loss', float('nan')):.4f} "
-          f"val_iou {best.get('val_iou', float('nan')):.4f} -> {out_dir}")
+    print(
+        f"segmentation fold {args.fold}: best epoch {result.best_epoch} "
+        f"val_loss {best.get('val_loss', float('nan')):.4f} "
+        f"val_iou {best.get('val_iou', float('nan')):.4f} -> {out_dir}"
+    )
     return 0

@@ -704,7 +704,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_manifest: str | Path 
         help="fetch the published solution's released weights (Google Drive, via gdown) instead; "
              "SHA-256 recorded in <manifest folder>/<name>.lock.json on first download, verified after",
     )
-    parser.add_argument("--published-dir", type=Path, help="where --published puts them (default <manifest folder>/<name>)")
+    parser.add_argument(
+        "--published-dir", type=Path, help="where --published puts them (default <manifest folder>/<name>)"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

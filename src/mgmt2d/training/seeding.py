@@ -99,7 +99,13 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     npst = state["numpy"]
     np.random.set_state(
-        (npst["kind"], np.asarray(npst["keys"], dtype=np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+        (
+            npst["kind"],
+            np.asarray(npst["keys"], dtype=np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
     )
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda") or []

@@ -244,7 +244,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
                    default=[warm_p, unfrozen_p],
                    help=f"ReduceLROnPlateau patience of the warm-up and the unfrozen phase; one value for both "
                         f"(default {warm_p} {unfrozen_p})")
-    g.add_argument("--monitor", default=base["monitor"], help="validation quantity for best checkpoint and early stopping")
+    g.add_argument(
+        "--monitor", default=base["monitor"], help="validation quantity for best checkpoint and early stopping"
+    )
     g.add_argument("--mode", default=base["mode"], choices=("auto", "min", "max"), help="direction of --monitor")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=base["amp"],
                    help="mixed precision (CUDA only)")
@@ -325,7 +327,13 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.use_amp = autocast_dtype(self.device, bool(config.amp)) is not None
         self.config: dict[str, Any] = _plain(
-            {**asdict(config), "resolved_device": str(self.device), "amp_active": self.use_amp, "autocast": autocast_name(self.device, bool(config.amp)), **(extra_config or {})}
+            {
+                **asdict(config),
+                "resolved_device": str(self.device),
+                "amp_active": self.use_amp,
+                "autocast": autocast_name(self.device, bool(config.amp)),
+                **(extra_config or {}),
+            }
         )
         names = getattr(metrics, "names", None)
         if names is not None:
