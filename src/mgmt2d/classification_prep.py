@@ -27,7 +27,7 @@ from tqdm import tqdm
 from mgmt2d import dicom, segmenter, task2
 from mgmt2d.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract
 from mgmt2d.device import add_device_argument, resolve_device
-from mgmt2d.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic, write_run_config
+from mgmt2d.io import check_writable, library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic, write_run_config
 from mgmt2d.settings import Settings, SettingsError, add_settings_argument, load_settings
 from mgmt2d.stack import StackedSeries, StackOptions, segment_and_stack_many
 
@@ -335,6 +335,7 @@ def main(args: argparse.Namespace) -> int:
             "contract": contract.to_dict(), "seg_amp": args.seg_amp,
             "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
         }
+        check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
         model = segmenter.load_segmenter(seg_model, device)
         frame = prepare(
             settings, args.split, model, device, opts, args.input_format, args.workers,

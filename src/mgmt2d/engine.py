@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mgmt2d.device import resolve_device
-from mgmt2d.io import atomic_path, write_csv_atomic, write_run_config
+from mgmt2d.io import atomic_path, check_writable, write_csv_atomic, write_run_config
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,18 @@ def make_loader(
     **kwargs: Any,
 ) -> DataLoader:
     """A DataLoader set up for the engine: own generator (re-seeded per epoch), pinned memory
-    on CUDA, seeded workers, no persistent workers (exact resume)."""
+    on CUDA, seeded workers, no persistent workers (exact resume).
+
+    A shuffled (training) loader never hands the model a last batch of one sample: BatchNorm
+    cannot train on it ("Expected more than 1 value per channel"), so that batch is dropped
+    each epoch (a different sample each time) and the log says so.
+    """
     device = torch.device(device)
+    n = len(dataset)  # type: ignore[arg-type]
+    if shuffle and not drop_last and batch_size > 1 and n > 1 and n % batch_size == 1:
+        log.warning("%d training samples with batch size %d leave a last batch of 1: it is dropped each epoch "
+                    "(BatchNorm cannot train on a single sample)", n, batch_size)
+        drop_last = True
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -811,7 +821,7 @@ class Trainer:
                 for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):
                     (self.out_dir / name).unlink(missing_ok=True)
             self._set_phase(FROZEN if self.cfg.warmup_epochs > 0 else UNFROZEN)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.out_dir, "training run")
         write_run_config(self.out_dir, RUN_CONFIG, {**self.config, "resumed_at_epoch": self.epoch})
 
     def fit(self) -> FitResult:
