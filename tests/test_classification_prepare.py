@@ -7,6 +7,7 @@ import torch
 
 from mgmt2d.classification.prepare import read_jpg_series
 from mgmt2d.classification.stack import StackOptions, segment_and_stack_many
+from mgmt2d.data.contract import InputContract
 
 
 def test_jpg_series_ordered_by_number_in_name(tmp_path: Path):
@@ -82,7 +83,7 @@ def test_jpg_input_keeps_its_own_pixel_values_in_the_image_channel():
     yy, xx = np.mgrid[:32, :32]
     brain = ((yy - 16) ** 2 + (xx - 16) ** 2 <= 14**2)
     volume = np.stack([brain * (40.0 + 10 * k) for k in range(4)]).astype(np.float32)   # values 0..70
-    opts = StackOptions(image_size=32, amp=False)
+    opts = StackOptions(InputContract(seg_image_size=32))
     dicom_like = segment_and_stack_many(CentreTumour(), [volume], torch.device("cpu"), opts)[0]
     assert dicom_like.kept == 4 and dicom_like.images[..., 0].max() == 255              # min-max scaled
     masks_before = dicom_like.images[..., 1:].copy()

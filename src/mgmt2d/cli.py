@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,16 +36,44 @@ def resolve_pretrained(value: str, settings: Settings, name: str) -> Path | None
     return path
 
 
+def user_message(err: BaseException) -> str | None:
+    """The one line a user can act on for an error of theirs (or their data); None for a bug.
+
+    Bad settings, data and checkpoints raise ValueError subclasses with messages that name
+    the file; OS errors (a folder without write permission, a full disk) get their file named
+    here. Anything else is a bug and keeps its traceback.
+    """
+    if isinstance(err, (SettingsError, ValueError, FileNotFoundError, FileExistsError)):
+        return " ".join(str(err).split())
+    if isinstance(err, PermissionError):
+        return (
+            f"no permission to write or read {err.filename or 'a file'}; choose another folder or fix its permissions"
+        )
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.filename}: {err.strerror or err}"
+    return None
+
+
+def debug_requested(argv: list[str] | None = None) -> bool:
+    """--debug on the command line or MGMT2D_DEBUG=1: show the traceback instead of the one line."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("MGMT2D_DEBUG", "") not in ("", "0")
+
+
 def run(
     main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None
 ) -> int:
     """Parse, set up logging, and turn user errors into one line on stderr with exit code 2."""
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set MGMT2D_DEBUG=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(main(args) or 0)
-    except (SettingsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = user_message(err)
+        if message is None or args.debug or debug_requested(argv):
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -7,6 +7,10 @@ import argparse
 import torch
 
 
+class DeviceError(ValueError):
+    """A --device the machine cannot honour; one line, exit status 2 (cli.run)."""
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn a --device value into a torch.device; a CUDA request without CUDA is an error."""
     spec = spec.strip().lower()
@@ -16,12 +20,12 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise SystemExit(f"error: --device {spec} asked for CUDA but no CUDA device is available; use --device cpu")
+            raise DeviceError(f"--device {spec} asked for CUDA but no CUDA device is available; use --device cpu")
         dev = torch.device(spec)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SystemExit(f"error: --device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
         return dev
-    raise SystemExit(f"error: --device {spec!r} not understood; use auto, cpu or cuda[:N]")
+    raise DeviceError(f"--device {spec!r} not understood; use auto, cpu or cuda[:N]")
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -27,7 +27,14 @@ from tqdm import tqdm
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, task2
 from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract
-from mgmt2d.data.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic, write_run_config
+from mgmt2d.data.io import (
+    check_writable,
+    library_versions,
+    save_npy_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+    write_run_config,
+)
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_name, resolve_device
 from mgmt2d.segmentation import model as segmenter
@@ -366,6 +373,7 @@ def main(args: argparse.Namespace) -> int:
             "segmenter_autocast": autocast_name(device, args.seg_amp),
             "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
         }
+        check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
         model = segmenter.load_segmenter(seg_model, device)
         frame = prepare(
             settings, args.split, model, device, opts, args.input_format, args.workers,

@@ -23,6 +23,49 @@ class BratsCaseError(ValueError):
     """A case folder that cannot be used as asked; the message names the file."""
 
 
+class UnknownLabelsError(BratsCaseError):
+    """A segmentation with labels outside {0, 1, 2, 4}: a convention to convert knowingly, not to guess."""
+
+
+KNOWN_LABELS: frozenset[int] = frozenset({0, 1, 2, 4})
+
+
+def parse_label_map(items: list[str] | tuple[str, ...] | None) -> tuple[tuple[int, int], ...]:
+    """``--label-map 3:4 ...`` -> ((3, 4), ...); each target must be a BraTS 2021 label."""
+    out: list[tuple[int, int]] = []
+    for item in items or ():
+        try:
+            src, dst = (int(v) for v in str(item).split(":"))
+        except ValueError:
+            raise BratsCaseError(f"--label-map {item!r}: expected FROM:TO with whole numbers, e.g. 3:4") from None
+        if dst not in KNOWN_LABELS:
+            raise BratsCaseError(f"--label-map {item!r}: the target must be one of 0 1 2 4")
+        out.append((src, dst))
+    return tuple(out)
+
+
+def apply_label_map(seg: np.ndarray, label_map: tuple[tuple[int, int], ...], path: Path) -> np.ndarray:
+    """Relabel ``seg`` by ``label_map``, then refuse any label BraTS 2021 does not define.
+
+    Label 3 (enhancing tumour before BraTS 2021, and in converted data) would otherwise count
+    as background without a word; ``--label-map 3:4`` converts it knowingly.
+    """
+    if label_map:
+        mapped = seg.copy()
+        for src, dst in label_map:
+            mapped[seg == src] = dst
+        seg = mapped
+    found = set(np.unique(seg).tolist())
+    unknown = sorted(found - KNOWN_LABELS)
+    if unknown:
+        raise UnknownLabelsError(
+            f"{path} has labels {sorted(found)}, of which {unknown} are not BraTS 2021 labels (0, 1, 2, 4); "
+            f"convert them with --label-map (e.g. --label-map {unknown[0]}:4 for the enhancing tumour of "
+            "releases before 2021)"
+        )
+    return seg
+
+
 @dataclass
 class BratsCase:
     case_id: str                      # the numeric part, e.g. "00012"
@@ -95,8 +138,14 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, img.affine
 
 
-def read_case(case_dir: str | Path, modalities: tuple[str, ...] = MODALITIES, with_seg: bool = True) -> BratsCase:
-    """Read the requested modalities (and seg) of one case; all must share one shape."""
+def read_case(
+    case_dir: str | Path, modalities: tuple[str, ...] = MODALITIES, with_seg: bool = True,
+    label_map: tuple[tuple[int, int], ...] = (),
+) -> BratsCase:
+    """Read the requested modalities (and seg) of one case; all must share one shape.
+
+    Raises :class:`UnknownLabelsError` for a seg label outside {0, 1, 2, 4} after ``label_map``.
+    """
     case_dir = Path(case_dir)
     cid = case_id(case_dir)
     volumes: dict[str, np.ndarray] = {}
@@ -109,9 +158,10 @@ def read_case(case_dir: str | Path, modalities: tuple[str, ...] = MODALITIES, wi
         affine = aff if affine is None else affine
     masks = None
     if with_seg:
-        seg, _ = _load(case_file(case_dir, "seg"))
+        seg_path = case_file(case_dir, "seg")
+        seg, _ = _load(seg_path)
         shapes["seg"] = seg.shape
-        masks = wt_et_masks(np.rint(seg).astype(np.int16))
+        masks = wt_et_masks(apply_label_map(np.rint(seg).astype(np.int16), label_map, seg_path))
     if len(set(shapes.values())) > 1:
         detail = ", ".join(f"{k} {v}" for k, v in shapes.items())
         raise BratsCaseError(f"{case_dir}: volumes differ in shape ({detail})")

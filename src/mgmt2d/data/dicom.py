@@ -396,10 +396,36 @@ def _majority_shape(shapes: Sequence[tuple[int, int]]) -> tuple[int, int]:
     return max(counts, key=lambda s: (counts[s], s[0] * s[1], s))
 
 
-def _list_files(folder: Path) -> list[Path]:
+def _list_files(folder: Path) -> tuple[list[Path], list[SkippedFile], list[Path]]:
+    """(files, entries skipped with a reason, subfolders) of a series folder, files sorted by name.
+
+    An entry that cannot even be looked at (a symbolic-link loop, a dangling link) is skipped
+    with its reason; it never rejects the series.
+    """
+    files, skipped, subfolders = [], [], []
     with os.scandir(folder) as entries:
-        files = [Path(e.path) for e in entries if e.is_file()]
-    return sorted(files, key=lambda p: p.name)
+        for e in entries:
+            try:
+                if e.is_file():
+                    files.append(Path(e.path))
+                elif e.is_dir():
+                    subfolders.append(Path(e.path))
+                elif e.is_symlink():
+                    skipped.append(SkippedFile(file=e.path, reason="broken symbolic link"))
+            except OSError as exc:   # ELOOP: a link loop
+                skipped.append(SkippedFile(file=e.path, reason=f"cannot be read: {exc.strerror or exc}"))
+    return sorted(files, key=lambda p: p.name), skipped, sorted(subfolders)
+
+
+def _dicoms_below(subfolders: list[Path], limit: int = 3) -> list[Path]:
+    """Subfolders that hold .dcm files (at any depth), for an error message; never read as the series."""
+    found = []
+    for sub in subfolders:
+        if next(sub.rglob("*.dcm"), None) is not None:
+            found.append(sub)
+            if len(found) >= limit:
+                break
+    return found
 
 
 # --------------------------------------------------------------------------- public
@@ -428,8 +454,10 @@ def read_series(
         problem = "is not a folder" if folder.exists() else "does not exist"
         raise DicomSeriesError(f"DICOM series folder {problem}: {folder}")
     slices: list[_Slice] = []
-    skipped: list[SkippedFile] = []
-    for path in _list_files(folder):
+    files, skipped, subfolders = _list_files(folder)
+    for item in skipped:
+        logger.info("skipping %s: %s", item.file, item.reason)
+    for path in files:
         result = _decode_file(path)
         if isinstance(result, str):
             skipped.append(SkippedFile(file=str(path), reason=result))
@@ -439,6 +467,13 @@ def read_series(
     if not slices:
         detail = "; ".join(f"{Path(s.file).name}: {s.reason}" for s in skipped[:3])
         more = f" (+{len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        below = _dicoms_below(subfolders) if not files else []
+        if below:
+            where = ", ".join(str(p) for p in below)
+            raise DicomSeriesError(
+                f"no DICOM file directly in {folder}, but .dcm files lie below it in {where}; "
+                "a series folder holds its slices itself (move them up or point at that folder)"
+            )
         raise DicomSeriesError(
             f"no readable DICOM slice in {folder}"
             + (f" ({len(skipped)} files skipped: {detail}{more})" if skipped else " (no files)")

@@ -41,6 +41,30 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def check_writable(folder: str | Path, what: str = "output") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any long work.
+
+    A run that fails to write only after hours of model work loses all of it; this fails at once
+    with one line naming the folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise OutputNotWritable(
+            f"cannot write the {what} in {folder} ({reason}); choose another folder or fix its permissions"
+        ) from None
+    return folder
+
+
+class OutputNotWritable(ValueError):
+    """An output folder that cannot be created or written; checked before the first model call."""
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 KEYS: tuple[str, ...] = (
     "DICOM_DATA_DIR",
     "TASK1_DIR",
-    "CLASSIFICATION_RAW_JPG",
     "SEGMENT_DATA_DIR",
     "CLASSIFICATION_DATA_DIR",
     "KFOLD_PATH",
@@ -24,6 +23,10 @@ KEYS: tuple[str, ...] = (
     "TEMP_DATA_DIR",
     "TEST_PREDICTION_FILE",
 )
+
+
+# Keys a SETTINGS.json may leave out: only the runs that use them need them.
+OPTIONAL_KEYS: tuple[str, ...] = ("CLASSIFICATION_RAW_JPG",)
 
 
 class SettingsError(ValueError):
@@ -38,11 +41,13 @@ class Settings:
     paths: dict[str, Path]
 
     def __getitem__(self, key: str) -> Path:
+        if key not in self.paths:
+            raise SettingsError(f"{self.source} has no {key}; add it to use this option")
         return self.paths[key]
 
     def existing(self, key: str) -> Path:
         """The path of ``key``; a one-line error naming it when it does not exist."""
-        path = self.paths[key]
+        path = self[key]
         if not path.exists():
             raise SettingsError(
                 f"{key} = {path} does not exist (set in {self.source}); "
@@ -68,8 +73,12 @@ def load_settings(path: str | Path = "SETTINGS.json") -> Settings:
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise SettingsError(f"settings file {path} lacks key(s): {', '.join(missing)}")
+    present = [k for k in (*KEYS, *OPTIONAL_KEYS) if k in raw]
+    bad = [f"{k} = {json.dumps(raw[k])}" for k in present if not isinstance(raw[k], str) or not raw[k].strip()]
+    if bad:
+        raise SettingsError(f"settings file {path}: every path must be a non-empty string ({'; '.join(bad)})")
     base = path.parent
-    paths = {k: (base / Path(str(raw[k])).expanduser()).resolve() for k in KEYS}
+    paths = {k: (base / Path(raw[k]).expanduser()).resolve() for k in present}
     return Settings(source=path, paths=paths)
 
 

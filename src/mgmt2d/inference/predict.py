@@ -25,7 +25,7 @@ from mgmt2d.classification.model import MGMTClassifier, load_trained_classifier,
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, task2
 from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract, contract_of
-from mgmt2d.data.io import save_npy_atomic, write_csv_atomic, write_run_config
+from mgmt2d.data.io import check_writable, save_npy_atomic, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_dtype, autocast_name, resolve_device
 from mgmt2d.inference.published import WeightsLayout, detect_layout, model_dirs_layout
@@ -227,13 +227,29 @@ def _detail(patient: str, mri_type: str, kept: int = 0, total: int = 0, chunks: 
 
 
 def submission_patients(input_dir: Path, sample: Path | None) -> tuple[list[str], list[str]]:
-    """(5-digit IDs, spelling to write) from sample_submission.csv, else every patient folder."""
+    """(5-digit IDs, spelling to write) from sample_submission.csv, else every patient folder.
+
+    A sample that is empty, lacks the column or lists a patient twice is refused, naming the
+    file: a submission must hold each patient once.
+    """
     if sample is not None and sample.is_file():
-        raw = pd.read_csv(sample, dtype={"BraTS21ID": str})
+        try:
+            raw = pd.read_csv(sample, dtype={"BraTS21ID": str})
+        except pd.errors.EmptyDataError:
+            raise SettingsError(f"{sample} is empty; it should list BraTS21ID,MGMT_value rows") from None
         if "BraTS21ID" not in raw.columns:
             raise SettingsError(f"{sample} lacks a BraTS21ID column")
+        if raw.empty:
+            raise SettingsError(f"{sample} lists no patient")
         spelled = raw["BraTS21ID"].astype(str).str.strip().tolist()
-        return [task2.format_id(s) for s in spelled], spelled
+        ids = [task2.format_id(s) for s in spelled]
+        seen: dict[str, int] = {}
+        for row, pid in enumerate(ids, start=2):   # line numbers, header is line 1
+            if pid in seen:
+                raise SettingsError(f"{sample} lists patient {pid} twice (lines {seen[pid]} and {row}); "
+                                    "a submission holds each patient once: remove the duplicate")
+            seen[pid] = row
+        return ids, spelled
     ids = [task2.format_id(p.name) for p in task2.patient_folders(input_dir)]
     return ids, ids
 
@@ -270,6 +286,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-amp", dest="amp", action="store_false", help="fp32 classifier on CUDA (default fp16 autocast)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
 
 
 def weights_layout(args: argparse.Namespace, settings) -> WeightsLayout:
@@ -288,14 +305,21 @@ def main(args: argparse.Namespace) -> int:
     sample = args.sample_submission or input_dir.parent / "sample_submission.csv"
     if args.sample_submission and not sample.is_file():
         raise SettingsError(f"--sample-submission {sample} not found")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
+    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None)
+    check_writable(output.parent, "submission")
+    keep_dir = (
+        check_writable(settings["TEMP_DATA_DIR"] / "inference", "intermediate slices")
+        if args.keep_intermediate
+        else None
+    )
     layout = weights_layout(args, settings)
     device = resolve_device(args.device)
     overrides = {"slice_order": args.slice_order, "pixel_values": args.pixel_values, "tta_zoom": args.tta_zoom}
     models = load_models(layout, args.mri_types, args.folds, device, channels_last=device.type == "cuda",
                          overrides=overrides)
     log.info("input contract: %s", models.contract.to_dict())
-    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None)
-    keep_dir = settings["TEMP_DATA_DIR"] / "inference" if args.keep_intermediate else None
     timer = Timer()
     sub, detail = predict(patients, input_dir, models, device, args.mri_types, args.seg_batch_size, args.batch_size,
                           args.workers, keep_dir, args.amp, timer)

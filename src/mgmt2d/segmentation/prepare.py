@@ -42,9 +42,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mgmt2d.data.brats import MODALITIES, BratsCaseError, case_id, list_cases, parse_modalities, read_case
+from mgmt2d.data.brats import (
+    MODALITIES,
+    BratsCaseError,
+    UnknownLabelsError,
+    case_id,
+    list_cases,
+    parse_label_map,
+    parse_modalities,
+    read_case,
+)
 from mgmt2d.data.intensity import minmax_uint8
-from mgmt2d.data.io import library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
+from mgmt2d.data.io import check_writable, library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.data.task2 import Task2Error, format_id, task2_patient_ids
 
@@ -178,9 +187,11 @@ class PrepareParams:
     min_tumour_ratio: float = DEFAULT_MIN_TUMOUR_RATIO
     tumour_ratio_of: str = DEFAULT_RATIO_OF
     keep_task2_overlap: bool = False
+    label_map: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", parse_modalities(self.modalities))
+        object.__setattr__(self, "label_map", tuple(tuple(int(v) for v in pair) for pair in self.label_map))
         if not 0 < self.keep_rate <= 1:
             raise SegDataError(f"--keep-rate must be in (0, 1] (got {self.keep_rate})")
         if not 0 <= self.min_tumour_ratio < 1:
@@ -193,6 +204,7 @@ class PrepareParams:
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["modalities"] = list(self.modalities)
+        out["label_map"] = [list(pair) for pair in self.label_map]
         out["planes"] = list(PLANES)
         out["store_format"] = STORE_FORMAT
         return out
@@ -323,7 +335,9 @@ def process_case(case_folder: str | Path, out_dir: str | Path, params: PreparePa
     case_folder, out_dir = Path(case_folder), Path(out_dir)
     cid = case_id(case_folder)
     try:
-        case = read_case(case_folder, params.modalities, with_seg=True)
+        case = read_case(case_folder, params.modalities, with_seg=True, label_map=params.label_map)
+    except UnknownLabelsError:
+        raise   # a data convention to decide on, not a broken case: the run stops, finished cases stay
     except BratsCaseError as err:
         return CaseResult(cid, "broken", error=str(err))
     except (OSError, EOFError, ValueError, MemoryError) as err:  # truncated gzip and the like
@@ -412,7 +426,7 @@ def open_store(out_dir: Path, params: PrepareParams, overwrite: bool) -> None:
             f"{out_dir} holds segmentation data without dataset.json; "
             "pass --overwrite to replace it, or point SEGMENT_DATA_DIR at another folder"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir, "segmentation store")
 
 
 def _collect_index(out_dir: Path, cases: Sequence[str], folds: dict[str, int]) -> pd.DataFrame:
@@ -578,6 +592,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tumour-ratio-of", choices=RATIO_OF, default=DEFAULT_RATIO_OF,
                         help="tumour ratio = WT area / whole slice (default, the published rule) "
                              "or / brain (non-zero) area (our earlier rule; keeps more slices)")
+    parser.add_argument("--label-map", nargs="+", metavar="FROM:TO", default=[],
+                        help="convert segmentation labels first, e.g. 3:4 (enhancing tumour before BraTS 2021); "
+                             "any label outside 0 1 2 4 is otherwise an error")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -588,7 +605,7 @@ def main(args: argparse.Namespace) -> int:
         params = PrepareParams(
             modalities=tuple(args.modalities), n_folds=args.n_folds, seed=args.seed,
             keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio, tumour_ratio_of=args.tumour_ratio_of,
-            keep_task2_overlap=args.keep_task2_overlap,
+            keep_task2_overlap=args.keep_task2_overlap, label_map=parse_label_map(args.label_map),
         )
         task1 = settings.existing("TASK1_DIR")
         if args.workers < 1:

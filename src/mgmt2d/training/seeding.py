@@ -7,6 +7,7 @@ Every epoch the trainer re-seeds the global RNGs with :func:`epoch_seed` ``(seed
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -59,8 +62,18 @@ def make_loader(
     **kwargs: Any,
 ) -> DataLoader:
     """A DataLoader set up for the engine: own generator (re-seeded per epoch), pinned memory
-    on CUDA, seeded workers, no persistent workers (exact resume)."""
+    on CUDA, seeded workers, no persistent workers (exact resume).
+
+    A shuffled (training) loader never hands the model a last batch of one sample: BatchNorm
+    cannot train on it ("Expected more than 1 value per channel"), so that batch is dropped
+    each epoch (a different sample each time) and the log says so.
+    """
     device = torch.device(device)
+    n = len(dataset)  # type: ignore[arg-type]
+    if shuffle and not drop_last and batch_size > 1 and n > 1 and n % batch_size == 1:
+        log.warning("%d training samples with batch size %d leave a last batch of 1: it is dropped each epoch "
+                    "(BatchNorm cannot train on a single sample)", n, batch_size)
+        drop_last = True
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mgmt2d.data.io import write_csv_atomic, write_run_config
+from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
 from mgmt2d.device import autocast, autocast_dtype, autocast_name, resolve_device
 from mgmt2d.training.checkpoint import load_checkpoint, save_checkpoint
 from mgmt2d.training.metrics import Batch, Metrics, batch_field, batch_to_device
@@ -484,7 +484,7 @@ class Trainer:
                 for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):
                     (self.out_dir / name).unlink(missing_ok=True)
             self._set_phase(FROZEN if self.cfg.warmup_epochs > 0 else UNFROZEN)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.out_dir, "training run")
         write_run_config(self.out_dir, RUN_CONFIG, {**self.config, "resumed_at_epoch": self.epoch})
 
     def fit(self) -> FitResult:
