@@ -6,6 +6,7 @@ AUC reported in training is :func:`patient_auc`'s computation.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
@@ -45,8 +46,15 @@ def batch_field(batch: Batch, key: str, index: int) -> Any:
 
 # --------------------------------------------------------------------------- losses and metrics
 
+@functools.lru_cache(maxsize=8)
+def _smp_dice(eps: float, smooth: float) -> nn.Module:
+    from segmentation_models_pytorch.losses import DiceLoss  # local: keep this module light
+
+    return DiceLoss(mode="binary", from_logits=False, smooth=smooth, eps=eps)
+
+
 def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-7, smooth: float = 0.0) -> Tensor:
-    """Binary soft Dice loss on probabilities, as smp ``DiceLoss(mode="binary", from_logits=False)``.
+    """Binary soft Dice loss on probabilities: smp ``DiceLoss(mode="binary", from_logits=False)``.
 
     Like smp's binary mode, every channel and every sample of the batch are pooled into one
     Dice score (``1 - 2*sum(p*t) / max(sum(p) + sum(t), eps)``); the loss is 0 when the
@@ -58,12 +66,7 @@ def dice_loss(probs: Tensor, target: Tensor, eps: float = 1e-7, smooth: float = 
     t = target.float().reshape(target.shape[0], 1, -1)
     if p.shape != t.shape:
         raise ValueError(f"shapes differ: {tuple(probs.shape)} vs {tuple(target.shape)}")
-    dims = (0, 2)
-    intersection = (p * t).sum(dims)
-    cardinality = (p + t).sum(dims)
-    score = (2.0 * intersection + smooth) / (cardinality + smooth).clamp_min(eps)
-    loss = (1.0 - score) * (t.sum(dims) > 0).to(score.dtype)
-    return loss.mean()
+    return _smp_dice(float(eps), float(smooth))(p, t)
 
 
 def iou_score(probs: Tensor, target: Tensor, threshold: float = 0.5, eps: float = 1e-7) -> Tensor:
