@@ -21,7 +21,6 @@ import argparse
 import gzip
 import json
 import logging
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,92 +465,45 @@ def _nonzero_bbox(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
 
 
-def _encode_element(elem: Any) -> bytes:
-    """One data element in Explicit VR Little Endian (pydicom's own encoder)."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_data_element
-
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
-    write_data_element(fp, elem)
-    return fp.getvalue()
-
-
-def _text_element(tag: int, vr: bytes, text: str) -> bytes:
-    """A short-form Explicit VR LE element (UI, IS, DS, SH...), padded to even length."""
-    value = text.encode("ascii")
-    if len(value) % 2:
-        value += b"\x00" if vr == b"UI" else b" "
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
-
-
-def _file_meta_bytes(sop_instance_uid: str) -> bytes:
-    """Preamble, 'DICM' and a complete File Meta Information group (Part 10)."""
-    body = b"".join((
-        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
-        _text_element(0x00020002, b"UI", _MR_IMAGE_STORAGE),
-        _text_element(0x00020003, b"UI", sop_instance_uid),
-        _text_element(0x00020010, b"UI", _EXPLICIT_VR_LE),
-        _text_element(0x00020012, b"UI", _IMPLEMENTATION_UID),
-        _text_element(0x00020013, b"SH", "MGMT2D_SYNTH"),
-    ))
-    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
-    return b"\x00" * 128 + b"DICM" + length + body
-
-
 def _uid(*parts: object) -> str:
     from pydicom.uid import generate_uid
 
     return str(generate_uid(prefix=_UID_PREFIX, entropy_srcs=[str(p) for p in parts]))
 
 
-def write_dicom_series(
-    folder: Path,
-    volume_xyz: np.ndarray,
-    plane: str,
+@dataclass(frozen=True)
+class _SeriesDraw:
+    """The drawing parameters of one series: what :func:`write_dicom_series` leaves to the rng."""
+
+    rows: int
+    cols: int
+    n_slices: int
+    order: str
+    tilt_deg: float
+    blank: tuple[int, int]
+    signed: bool
+    slope: float
+    offset: int
+    intercept: float
+    rescale_tags: bool
+    value_scale: float
+    uid_key: int
+
+
+def _draw_series(
     rng: np.random.Generator,
-    *,
-    mri_type: str = "T1wCE",
-    patient_id: str = "00000",
-    size: str = "small",
-    matrix: tuple[int, int] | None = None,
-    n_slices: int | None = None,
-    order: str | None = None,
-    tilt_deg: float | None = None,
-    blank: tuple[int, int] | None = None,
-    rescale: tuple[float, float] | None = None,
-    rescale_tags: bool | None = None,
-    signed: bool | None = None,
-    value_scale: float | None = None,
-    noise: float = 0.0,
-    labels_xyz: np.ndarray | None = None,
-    voxel_mm: float = 1.0,
-    series_number: int = 1,
-    study_uid: str | None = None,
-    frame_uid: str | None = None,
-) -> SeriesTruth:
-    """Resample a phantom volume onto a random series grid in ``plane`` and write it.
-
-    Files are ``folder/Image-<n>.dcm``. Every option left as None is drawn from ``rng``
-    (the defaults of ``size``): ``matrix`` (rows, cols); ``n_slices``; ``order`` of the
-    file numbers relative to anatomy; ``tilt_deg`` (small obliquity); ``blank`` slices
-    zeroed at each end; ``rescale`` (slope, intercept) where intercept / slope must be a
-    whole number (the stored value of 0); ``signed`` int16 vs uint16; ``value_scale``
-    (stored units per phantom unit). ``rescale_tags=False`` omits the tags (slope 1,
-    intercept 0 only); None writes them, except in some drawn (1, 0) series.
-    ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is resampled
-    nearest-neighbour onto the series grid and returned as ``truth.seg``.
-    Returns the ground truth a correct reader reproduces.
-    """
-    from pydicom.dataset import Dataset
-
-    if volume_xyz.ndim != 3:
-        raise ValueError(f"volume_xyz must be 3-D, got shape {volume_xyz.shape}")
-    spec = SIZES[size]
-    row0, col0 = _plane_basis(plane)
-
-    # ---- draw what the caller left open
+    spec: SizeSpec,
+    matrix: tuple[int, int] | None,
+    n_slices: int | None,
+    order: str | None,
+    tilt_deg: float | None,
+    blank: tuple[int, int] | None,
+    rescale: tuple[float, float] | None,
+    rescale_tags: bool | None,
+    signed: bool | None,
+    value_scale: float | None,
+) -> _SeriesDraw:
+    """Fill in every option left as None from ``rng`` (the defaults of ``spec``), and check them."""
     if matrix is None:
         rows = int(rng.choice(spec.matrices))
         cols = rows if rng.random() < 0.7 else int(rng.choice(spec.matrices))
@@ -601,11 +553,35 @@ def write_dicom_series(
     if value_scale is None:
         value_scale = float(rng.uniform(800.0, 2500.0))
     uid_key = int(rng.integers(0, 2**62))
+    return _SeriesDraw(rows, cols, n_slices, order, float(tilt_deg), blank, bool(signed), slope, offset, intercept,
+                       rescale_tags, float(value_scale), uid_key)
 
-    # ---- geometry (LPS mm; voxel index = world / voxel_mm + grid centre)
-    if tilt_deg:
+
+@dataclass(frozen=True)
+class _SeriesGeometry:
+    """Where the series lies (LPS mm): orientation, spacing and every slice's position."""
+
+    orientation: tuple[float, ...]
+    normal: np.ndarray
+    pixel: float
+    spacing: float
+    thickness: float
+    pos_text: list[list[str]]
+    positions: np.ndarray
+    matrix: np.ndarray          # output (slice, row, col) -> phantom index, per voxel step
+    offset: np.ndarray          # phantom index of the first slice's first pixel
+
+
+def _series_geometry(
+    volume_xyz: np.ndarray, plane: str, d: _SeriesDraw, voxel_mm: float, rng: np.random.Generator
+) -> _SeriesGeometry:
+    """A slab covering the head in ``plane`` (tilted by ``d.tilt_deg``), with a random field of view
+    and centre; voxel index = world / voxel_mm + grid centre."""
+    row0, col0 = _plane_basis(plane)
+    rows, cols, n_slices, blank = d.rows, d.cols, d.n_slices, d.blank
+    if d.tilt_deg:
         axis = rng.normal(size=3)
-        rot = _rotation(axis, np.deg2rad(tilt_deg))
+        rot = _rotation(axis, np.deg2rad(d.tilt_deg))
         row_cos, col_cos = rot @ row0, rot @ col0
     else:
         row_cos, col_cos = row0, col0
@@ -647,57 +623,38 @@ def write_dicom_series(
         [_fmt(v, 4) for v in first + normal * spacing * s] for s in range(n_slices)
     ]
     positions = np.array([[float(t) for t in p] for p in pos_text])
-
-    # ---- resample: output (s, r, c) -> world -> phantom index
     mat = np.stack([normal * spacing, col_cos * pixel, row_cos * pixel], axis=1) / voxel_mm
-    offset0 = first / voxel_mm + grid_centre
-    vol = np.empty((n_slices, rows, cols), dtype=np.float32)
-    src = np.asarray(volume_xyz, dtype=np.float32)
+    return _SeriesGeometry(orientation, normal, pixel, spacing, thickness, pos_text, positions, mat,
+                           first / voxel_mm + grid_centre)
+
+
+def _resample(
+    source: np.ndarray, geo: _SeriesGeometry, shape: tuple[int, int, int], dtype: Any, order: int
+) -> np.ndarray:
+    """``source`` (phantom grid) on the series grid ``shape`` (slices, rows, cols), 16 slices at a time."""
+    out = np.empty(shape, dtype=dtype)
+    src = np.asarray(source, dtype=dtype)
     step = 16
-    for s0 in range(0, n_slices, step):
-        s1 = min(s0 + step, n_slices)
+    for s0 in range(0, shape[0], step):
+        s1 = min(s0 + step, shape[0])
         ndi.affine_transform(
-            src, mat, offset=offset0 + mat[:, 0] * s0, output_shape=(s1 - s0, rows, cols),
-            output=vol[s0:s1], order=1, mode="constant", cval=0.0, prefilter=False,
+            src, geo.matrix, offset=geo.offset + geo.matrix[:, 0] * s0, output_shape=(s1 - s0, *shape[1:]),
+            output=out[s0:s1], order=order, mode="constant", cval=0, prefilter=False,
         )
-    seg = None
-    if labels_xyz is not None:
-        if labels_xyz.shape != volume_xyz.shape:
-            raise ValueError(f"labels_xyz shape {labels_xyz.shape} != volume {volume_xyz.shape}")
-        seg = np.empty((n_slices, rows, cols), dtype=np.uint8)
-        lab = np.asarray(labels_xyz, dtype=np.uint8)
-        for s0 in range(0, n_slices, step):
-            s1 = min(s0 + step, n_slices)
-            ndi.affine_transform(
-                lab, mat, offset=offset0 + mat[:, 0] * s0, output_shape=(s1 - s0, rows, cols),
-                output=seg[s0:s1], order=0, mode="constant", cval=0, prefilter=False,
-            )
-        seg[: blank[0]] = 0
-        seg[n_slices - blank[1]:] = 0
-    if noise > 0:
-        inside = vol > 0
-        vol = _rician(vol, noise, rng) * inside
-    if blank[0]:
-        vol[: blank[0]] = 0
-    if blank[1]:
-        vol[n_slices - blank[1]:] = 0
+    return out
 
-    dtype = np.int16 if signed else np.uint16
-    info = np.iinfo(dtype)
-    stored = np.clip(np.rint(vol * (value_scale / slope)) + offset, info.min, info.max).astype(dtype)
-    truth = (stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
 
-    if order == "ascending":
-        numbers = np.arange(1, n_slices + 1)
-    elif order == "descending":
-        numbers = np.arange(n_slices, 0, -1)
-    else:
-        numbers = rng.permutation(n_slices) + 1
+def _write_series_files(
+    folder: Path, stored: np.ndarray, numbers: np.ndarray, geo: _SeriesGeometry, d: _SeriesDraw,
+    mri_type: str, patient_id: str, series_number: int, study_uid: str | None, frame_uid: str | None,
+) -> None:
+    """``folder/Image-<n>.dcm``, one file per slice (Explicit VR Little Endian, ``pydicom.dcmwrite``)."""
+    from pydicom import dcmwrite
+    from pydicom.dataset import Dataset, FileMetaDataset
 
-    # ---- DICOM: the series' constant elements are encoded once, per slice only the rest
-    study_uid = study_uid or _uid("study", uid_key, patient_id)
-    frame_uid = frame_uid or _uid("frame", uid_key, patient_id)
-    series_uid = _uid("series", uid_key, patient_id, mri_type, series_number)
+    study_uid = study_uid or _uid("study", d.uid_key, patient_id)
+    frame_uid = frame_uid or _uid("frame", d.uid_key, patient_id)
+    series_uid = _uid("series", d.uid_key, patient_id, mri_type, series_number)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
@@ -706,66 +663,139 @@ def write_dicom_series(
     ds.SeriesDescription = mri_type
     ds.PatientName = patient_id
     ds.PatientID = patient_id
-    ds.SliceThickness = _fmt(thickness, 4)
-    ds.SpacingBetweenSlices = _fmt(spacing, 4)
+    ds.SliceThickness = _fmt(geo.thickness, 4)
+    ds.SpacingBetweenSlices = _fmt(geo.spacing, 4)
     ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = int(series_number)
-    ds.ImageOrientationPatient = [_fmt(v, 6) for v in orientation]
+    ds.ImageOrientationPatient = [_fmt(v, 6) for v in geo.orientation]
     ds.FrameOfReferenceUID = frame_uid
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.PixelSpacing = [_fmt(pixel, 4), _fmt(pixel, 4)]
+    ds.Rows = d.rows
+    ds.Columns = d.cols
+    ds.PixelSpacing = [_fmt(geo.pixel, 4), _fmt(geo.pixel, 4)]
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 1 if signed else 0
-    if rescale_tags:
-        ds.RescaleIntercept = _fmt(intercept, 4)
-        ds.RescaleSlope = _fmt(slope, 4)
+    ds.PixelRepresentation = 1 if d.signed else 0
+    if d.rescale_tags:
+        ds.RescaleIntercept = _fmt(d.intercept, 4)
+        ds.RescaleSlope = _fmt(d.slope, 4)
         ds.RescaleType = "US"
-    static = [(int(e.tag), _encode_element(e)) for e in ds]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     little = stored.astype(stored.dtype.newbyteorder("<"), copy=False)
-    for s in range(n_slices):
+    for s in range(d.n_slices):
         n = int(numbers[s])
-        sop_uid = _uid("image", uid_key, patient_id, mri_type, series_number, n)
-        per_slice = [
-            (0x00080018, _text_element(0x00080018, b"UI", sop_uid)),
-            (0x00200013, _text_element(0x00200013, b"IS", str(n))),
-            (0x00200032, _text_element(0x00200032, b"DS", "\\".join(pos_text[s]))),
-            (0x00201041, _text_element(0x00201041, b"DS", _fmt(float(positions[s] @ normal), 4))),
-        ]
-        elements = static + per_slice
-        elements.sort(key=lambda item: item[0])
-        pixels = little[s].tobytes()
-        with open(folder / f"Image-{n}.dcm", "wb") as fh:
-            fh.write(_file_meta_bytes(sop_uid))
-            fh.writelines(b for _, b in elements)
-            fh.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, len(pixels)))
-            fh.write(pixels)
+        sop_uid = _uid("image", d.uid_key, patient_id, mri_type, series_number, n)
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = _MR_IMAGE_STORAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.TransferSyntaxUID = _EXPLICIT_VR_LE
+        ds.file_meta.ImplementationClassUID = _IMPLEMENTATION_UID
+        ds.file_meta.ImplementationVersionName = "MGMT2D_SYNTH"
+        ds.SOPInstanceUID = sop_uid
+        ds.InstanceNumber = str(n)
+        ds.ImagePositionPatient = geo.pos_text[s]
+        ds.SliceLocation = _fmt(float(geo.positions[s] @ geo.normal), 4)
+        ds.PixelData = little[s].tobytes()
+        ds["PixelData"].VR = "OW"
+        dcmwrite(folder / f"Image-{n}.dcm", ds, enforce_file_format=True)
+
+
+def write_dicom_series(
+    folder: Path,
+    volume_xyz: np.ndarray,
+    plane: str,
+    rng: np.random.Generator,
+    *,
+    mri_type: str = "T1wCE",
+    patient_id: str = "00000",
+    size: str = "small",
+    matrix: tuple[int, int] | None = None,
+    n_slices: int | None = None,
+    order: str | None = None,
+    tilt_deg: float | None = None,
+    blank: tuple[int, int] | None = None,
+    rescale: tuple[float, float] | None = None,
+    rescale_tags: bool | None = None,
+    signed: bool | None = None,
+    value_scale: float | None = None,
+    noise: float = 0.0,
+    labels_xyz: np.ndarray | None = None,
+    voxel_mm: float = 1.0,
+    series_number: int = 1,
+    study_uid: str | None = None,
+    frame_uid: str | None = None,
+) -> SeriesTruth:
+    """Resample a phantom volume onto a random series grid in ``plane`` and write it.
+
+    Files are ``folder/Image-<n>.dcm``. Every option left as None is drawn from ``rng``
+    (the defaults of ``size``): ``matrix`` (rows, cols); ``n_slices``; ``order`` of the
+    file numbers relative to anatomy; ``tilt_deg`` (small obliquity); ``blank`` slices
+    zeroed at each end; ``rescale`` (slope, intercept) where intercept / slope must be a
+    whole number (the stored value of 0); ``signed`` int16 vs uint16; ``value_scale``
+    (stored units per phantom unit). ``rescale_tags=False`` omits the tags (slope 1,
+    intercept 0 only); None writes them, except in some drawn (1, 0) series.
+    ``labels_xyz`` (a label map on the same grid, e.g. the BraTS seg) is resampled
+    nearest-neighbour onto the series grid and returned as ``truth.seg``.
+    Returns the ground truth a correct reader reproduces.
+    """
+    if volume_xyz.ndim != 3:
+        raise ValueError(f"volume_xyz must be 3-D, got shape {volume_xyz.shape}")
+    d = _draw_series(rng, SIZES[size], matrix, n_slices, order, tilt_deg, blank, rescale, rescale_tags, signed,
+                     value_scale)
+    geo = _series_geometry(volume_xyz, plane, d, voxel_mm, rng)
+    shape = (d.n_slices, d.rows, d.cols)
+    blank = d.blank
+    vol = _resample(volume_xyz, geo, shape, np.float32, order=1)
+    seg = None
+    if labels_xyz is not None:
+        if labels_xyz.shape != volume_xyz.shape:
+            raise ValueError(f"labels_xyz shape {labels_xyz.shape} != volume {volume_xyz.shape}")
+        seg = _resample(labels_xyz, geo, shape, np.uint8, order=0)
+        seg[: blank[0]] = 0
+        seg[d.n_slices - blank[1]:] = 0
+    if noise > 0:
+        inside = vol > 0
+        vol = _rician(vol, noise, rng) * inside
+    if blank[0]:
+        vol[: blank[0]] = 0
+    if blank[1]:
+        vol[d.n_slices - blank[1]:] = 0
+
+    dtype = np.int16 if d.signed else np.uint16
+    info = np.iinfo(dtype)
+    stored = np.clip(np.rint(vol * (d.value_scale / d.slope)) + d.offset, info.min, info.max).astype(dtype)
+    truth = (stored.astype(np.float32) * np.float32(d.slope) + np.float32(d.intercept)).astype(np.float32)
+
+    if d.order == "ascending":
+        numbers = np.arange(1, d.n_slices + 1)
+    elif d.order == "descending":
+        numbers = np.arange(d.n_slices, 0, -1)
+    else:
+        numbers = rng.permutation(d.n_slices) + 1
+    _write_series_files(folder, stored, numbers, geo, d, mri_type, patient_id, series_number, study_uid, frame_uid)
 
     return SeriesTruth(
         volume=truth,
         plane=plane,
-        positions=positions,
-        orientation=orientation,
-        normal=normal,
-        pixel_spacing=(pixel, pixel),
-        slice_spacing=spacing,
-        slice_thickness=thickness,
+        positions=geo.positions,
+        orientation=geo.orientation,
+        normal=geo.normal,
+        pixel_spacing=(geo.pixel, geo.pixel),
+        slice_spacing=geo.spacing,
+        slice_thickness=geo.thickness,
         file_numbers=numbers.astype(np.int64),
-        order=order,
-        slope=slope,
-        intercept=intercept,
-        rescale_tags=rescale_tags,
-        signed=bool(signed),
+        order=d.order,
+        slope=d.slope,
+        intercept=d.intercept,
+        rescale_tags=d.rescale_tags,
+        signed=d.signed,
         blank=blank,
-        tilt_deg=float(tilt_deg),
+        tilt_deg=d.tilt_deg,
         mri_type=mri_type,
         seg=seg,
     )
