@@ -1,4 +1,4 @@
-"""Segment-and-stack: each rule of the published test-time input contract (GUIDE 7) where it matters."""
+"""Segment-and-stack: each rule of the published test-time input contract where it matters."""
 
 import cv2
 import numpy as np

@@ -1,7 +1,7 @@
 """The published solution's weights: layouts, the lock file, the input contract, and its predictions.
 
 ``reference_series`` below is an independent, per-slice re-statement of the published
-test-time pipeline (GUIDE 7), written in its shape with albumentations' own transforms; our
+test-time pipeline, written in its shape with albumentations' own transforms; our
 streaming, batched, embedding-reusing inference must give what it gives.
 """
 

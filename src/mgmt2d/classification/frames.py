@@ -47,7 +47,7 @@ def resize(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
-    """Test-time zoom-in: affine scale about the centre (GUIDE 4); 1.0 returns the input."""
+    """Test-time zoom-in: affine scale about the centre (the published TTA); 1.0 returns the input."""
     if scale == 1.0:
         return frames
     h, w = frames.shape[1:3]

@@ -2,7 +2,7 @@
 
 The one code path shared by prepare_classification.py and inference_on_test.py, so training
 and test data are made the same way. The rules are the published solution's test-time input
-contract (GUIDE 7), one implementation for every model:
+contract, one implementation for every model:
 
 1. slices in the order the reader gives (the contract's ``slice_order``);
 2. a slice is used when more than 10 % of its stored pixel values are > 0 (the contract's

@@ -3,7 +3,7 @@
 A classifier only gives its trained numbers when its test inputs are made exactly as its
 training inputs were. Every checkpoint mgmt2d writes records its contract (under
 ``config["contract"]``); a raw state dict without a config, i.e. a published checkpoint,
-runs with :data:`REFERENCE`, the published solution's test-time contract (GUIDE 7).
+runs with :data:`REFERENCE`, the published solution's test-time contract.
 
 Three fields differ between the reference and what mgmt2d uses for models it trains, all
 deliberate (README, table of deliberate differences):

@@ -130,7 +130,7 @@ class SegmentationSliceDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(i)
         mask = np.ascontiguousarray(mask.transpose(1, 2, 0))
-        if self.transform is not None:  # at the native slice size, as the reference (GUIDE 2)
+        if self.transform is not None:  # at the native slice size, as the published recipe
             image, mask = augment.apply(self.transform, self.seed, self.epoch, i, image, mask)
         size = (self.image_size, self.image_size)
         image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)

@@ -112,8 +112,8 @@ def tumour_ratios(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per slice (n, H, W): tumour ratio, tumour pixels, brain pixels.
 
-    Tumour = WT pixels, brain = non-zero image pixels. ``of="slice"`` (the published rule,
-    GUIDE 2): ratio = WT mask mean over the whole slice. ``of="brain"`` (our earlier rule):
+    Tumour = WT pixels, brain = non-zero image pixels. ``of="slice"`` (the published rule):
+    ratio = WT mask mean over the whole slice. ``of="brain"`` (our earlier rule):
     tumour area / brain area, 0 for a slice without brain.
     """
     if of not in RATIO_OF:

@@ -6,7 +6,7 @@ the same ``s`` to every child, so HorizontalFlip, VerticalFlip and the affine th
 first random number and fire together (all three or none). :func:`seed_transform` gives every
 child its own stream instead, derived from (base seed, epoch, sample index).
 
-Recipe (GUIDE 2 and 3, the albumentations defaults of 2021): HorizontalFlip(0.5),
+Recipe (the published one of both stages, the albumentations defaults of 2021): HorizontalFlip(0.5),
 VerticalFlip(0.5), ShiftScaleRotate(0.5) with shift 0.0625, scale 0.1, rotate 45, bilinear,
 border reflect-101; applied at the native slice size, then resized, then normalised (the
 callers do the last two). Masks follow the image with nearest-neighbour interpolation.

@@ -512,7 +512,7 @@ class Trainer:
                 raise KeyError(f"--monitor {cfg.monitor} not among {sorted(k for k in record if '_' in k)}")
             value = float(record[cfg.monitor])
             assert self.scheduler is not None
-            self.scheduler.step(float(record[cfg.plateau_on]))  # once per epoch (GUIDE 2, 3)
+            self.scheduler.step(float(record[cfg.plateau_on]))  # once per epoch, as published (both stages)
             improved = self._improved(value)
             if improved:
                 self.best_value, self.best_epoch, self.bad_epochs = value, epoch + 1, 0
