@@ -379,23 +379,9 @@ def run_memory_part(args: argparse.Namespace) -> None:
             pd.DataFrame(
                 {"BraTS21ID": chosen, "MGMT_value": [0] * len(chosen), "fold": [i % 5 for i in range(len(chosen))]}
             ).to_csv(run_dir / "work" / "folds.csv", index=False)
-            cmd = [
-                sys.executable,
-                str(REPO / "prepare_classification.py"),
-                "--settings",
-                str(settings),
-                "--split",
-                "train",
-                "--seg-model",
-                str(ckpt),
-                "--device",
-                "cpu",
-                "--image-size",
-                str(args.prep_image_size),
-                "--workers",
-                str(args.prep_workers),
-                "--exclude",
-            ]
+            cmd = [sys.executable, str(REPO / "prepare_classification.py"), "--settings", str(settings),
+                   "--split", "train", "--seg-model", str(ckpt), "--device", "cpu",
+                   "--image-size", str(args.prep_image_size), "--workers", str(args.prep_workers), "--exclude"]
             out = run_dir / "work" / "classification_data_dir" / "train"
             done = out / "done"
             rc, secs, mon = run_measured(cmd, run_dir / "prepare.log",

@@ -36,30 +36,9 @@ def run(argv: list[str], cwd: Path, ok: bool = True) -> subprocess.CompletedProc
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "demo"
-    proc = run(
-        [
-            "-m",
-            "mgmt2d",
-            "demo",
-            "--out",
-            str(out),
-            "--patients",
-            "10",
-            "--seed",
-            "3",
-            "--seg-epochs",
-            "2",
-            "--cls-epochs",
-            "2",
-            "--cls-image-size",
-            "32",
-            "--seq-len",
-            "4",
-            "--stride",
-            "4",
-        ],
-        REPO,
-    )
+    proc = run(["-m", "mgmt2d", "demo", "--out", str(out), "--patients", "10", "--seed", "3",
+                "--seg-epochs", "2", "--cls-epochs", "2", "--cls-image-size", "32", "--seq-len", "4",
+                "--stride", "4"], REPO)
     assert "submission:" in proc.stdout and "patient AUC" in proc.stdout
     return out
 

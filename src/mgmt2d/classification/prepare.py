@@ -168,16 +168,8 @@ def _patient_rows(
 ) -> list[dict[str, Any]]:
     rows = []
     for mri_type, _path, volume in series:
-        row = {
-            "patient": patient,
-            "type": mri_type,
-            "kept": 0,
-            "total": 0,
-            "file": "",
-            "label": label,
-            "fold": fold,
-            "note": "",
-        }
+        row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "", "label": label,
+               "fold": fold, "note": ""}
         if isinstance(volume, Exception):
             row["note"] = f"unreadable: {volume}"
         else:

@@ -27,113 +27,27 @@ def steps(settings: Path, args: argparse.Namespace) -> list[tuple[str, list[str]
     seg_size, cls_size = str(args.seg_image_size), str(args.cls_image_size)
     common_train = ["--device", "cpu", "--pretrained", "none", "--workers", "0", "--no-progress"]
     return [
-        (
-            "6. download_models.py (offline check: the demo uses random initialisation)",
-            [sys.executable, str(REPO / "download_models.py"), *s, "--offline-check"],
-            False,
-        ),
-        (
-            "1. prepare_segmentation_data.py",
-            [
-                sys.executable,
-                str(REPO / "prepare_segmentation_data.py"),
-                *s,
-                "--workers",
-                "1",
-                "--no-progress",
-                "--modalities",
-                "flair",
-                "t1ce",
-                "--keep-rate",
-                str(args.keep_rate),
-            ],
-            True,
-        ),
-        (
-            "2. train_segmentation.py",
-            [
-                sys.executable,
-                str(REPO / "train_segmentation.py"),
-                *s,
-                *common_train,
-                "--image-size",
-                seg_size,
-                "--epochs",
-                str(args.seg_epochs),
-                "--warmup-epochs",
-                "1",
-                "--batch-size",
-                "16",
-                "--lr",
-                "1e-3",
-            ],
-            True,
-        ),
-        (
-            "3. prepare_classification.py --split train",
-            [
-                sys.executable,
-                str(REPO / "prepare_classification.py"),
-                *s,
-                "--split",
-                "train",
-                "--device",
-                "cpu",
-                "--image-size",
-                seg_size,
-                "--workers",
-                "1",
-            ],
-            True,
-        ),
-        (
-            "3. prepare_classification.py --split test",
-            [
-                sys.executable,
-                str(REPO / "prepare_classification.py"),
-                *s,
-                "--split",
-                "test",
-                "--device",
-                "cpu",
-                "--image-size",
-                seg_size,
-                "--workers",
-                "1",
-            ],
-            True,
-        ),
-        (
-            "4. train_classification.py --mri-type pooled",
-            [
-                sys.executable,
-                str(REPO / "train_classification.py"),
-                *s,
-                *common_train,
-                "--mri-type",
-                "pooled",
-                "--image-size",
-                cls_size,
-                "--seq-len",
-                str(args.seq_len),
-                "--stride",
-                str(args.stride or max(args.seq_len // 2, 1)),
-                "--epochs",
-                str(args.cls_epochs),
-                "--warmup-epochs",
-                "1",
-                "--batch-size",
-                "4",
-                "--lr",
-                "1e-4",
-            ],
-            True,
-        ),
-        (
-            "5. inference_on_test.py",
-            [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--workers", "1"],
-            True,
-        ),
+        ("6. download_models.py (offline check: the demo uses random initialisation)",
+         [sys.executable, str(REPO / "download_models.py"), *s, "--offline-check"], False),
+        ("1. prepare_segmentation_data.py",
+         [sys.executable, str(REPO / "prepare_segmentation_data.py"), *s, "--workers", "1", "--no-progress",
+          "--modalities", "flair", "t1ce", "--keep-rate", str(args.keep_rate)], True),
+        ("2. train_segmentation.py",
+         [sys.executable, str(REPO / "train_segmentation.py"), *s, *common_train, "--image-size", seg_size,
+          "--epochs", str(args.seg_epochs), "--warmup-epochs", "1", "--batch-size", "16", "--lr", "1e-3"], True),
+        ("3. prepare_classification.py --split train",
+         [sys.executable, str(REPO / "prepare_classification.py"), *s, "--split", "train", "--device", "cpu",
+          "--image-size", seg_size, "--workers", "1"], True),
+        ("3. prepare_classification.py --split test",
+         [sys.executable, str(REPO / "prepare_classification.py"), *s, "--split", "test", "--device", "cpu",
+          "--image-size", seg_size, "--workers", "1"], True),
+        ("4. train_classification.py --mri-type pooled",
+         [sys.executable, str(REPO / "train_classification.py"), *s, *common_train, "--mri-type", "pooled",
+          "--image-size", cls_size, "--seq-len", str(args.seq_len),
+          "--stride", str(args.stride or max(args.seq_len // 2, 1)),
+          "--epochs", str(args.cls_epochs), "--warmup-epochs", "1", "--batch-size", "4", "--lr", "1e-4"], True),
+        ("5. inference_on_test.py",
+         [sys.executable, str(REPO / "inference_on_test.py"), *s, "--device", "cpu", "--workers", "1"], True),
     ]
 
 
@@ -155,9 +69,8 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
-            print(
-                f"error: {out} is not empty; pass --overwrite to redo the demo there (make demo does)", file=sys.stderr
-            )
+            print(f"error: {out} is not empty; pass --overwrite to redo the demo there (make demo does)",
+                  file=sys.stderr)
             return 2
         if not (out / "demo.json").is_file():
             print(f"error: {out} was not made by the demo; refusing to delete it", file=sys.stderr)
@@ -171,23 +84,8 @@ def main(args: argparse.Namespace) -> int:
     settings.write_text(json.dumps(synth.settings_json(data_root="data/"), indent=2))
     t_start = time.time()
     print(f"== synthetic data: {args.patients} patients, seed {args.seed} -> {out / 'data'}", flush=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mgmt2d",
-            "synth",
-            "--out",
-            str(out / "data"),
-            "--patients",
-            str(args.patients),
-            "--seed",
-            str(args.seed),
-            "--size",
-            "small",
-        ],
-        check=True,
-    )
+    subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(out / "data"),
+                    "--patients", str(args.patients), "--seed", str(args.seed), "--size", "small"], check=True)
     for title, argv, required in steps(settings, args):
         print(f"\n== {title}", flush=True)
         t0 = time.time()
