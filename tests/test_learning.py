@@ -13,7 +13,7 @@ masks carries it.
 The check (marked ``slow``: ``make test-slow``, run by CI after ``make test``) trains
 on the synthetic Task 2 *train* patients (fold 0 of them picks the best epoch) and scores the
 best checkpoint on the synthetic Task 2 *test* patients, which neither training nor model
-selection saw, through the inference path itself (``inference.classify_series``, zoom TTA
+selection saw, through the inference path itself (``inference.predict.classify_series``, zoom TTA
 1.2). Measured on this 2-core CPU: see ``LEARN_*`` below and the README.
 """
 

@@ -67,7 +67,7 @@ def normalise(frames: np.ndarray) -> np.ndarray:
 
 
 def augment(frames: np.ndarray, transform: A.Compose, seed: int, epoch: int | None, index: int) -> np.ndarray:
-    """One seeded draw of ``transform`` (:func:`mgmt2d.augment.apply`) applied identically to
+    """One seeded draw of ``transform`` (:func:`mgmt2d.training.augment.apply`) applied identically to
     every frame of a chunk, pad frames included: the chunk is warped as one (H, W, T*3) image."""
     image = to_channels(frames)
     if image.shape[2] > _CV_MAX_CHANNELS:

@@ -11,7 +11,7 @@ computed once per series and shared by all overlapping chunks (:func:`predict_se
 :func:`predict_series_chunkwise` is the chunk-by-chunk reference it must match.
 
 Padding convention: a padding position of a short chunk holds the *black frame before
-normalisation* (uint8 zeros, see ``mgmt2d.chunks.gather_frames``), which after ImageNet
+normalisation* (uint8 zeros, see ``mgmt2d.classification.chunks.gather_frames``), which after ImageNet
 normalisation is the constant image ``-mean / std`` (:func:`normalised_zero_frame`). The
 dataset and inference both follow this; ``pad_frame`` lets a caller state otherwise.
 """

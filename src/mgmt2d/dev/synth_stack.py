@@ -2,8 +2,8 @@
 
 Why: to check that stage 2 learns on its own (the learning test in tests/test_learning.py),
 stage 1 is bypassed. For each synthetic Task 2 series the true BraTS labels written by
-``mgmt2d.synth.generate(..., series_seg=True)`` (``truth/series_seg/<id>/<type>.npz``, key
-``seg``, (S, H, W) in the reading order of :func:`mgmt2d.dicom.read_series`) replace the
+``mgmt2d.dev.synth.generate(..., series_seg=True)`` (``truth/series_seg/<id>/<type>.npz``, key
+``seg``, (S, H, W) in the reading order of :func:`mgmt2d.data.dicom.read_series`) replace the
 segmenter's output; everything else is what :mod:`mgmt2d.classification.stack` does: drop near-empty
 slices, min-max scale the rest to uint8, keep a slice by the reference's tumour filter and
 stack ``[slice, WT*255, ET*255]``. WT = labels {1, 2, 4}, ET = label 4.
@@ -75,7 +75,7 @@ def prepare_from_synth(
     ``synth_dir`` holds a dataset generated with ``series_seg=True``; ``splits`` picks its
     Task 2 train and/or test patients (every synthetic patient has a known label), so a
     learning check can keep the test patients out of training and model selection alike.
-    Folds come from ``classification_prep.make_folds`` (stratified by label, one fold per
+    Folds come from ``classification.prepare.make_folds`` (stratified by label, one fold per
     patient). Returns the index (also written to ``out_dir/index.csv``).
     """
     synth_dir, out_dir = Path(synth_dir), Path(out_dir)

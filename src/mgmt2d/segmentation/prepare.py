@@ -93,7 +93,7 @@ class SegDataError(ValueError):
 
 
 def scale_to_uint8(volume: np.ndarray) -> tuple[np.ndarray, bool]:
-    """:func:`mgmt2d.intensity.minmax_uint8` as (volume, ok); (zeros, False) when constant."""
+    """:func:`mgmt2d.data.intensity.minmax_uint8` as (volume, ok); (zeros, False) when constant."""
     scaled = minmax_uint8(volume)
     if scaled is None:
         return np.zeros(np.shape(volume), np.uint8), False
