@@ -164,7 +164,8 @@ def test_submission_contract_with_broken_patients(demo: Path, tmp_path: Path):
     assert sorted(p.name for p in out.parent.iterdir()) == ["sub.csv", "sub_config.json", "sub_per_type.csv"]
     # the contract our checkpoint recorded (anatomical order, our sizes) is the one inference used
     run_config = json.loads(out.with_name("sub_config.json").read_text())["config"]
-    trained = json.loads((settings["CLASSIFICATION_MODEL_DIR"] / "pooled/fold0/train_config.json").read_text())["config"]
+    trained_config = settings["CLASSIFICATION_MODEL_DIR"] / "pooled/fold0/train_config.json"
+    trained = json.loads(trained_config.read_text())["config"]
     assert run_config["contract"] == trained["contract"]
     assert run_config["contract"]["slice_order"] == "position" and run_config["contract"]["seg_image_size"] == 32
 
