@@ -363,7 +363,7 @@ def scripted_run(tmp_path: Path, train: list[float], val: list[float], **cfg: An
 def test_plateau_steps_on_training_loss_with_per_phase_factor_and_patience(tmp_path: Path, monkeypatch) -> None:
     """Scripted losses -> the lr of every epoch. Warm-up (0.67, 3) then a fresh AdamW and a
     fresh plateau (0.1, 10), as stage 2 publishes; the validation loss (falling) is ignored."""
-    monkeypatch.setattr(engine, "plot_history", lambda *a, **k: None)  # 60 epochs: skip the PNGs
+    monkeypatch.setattr("mgmt2d.training.trainer.plot_history", lambda *a, **k: None)  # 60 epochs: skip the PNGs
     flat = [1.0] * 20                       # the training loss never improves after epoch 1
     falling = [1.0 / (e + 1) for e in range(20)]
     history = scripted_run(tmp_path / "train", flat, falling, warmup_epochs=6,
