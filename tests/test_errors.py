@@ -241,3 +241,76 @@ def test_training_never_hands_batchnorm_a_batch_of_one(tmp_path: Path, caplog):
     result = Trainer(model, train, val, SegmentationLoss(), SegmentationMetrics(), config,
                             freeze_module=model.encoder).fit()
     assert len(result.history) == 1
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled: it must never run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _weights_dir(tmp_path: Path, segmenter_file: bytes | None = None, payload: bool = False) -> Path:
+    from mgmt2d.classification.model import build_classifier
+
+    root = tmp_path / "w"
+    seg = root / "segmentation/fold0/best.pt"
+    cls = root / "classification/T1w/fold0/best.pt"
+    seg.parent.mkdir(parents=True)
+    cls.parent.mkdir(parents=True)
+    torch.save(build_classifier(seq_len=35).state_dict(), cls)
+    if payload:
+        torch.save({"model": _Payload(tmp_path / "pwned")}, seg)
+    elif segmenter_file is None:
+        seg.write_bytes(cls.read_bytes())                 # the other stage's checkpoint in its place
+    else:
+        seg.write_bytes(segmenter_file)
+    return root
+
+
+@pytest.mark.parametrize("case", ["truncated", "other_stage", "payload"])
+def test_bad_segmenter_checkpoint_is_one_line_naming_the_file(tmp_path: Path, case: str):
+    data = _test_folder(tmp_path)
+    (data / "sample_submission.csv").write_text("BraTS21ID,MGMT_value\n00001,0.5\n")
+    settings = write_settings(tmp_path, DICOM_DATA_DIR="data")
+    if case == "truncated":
+        good = tmp_path / "good.pt"
+        torch.save({"w": torch.zeros(1000)}, good)
+        weights = _weights_dir(tmp_path, segmenter_file=good.read_bytes()[:500])
+    else:
+        weights = _weights_dir(tmp_path, payload=case == "payload")
+    proc = run_script("inference_on_test.py", "--settings", str(settings), "--weights-dir", str(weights),
+                      "--device", "cpu", cwd=tmp_path)
+    needle = {"truncated": "cannot be read", "other_stage": "does not fit the segmenter",
+              "payload": "not a plain weights file"}[case]
+    line = one_line_error(proc, "segmentation/fold0/best.pt", needle)
+    assert "weights_only=False" not in proc.stderr and "weights_only" not in line
+    assert not (tmp_path / "pwned").exists()          # the payload never ran
+    assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]   # nothing written
+
+
+def test_truncated_last_checkpoint_on_resume_names_the_file(tmp_path: Path):
+    import test_training
+
+    test_training.seg_trainer(tmp_path / "run", epochs=1).fit()
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(ValueError) as info:
+        test_training.seg_trainer(tmp_path / "run", epochs=2, resume=True).fit()
+    message = cli.user_message(info.value)
+    assert str(last) in message and "cannot be read" in message and "\n" not in message
+
+
+def test_rerun_without_resume_is_one_line(tmp_path: Path):
+    import test_training
+
+    test_training.seg_trainer(tmp_path / "run", epochs=1).fit()
+    with pytest.raises(FileExistsError) as info:
+        test_training.seg_trainer(tmp_path / "run", epochs=1).fit()
+    assert "--resume" in cli.user_message(info.value)

@@ -30,7 +30,13 @@ from torch import nn
 
 from mgmt2d.classification.chunks import SEQ_LEN, STRIDE, chunk_index
 from mgmt2d.data.intensity import imagenet_normalise
-from mgmt2d.training.checkpoint import checkpoint_config, read_state_dict, read_weights_file, unwrap_state_dict
+from mgmt2d.training.checkpoint import (
+    checkpoint_config,
+    load_strict,
+    read_state_dict,
+    read_weights_file,
+    unwrap_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +145,13 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     ignored = sorted(k for k in state if k not in own and any(k.startswith(h + ".") for h in heads))
     for k in ignored:
         del state[k]
-    backbone.load_state_dict(state, strict=True)
+    load_strict(backbone, state, path, "this backbone")
     return ignored
 
 
 def load_classifier_weights(model: MGMTClassifier, path: str | Path) -> MGMTClassifier:
     """Load trained classifier weights (raw state dict or checkpoint with a "model" key), strict."""
-    state = read_state_dict(path)
-    model.load_state_dict(state, strict=True)
+    load_strict(model, read_state_dict(path), path, "the stage-2 classifier")
     return model
 
 
@@ -162,7 +167,7 @@ def load_trained_classifier(
     config = checkpoint_config(obj)
     model = build_classifier(config.get("backbone", backbone), int(config.get("lstm_hidden", 128)),
                              int(config.get("seq_len", 35)))
-    model.load_state_dict(unwrap_state_dict(obj, path), strict=True)
+    load_strict(model, unwrap_state_dict(obj, path), path, "the stage-2 classifier (CNN + BiLSTM)")
     return prepare_for_inference(model, device, channels_last), config
 
 

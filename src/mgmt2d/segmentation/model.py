@@ -7,7 +7,6 @@ whole-volume evaluation, prepare_classification.py and inference_on_test.py agre
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,7 @@ from torch import nn
 
 from mgmt2d.data.intensity import normalise_gray
 from mgmt2d.device import autocast
-from mgmt2d.training.checkpoint import read_state_dict
+from mgmt2d.training.checkpoint import load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def build_segmenter() -> nn.Module:
 def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """A trained segmenter (ours or the reference's weights) loaded strictly, in eval mode."""
     model = build_segmenter()
-    model.load_state_dict(read_state_dict(path), strict=True)
+    load_strict(model, read_state_dict(path), path, "the segmenter (UNet++ / DenseNet121, 2 outputs)")
     return model.to(device).eval()
 
 
@@ -49,20 +48,11 @@ def load_pretrained(model: nn.Module, weights: str | Path) -> str:
     """
     state = read_state_dict(weights)
     if any(k.startswith(("decoder.", "segmentation_head.")) for k in state):
-        _strict_load(model, state, weights, "a whole UNet++ / DenseNet121 with 2 outputs")
+        load_strict(model, state, weights, "a whole UNet++ / DenseNet121 with 2 outputs")
         return "whole model"
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    _strict_load(model.encoder, state, weights, "DenseNet121 encoder weights")
+    load_strict(model.encoder, state, weights, "DenseNet121 encoder weights")
     return "encoder"
-
-
-def _strict_load(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str) -> None:
-    """load_state_dict(strict=True), its long key lists turned into one line that names the file."""
-    try:
-        module.load_state_dict(state)   # strict by default (smp encoders take no strict argument)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0][:200]
-        raise ValueError(f"{path} does not fit {what}: {first}") from None
 
 
 # ---------------------------------------------------------------- input / output transforms

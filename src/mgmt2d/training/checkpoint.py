@@ -25,6 +25,53 @@ from mgmt2d.data.io import atomic_path
 STATE_DICT_KEYS = ("model", "state_dict", "model_state_dict")
 
 
+class CheckpointError(ValueError):
+    """A weights file that cannot be used: truncated, not plain weights, or of another model.
+
+    Its message is one line naming the file and what to do (cli.run prints it, exit status 2).
+    """
+
+
+def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True) whose failures name the file and say what to do.
+
+    A file holding pickled objects other than tensors (possibly code) is refused by
+    ``weights_only`` and reported as such; we never suggest loading it anyway.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:   # torch raises RuntimeError, OSError, EOFError, UnpicklingError...
+        if type(err).__name__ == "UnpicklingError":
+            raise CheckpointError(
+                f"{path} is not a plain weights file: it holds pickled Python objects, which mgmt2d never "
+                "loads; use a state dict or .safetensors file from a source you trust"
+            ) from None
+        if isinstance(err, (RuntimeError, OSError, EOFError, ValueError)):
+            reason = " ".join(str(err).split())[:160]
+            raise CheckpointError(
+                f"{path} cannot be read ({reason}): truncated or not a PyTorch file; copy or download it again"
+            ) from None
+        raise
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """``module.load_state_dict(state)``, strictly; a mismatch is one line naming the file.
+
+    The usual cause is a checkpoint of the other stage (or another backbone) in this place.
+    """
+    try:
+        module.load_state_dict(state)   # strict by default (smp encoders take no strict argument)
+    except RuntimeError as err:
+        own, theirs = set(module.state_dict()), set(state)
+        missing, unexpected = sorted(own - theirs), sorted(theirs - own)
+        if missing or unexpected:
+            detail = (f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+                      f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+        else:
+            detail = " ".join(str(err).split())[:200]
+        raise CheckpointError(f"{path} does not fit {what}: {detail}; is it a checkpoint of the other stage?") from None
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """torch.save through a temp file + os.replace: a killed run never leaves a half file."""
     with atomic_path(path) as tmp:
@@ -36,7 +83,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    obj = _torch_load(path, map_location)
+    if not isinstance(obj, Mapping) or "model" not in obj:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by mgmt2d's trainer; move it away or pass --overwrite"
+        )
+    return dict(obj)
 
 
 def read_weights_file(path: str | Path) -> Mapping[str, Any]:
@@ -49,9 +101,9 @@ def read_weights_file(path: str | Path) -> Mapping[str, Any]:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = _torch_load(path)
     if not isinstance(obj, Mapping):
-        raise TypeError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
+        raise CheckpointError(f"{path}: expected a state dict or a checkpoint dict, got {type(obj).__name__}")
     return obj
 
 
@@ -67,7 +119,7 @@ def unwrap_state_dict(
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if len(state) != len(obj):
         others = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))[:5]
-        raise ValueError(f"{path}: not a state dict (non-tensor entries such as {others})")
+        raise CheckpointError(f"{path}: not a state dict (non-tensor entries such as {others})")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
@@ -86,5 +138,8 @@ def checkpoint_config(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
     """Load only the model weights of ``path`` (engine checkpoint or raw state dict), strictly."""
-    model.load_state_dict(read_state_dict(path), strict=strict)
+    if strict:
+        load_strict(model, read_state_dict(path), path, f"this {type(model).__name__}")
+    else:
+        model.load_state_dict(read_state_dict(path), strict=False)
     return model
