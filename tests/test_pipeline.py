@@ -89,6 +89,14 @@ def test_evaluate_segmentation_writes_niftis_and_dice(demo: Path, tmp_path: Path
         ref = nib.load(str(case / f"{case.name}_flair.nii.gz"))
         assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 2, 4}
+    # --fold 0: exactly the cases stage-1 training held out, from TASK1_DIR
+    out0 = tmp_path / "eval_fold0"
+    run(["-m", "mgmt2d", "evaluate-segmentation", "--settings", str(demo / "SETTINGS.json"), "--fold", "0",
+         "--modalities", "flair", "t1ce", "--out", str(out0), "--device", "cpu"], REPO)
+    seg_config = json.loads((settings["SEGMENT_MODEL_DIR"] / "fold0/train_config.json").read_text())["config"]
+    held_out = seg_config["val_cases"]
+    scored = pd.read_csv(out0 / "metrics.csv", dtype={"case": str}).case.tolist()
+    assert scored == [f"BraTS2021_{c}" for c in sorted(held_out)]
 
 
 def test_stage2_prepared_data_folds_and_resume(demo: Path):

@@ -334,3 +334,13 @@ def test_published_layout_end_to_end(synth_task2: Path, tmp_path: Path):
     assert float(sub.set_index("BraTS21ID").loc[row.BraTS21ID, "MGMT_value"]) == pytest.approx(
         np.mean(chunk_probs), abs=1e-6
     )
+
+
+def test_a_model_trained_on_jpg_is_refused_by_dicom_inference(tmp_path: Path):
+    root = tmp_path / "w"
+    torch.save(segmenter.build_segmenter().state_dict(), _touch(root / "segmentation/fold0/best.pt"))
+    jpg = InputContract(input_format="jpg")
+    torch.save({"model": build_classifier().state_dict(), "config": {"contract": jpg.to_dict()}},
+               _touch(root / "classification/T1w/fold0/best.pt"))
+    with pytest.raises(Exception, match="trained on JPG slices"):
+        inference.load_models(published.detect_layout(root), ["T1w"], [0], torch.device("cpu"))

@@ -356,7 +356,7 @@ def main(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         contract = InputContract(
             slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,
-            min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours,
+            min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours, input_format=args.input_format,
         )
         opts = StackOptions(contract=contract, seg_batch_size=args.seg_batch_size, amp=args.seg_amp)
         params = {

@@ -32,6 +32,7 @@ from typing import Any
 SLICE_ORDERS = ("position", "filename")
 PIXEL_VALUES = ("modality", "stored")
 NONEMPTY_TESTS = ("above_series_min", "stored_positive")
+INPUT_FORMATS = ("dicom", "jpg")
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,15 @@ class InputContract:
     seq_len: int = 35
     stride: int = 5
     tta_zoom: float = 1.2              # test-time zoom-in about the centre (1.0: none)
+    input_format: str = "dicom"        # what the training slices were read from (jpg: the optional JPG copy)
 
     def __post_init__(self) -> None:
         if self.slice_order not in SLICE_ORDERS:
             raise ValueError(f"slice_order must be one of {SLICE_ORDERS}, got {self.slice_order!r}")
         if self.pixel_values not in PIXEL_VALUES:
             raise ValueError(f"pixel_values must be one of {PIXEL_VALUES}, got {self.pixel_values!r}")
+        if self.input_format not in INPUT_FORMATS:
+            raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
         if self.nonempty_test not in NONEMPTY_TESTS:
             raise ValueError(f"nonempty_test must be one of {NONEMPTY_TESTS}, got {self.nonempty_test!r}")
 

@@ -108,6 +108,12 @@ def load_models(
         raise SettingsError(f"{a} and {b} were trained on inputs made differently ({', '.join(diff)}); "
                             "run them in separate inference runs")
     contract = next(iter(distinct)).with_overrides(**(overrides or {}))
+    if contract.input_format != "dicom":
+        raise SettingsError(
+            f"{next(iter(contracts))} was trained on {contract.input_format.upper()} slices, but inference reads "
+            "DICOM: predicting on other inputs than it was trained on is the published code's mistake we do not "
+            "repeat; train on DICOM (prepare_classification.py --input-format dicom)"
+        )
     return Models(seg, classifiers, contract, files)
 
 

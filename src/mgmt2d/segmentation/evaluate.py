@@ -81,15 +81,22 @@ def evaluate(
     device: torch.device,
     image_size: int | None = None,
     batch_size: int = 16,
+    cases: set[str] | None = None,
+    label_map: tuple[tuple[int, int], ...] = (),
 ) -> pd.DataFrame:
+    """Dice per case of ``task1_dir`` (only ``cases``, BraTS case ids, when given)."""
     model = segmenter.load_segmenter(model_path, device)
     if image_size is None:
         image_size = _checkpoint_image_size(model_path) or 224
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for case_dir in tqdm(brats.list_cases(task1_dir), desc="evaluate", unit="case"):
+    case_dirs = [c for c in brats.list_cases(task1_dir) if cases is None or brats.case_id(c) in cases]
+    if cases is not None and len(case_dirs) < len(cases):
+        absent = sorted(cases - {brats.case_id(c) for c in case_dirs})
+        log.warning("%d fold case(s) not in %s: %s", len(absent), task1_dir, ", ".join(absent[:5]))
+    for case_dir in tqdm(case_dirs, desc="evaluate", unit="case"):
         try:
-            case = brats.read_case(case_dir, modalities)
+            case = brats.read_case(case_dir, modalities, label_map=label_map)
             masks = segment_volume(model, case.volumes, device, image_size, batch_size)
         except (brats.BratsCaseError, ValueError) as err:
             log.error("%s: %s (skipped)", case_dir.name, err)
@@ -104,6 +111,17 @@ def evaluate(
     return metrics
 
 
+def fold_cases(folds_csv: Path, fold: int) -> set[str]:
+    """BraTS case ids of one stage-1 fold, from the folds.csv prepare_segmentation_data.py wrote."""
+    if not folds_csv.is_file():
+        raise SettingsError(f"{folds_csv} not found: --fold reads the stage-1 folds of prepare_segmentation_data.py")
+    folds = pd.read_csv(folds_csv, dtype={"case": str})
+    cases = set(folds.loc[folds.fold == fold, "case"])
+    if not cases:
+        raise SettingsError(f"{folds_csv} has no case in fold {fold} (folds {sorted(folds.fold.unique())})")
+    return cases
+
+
 def _checkpoint_image_size(path: Path) -> int | None:
     config = checkpoint_config(read_weights_file(path))
     return int(config["image_size"]) if "image_size" in config else None
@@ -112,7 +130,11 @@ def _checkpoint_image_size(path: Path) -> int | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_argument(parser)
     parser.add_argument("--model", type=Path, help="checkpoint (default: SEGMENT_MODEL_DIR/fold0/best.pt)")
-    parser.add_argument("--task1-dir", type=Path, required=True, help="BraTS case folders with seg files")
+    parser.add_argument("--task1-dir", type=Path, help="BraTS case folders with seg files (default TASK1_DIR)")
+    parser.add_argument("--fold", type=int,
+                        help="score only the cases of this stage-1 fold (SEGMENT_DATA_DIR/folds.csv; 0 = the "
+                             "validation fold train_segmentation.py held out)")
+    parser.add_argument("--label-map", nargs="+", metavar="FROM:TO", default=[], help="as prepare_segmentation_data.py")
     parser.add_argument("--modalities", nargs="+", default=list(brats.MODALITIES))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 224")
@@ -122,15 +144,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        model_path = args.model
-        if model_path is None:
-            model_path = load_settings(args.settings)["SEGMENT_MODEL_DIR"] / "fold0" / "best.pt"
+        settings = load_settings(args.settings)
+        model_path = args.model or settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold or 0}" / "best.pt"
+        task1_dir = args.task1_dir or settings.existing("TASK1_DIR")
+        cases = fold_cases(settings["SEGMENT_DATA_DIR"] / "folds.csv", args.fold) if args.fold is not None else None
         if not model_path.is_file():
             raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
         modalities = brats.parse_modalities(args.modalities)
         device = resolve_device(args.device)
         write_run_config(args.out, "evaluate_config.json", {**vars(args), "model": str(model_path)})
-        metrics = evaluate(model_path, args.task1_dir, args.out, modalities, device, args.image_size, args.batch_size)
+        metrics = evaluate(model_path, task1_dir, args.out, modalities, device, args.image_size, args.batch_size,
+                           cases, brats.parse_label_map(args.label_map))
     except (SettingsError, brats.BratsCaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
