@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, task2
-from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract
+from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, InputContract
 from mgmt2d.data.io import (
     check_writable,
     library_versions,
@@ -330,6 +330,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="modality",
         help="modality: rescale slope/intercept, MONOCHROME1 inverted (default); stored: raw values (reference)",
     )
+    parser.add_argument(
+        "--nonempty-test",
+        choices=list(NONEMPTY_TESTS),
+        default="above_series_min",
+        help="tissue for the near-empty test: above the series minimum (default) or stored value > 0 (reference)",
+    )
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
     parser.add_argument("--overwrite", action="store_true", help="redo this split from scratch")
@@ -357,6 +363,7 @@ def main(args: argparse.Namespace) -> int:
         contract = InputContract(
             slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,
             min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours, input_format=args.input_format,
+            nonempty_test=args.nonempty_test,
         )
         opts = StackOptions(contract=contract, seg_batch_size=args.seg_batch_size, amp=args.seg_amp)
         params = {

@@ -24,7 +24,7 @@ from mgmt2d.classification.chunks import chunk_index
 from mgmt2d.classification.model import MGMTClassifier, load_trained_classifier, predict_series
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, task2
-from mgmt2d.data.contract import PIXEL_VALUES, SLICE_ORDERS, InputContract, contract_of
+from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, InputContract, contract_of
 from mgmt2d.data.io import check_writable, save_npy_atomic, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_dtype, autocast_name, resolve_device
@@ -284,6 +284,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=list(PIXEL_VALUES),
         help="modality: rescale slope/intercept, MONOCHROME1 inverted (ours); stored: raw (reference)",
     )
+    contract.add_argument(
+        "--nonempty-test",
+        choices=list(NONEMPTY_TESTS),
+        help="above_series_min (ours) or stored_positive (reference)",
+    )
     contract.add_argument("--tta-zoom", type=float, help="test-time zoom-in (reference 1.2; 1.0 disables)")
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
@@ -322,7 +327,12 @@ def main(args: argparse.Namespace) -> int:
     )
     layout = weights_layout(args, settings)
     device = resolve_device(args.device)
-    overrides = {"slice_order": args.slice_order, "pixel_values": args.pixel_values, "tta_zoom": args.tta_zoom}
+    overrides = {
+        "slice_order": args.slice_order,
+        "pixel_values": args.pixel_values,
+        "nonempty_test": args.nonempty_test,
+        "tta_zoom": args.tta_zoom,
+    }
     models = load_models(layout, args.mri_types, args.folds, device, channels_last=device.type == "cuda",
                          overrides=overrides)
     log.info("input contract: %s", models.contract.to_dict())
