@@ -21,6 +21,7 @@ from mgmt2d.classification.model import (
     predict_series,
     predict_series_chunkwise,
 )
+from mgmt2d.training.checkpoint import CheckpointError
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference_state_dicts.json"
 SIZE = 64
@@ -77,7 +78,7 @@ def test_state_dict_round_trip(small_model: MGMTClassifier, tmp_path: Path) -> N
             assert torch.equal(fresh(x), expected)
     # strict: a head for another sequence length must not load
     other = build_classifier(seq_len=SEQ + 1)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match="does not fit"):   # one line naming the file
         load_classifier_weights(other, raw)
 
 
@@ -96,7 +97,7 @@ def test_trained_classifier_is_built_from_its_checkpoint_config(small_model: MGM
     # a raw state dict has no config: the reference's 35 steps, so a 5-step head must not load
     raw = tmp_path / "raw.pth"
     torch.save(small_model.state_dict(), raw)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match="raw.pth does not fit"):
         load_trained_classifier(raw, "cpu")
 
 
@@ -112,7 +113,7 @@ def test_backbone_weights_ignore_only_the_classifier(tmp_path: Path) -> None:
     state = full.state_dict()
     del state["final_conv.bias"]
     torch.save(state, path)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(CheckpointError, match="missing keys"):
         load_backbone_weights(backbone, path)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mgmt2d.training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from mgmt2d.training.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from mgmt2d.training.metrics import (
     ClassificationLoss,
     ClassificationMetrics,
@@ -149,7 +149,7 @@ def test_best_checkpoint_reproduces_recorded_val_loss(tmp_path: Path) -> None:
     got = evaluate(model, val, SegmentationLoss(), SegmentationMetrics())
     assert got["loss"] == pytest.approx(recorded["val_loss"], rel=1e-6, abs=1e-7)
     assert got["iou"] == pytest.approx(recorded["val_iou"], rel=1e-6, abs=1e-7)
-    with pytest.raises(RuntimeError):  # strict: a different architecture does not load
+    with pytest.raises(CheckpointError, match="does not fit"):  # strict: a different architecture does not load
         load_model_weights(TinyClf(), tmp_path / "best.pt")
 
 
