@@ -240,17 +240,18 @@ def roc_auc(labels: Sequence[float], scores: Sequence[float]) -> float:
 
 
 def patient_scores(patient_ids: Sequence[Hashable], chunk_probs: Sequence[float] | np.ndarray) -> dict[Hashable, float]:
-    """Mean chunk probability per patient (the published patient score), first-seen order."""
+    """Mean chunk probability per patient (the published patient score), first-seen order.
+
+    pandas' grouped mean (compensated summation), the arithmetic training has always used.
+    """
+    import pandas as pd
+
     probs = np.asarray(chunk_probs, dtype=np.float64).reshape(-1)
     ids = list(patient_ids)
     if len(ids) != probs.shape[0]:
         raise ValueError(f"{len(ids)} patient ids but {probs.shape[0]} chunk probabilities")
-    sums: dict[Hashable, float] = {}
-    counts: dict[Hashable, int] = {}
-    for pid, p in zip(ids, probs, strict=True):
-        sums[pid] = sums.get(pid, 0.0) + float(p)
-        counts[pid] = counts.get(pid, 0) + 1
-    return {pid: sums[pid] / counts[pid] for pid in sums}
+    means = pd.Series(probs).groupby(pd.Series(ids, dtype=object), sort=False).mean()
+    return {pid: float(v) for pid, v in means.items()}
 
 
 def patient_auc(
