@@ -3,15 +3,22 @@ from pathlib import Path
 
 import pytest
 
-from mgmt2d.data.settings import KEYS, SettingsError, load_settings
+from mgmt2d.data.settings import KEYS, OPTIONAL_KEYS, SettingsError, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_repo_settings_has_every_key():
     s = load_settings(REPO / "SETTINGS.json")
-    assert set(s.paths) == set(KEYS)
+    assert set(s.paths) == set(KEYS) | set(OPTIONAL_KEYS)
     assert s["TASK1_DIR"].is_absolute() and s["TASK1_DIR"].is_relative_to(REPO)
+
+
+def test_optional_key_may_be_left_out_and_is_named_when_used(tmp_path: Path):
+    (tmp_path / "S.json").write_text(json.dumps({k: f"sub/{k.lower()}" for k in KEYS}))
+    s = load_settings(tmp_path / "S.json")
+    with pytest.raises(SettingsError, match="has no CLASSIFICATION_RAW_JPG"):
+        s.existing("CLASSIFICATION_RAW_JPG")
 
 
 def test_relative_paths_resolve_against_settings_folder(tmp_path: Path):
