@@ -84,7 +84,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     obj = _torch_load(path, map_location)
-    if not isinstance(obj, Mapping) or "model" not in obj:
+    if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{path} is not a checkpoint written by mgmt2d's trainer; move it away or pass --overwrite"
         )
