@@ -54,12 +54,6 @@ def user_message(err: BaseException) -> str | None:
     return None
 
 
-def debug_requested(argv: list[str] | None = None) -> bool:
-    """--debug on the command line or MGMT2D_DEBUG=1: show the traceback instead of the one line."""
-    argv = sys.argv[1:] if argv is None else argv
-    return "--debug" in argv or os.environ.get("MGMT2D_DEBUG", "") not in ("", "0")
-
-
 def run(
     main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None
 ) -> int:
@@ -71,7 +65,7 @@ def run(
         return int(main(args) or 0)
     except Exception as err:
         message = user_message(err)
-        if message is None or args.debug or debug_requested(argv):
+        if message is None or args.debug or os.environ.get("MGMT2D_DEBUG", "") not in ("", "0"):
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2

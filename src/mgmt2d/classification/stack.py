@@ -118,10 +118,6 @@ def slice_verdict(
     return "" if wt_area / brain_area > min_area_ratio else TOO_LITTLE_TUMOUR
 
 
-def keep_slice(image: np.ndarray, wt: np.ndarray, min_area_ratio: float = 0.025, max_wt_contours: int = 5) -> bool:
-    return slice_verdict(image, wt, min_area_ratio, max_wt_contours) == ""
-
-
 def stack_channels(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """uint8 slice (H, W) + {0,1} masks (2, H, W) -> (H, W, 3) [slice, WT*255, ET*255]."""
     return np.dstack([image, masks[0] * 255, masks[1] * 255]).astype(np.uint8)
