@@ -21,8 +21,9 @@ Two kinds of weights:
   and ``module.load_state_dict(state_dict)`` with ``strict=True``.
 
 * Trained checkpoints listed in ``models/manifest.json`` (name, url, sha256, destination):
-  downloaded with urllib, resumed with HTTP Range from ``<destination>.part``, verified
-  with SHA-256 while streaming and renamed into place only when the hash matches.
+  downloaded by huggingface_hub's HTTP client into ``<destination>.part`` (an interrupted
+  download resumes with HTTP Range), verified with SHA-256 and renamed into place only when
+  the hash matches.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import json
 import os
 import re
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -65,6 +65,7 @@ __all__ = [
     "fetch_pretrained",
     "file_sha256",
     "hub_unreachable",
+    "unreachable",
     "load_manifest",
     "load_pretrained_state_dict",
     "main",
@@ -393,11 +394,25 @@ def fetch_pretrained(
     return results
 
 
+def unreachable(url: str, timeout: float = 10.0) -> str | None:
+    """None when the server at ``url`` answers (any HTTP status), else why not (proxies honoured)."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - http(s) checked by the callers
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except urllib.error.URLError as err:
+        return str(err.reason)
+    except (http.client.HTTPException, OSError) as err:
+        return f"{type(err).__name__}: {err}"
+
+
 def hub_unreachable(endpoint: str | None = None, timeout: float = 10.0) -> str | None:
-    """None when the Hugging Face hub answers (any HTTP status), else why not.
+    """None when the Hugging Face hub answers, else why not.
 
     huggingface_hub retries an unreachable host for about 40 s per file; one quick request
-    first turns "offline" into an immediate, clear message. Proxies are honoured (urllib).
+    first turns "offline" into an immediate, clear message.
     """
     if endpoint is None:
         from huggingface_hub import constants
@@ -405,16 +420,8 @@ def hub_unreachable(endpoint: str | None = None, timeout: float = 10.0) -> str |
         if constants.HF_HUB_OFFLINE:  # the user wants the local hub cache only: let the fetchers try it
             return None
         endpoint = constants.ENDPOINT
-    request = urllib.request.Request(endpoint, method="HEAD", headers={"User-Agent": USER_AGENT})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):  # noqa: S310 - fixed hub endpoint
-            return None
-    except urllib.error.HTTPError:
-        return None
-    except urllib.error.URLError as err:
-        return f"{endpoint} unreachable: {err.reason}"
-    except (http.client.HTTPException, OSError) as err:
-        return f"{endpoint} unreachable: {type(err).__name__}: {err}"
+    reason = unreachable(endpoint, timeout)
+    return None if reason is None else f"{endpoint} unreachable: {reason}"
 
 
 def check_pretrained(pretrained_dir: str | Path, names: Iterable[str] = PRETRAINED_NAMES) -> list[Result]:
@@ -491,112 +498,42 @@ def resolve_destination(destination: str, settings: Settings) -> Path:
 
 
 # --------------------------------------------------------------------------------------
-# Trained checkpoints: resumable, verified download
+# Trained checkpoints: verified download (the transfer itself is huggingface_hub's)
 # --------------------------------------------------------------------------------------
 
 
-class _Interrupted(Exception):
-    """The body stopped early; the .part file holds what arrived and can be resumed."""
+def _transfer(url: str, part: Path, *, name: str, progress: bool) -> None:
+    """Append ``url`` to ``part`` from its current size.
 
-    def __init__(self, received: int, have: int, total: int | None, reason: str) -> None:
-        super().__init__(reason)
-        self.received, self.have, self.total, self.reason = received, have, total, reason
-
-
-class _Refused(Exception):
-    """The server answered in a way that cannot be used (bad Content-Range...)."""
-
-
-def _content_range_start(value: str | None) -> tuple[int | None, int | None]:
-    match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value or "")
-    if not match:
-        return None, None
-    total = None if match.group(3) == "*" else int(match.group(3))
-    return int(match.group(1)), total
-
-
-def _transfer(
-    url: str, part: Path, offset: int, *, name: str, timeout: float, progress: bool
-) -> str:
-    """One HTTP request appending to ``part`` from ``offset``; returns the SHA-256 of the whole part.
-
-    The hash is carried along with the bytes (prefix re-read once on resume), so a finished
-    download is never read twice.
+    huggingface_hub's ``http_get`` does the HTTP: ``Range: bytes=N-`` for a kept .part, a
+    restart when the server ignores Range, and retries of a transfer cut mid-way.
     """
-    from tqdm import tqdm
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if offset > 0:
-        headers["Range"] = f"bytes={offset}-"
-    request = urllib.request.Request(url, headers=headers)
+    offset = part.stat().st_size if part.is_file() else 0
+    if not progress:
+        disable_progress_bars()
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked in load_manifest
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and offset > 0:  # part already holds everything (or more): let the hash decide
-            err.close()
-            return file_sha256(part)
-        raise
-    with response:
-        length = response.headers.get("Content-Length")
-        length = int(length) if length and length.isdigit() else None
-        if response.status == 206:
-            start, total = _content_range_start(response.headers.get("Content-Range"))
-            if start != offset:
-                got = response.headers.get("Content-Range")
-                raise _Refused(f"server answered Range bytes={offset}- with Content-Range {got!r}")
-            mode = "ab"
-        else:  # 200: the server ignored Range, start over
-            offset, mode, total = 0, "wb", length
-        digest = hashlib.sha256()
-        if mode == "ab":
-            with open(part, "rb") as fh:
-                while block := fh.read(CHUNK):
-                    digest.update(block)
-        received = 0
-        bar = tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=name, disable=not progress, leave=False,
-        )
-        with bar, open(part, mode) as fh:
-            while True:
-                try:
-                    block = response.read(CHUNK)
-                except (http.client.IncompleteRead, OSError) as err:
-                    fh.flush()
-                    raise _Interrupted(received, offset + received, total, f"{type(err).__name__}: {err}") from None
-                if not block:
-                    break
-                fh.write(block)
-                digest.update(block)
-                received += len(block)
-                bar.update(len(block))
-            fh.flush()
-            os.fsync(fh.fileno())
-        if length is not None and received < length:
-            raise _Interrupted(received, offset + received, total, "connection closed early")
-    return digest.hexdigest()
+        with open(part, "ab") as fh:
+            http_get(url, fh, resume_size=offset, displayed_filename=name,
+                     headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+    finally:
+        if not progress:
+            enable_progress_bars()
 
 
-def download_file(
-    url: str,
-    dest: str | Path,
-    sha256: str,
-    *,
-    name: str | None = None,
-    timeout: float = 60.0,
-    progress: bool = True,
-    max_attempts: int = 3,
-    retry_wait: float = 2.0,
-) -> Result:
+def download_file(url: str, dest: str | Path, sha256: str, *, name: str | None = None, progress: bool = True) -> Result:
     """Make ``dest`` hold the file with this SHA-256, downloading (and resuming) only if needed.
 
     * ``dest`` already verified: nothing is requested.
-    * Bytes go to ``<dest>.part``; a later call resumes it with ``Range: bytes=N-``.
-    * A transfer cut after some progress is retried (at most ``max_attempts`` requests);
-      a connection that cannot be made at all is not (offline fails fast).
+    * Bytes go to ``<dest>.part``; a later call resumes it (an interrupted run loses nothing).
     * The hash must match before ``os.replace`` puts the file in place; on a mismatch the
-      .part is deleted (after one fresh restart when a resumed .part may have been stale).
+      .part is deleted, after one fresh restart when a resumed .part may have been stale.
     """
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
     dest = Path(dest)
     sha256 = sha256.lower()
     name = name or dest.name
@@ -607,58 +544,58 @@ def download_file(
         stale = "existing file has the wrong sha256 and is kept until a verified copy replaces it; "
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    host = urllib.parse.urlsplit(url).netloc
-    restarted = False
-    attempts = 0
     while True:
-        attempts += 1
-        offset = part.stat().st_size if part.is_file() else 0
+        resumed = part.is_file() and part.stat().st_size > 0
         try:
-            digest = _transfer(url, part, offset, name=name, timeout=timeout, progress=progress)
-        except _Interrupted as err:
-            if err.received > 0 and attempts < max_attempts:
-                time.sleep(retry_wait * attempts)
-                continue
-            total = f" of {err.total}" if err.total else ""
+            _transfer(url, part, name=name, progress=progress)
+        except HfHubHTTPError as err:
+            status = err.response.status_code if err.response is not None else None
+            if not (status == 416 and resumed):  # 416 on a resume: the .part may be whole; the hash decides
+                if part.is_file() and part.stat().st_size == 0:
+                    part.unlink()
+                return Result(name, dest, "failed", stale + f"HTTP {status} for {url}")
+        except (httpx2.HTTPError, OSError) as err:
+            have = part.stat().st_size if part.is_file() else 0
+            if have == 0:
+                part.unlink(missing_ok=True)
+                return Result(name, dest, "failed", stale + f"cannot download {url}: {type(err).__name__}: {err}")
             return Result(
                 name, dest, "failed",
-                stale + f"transfer interrupted at {err.have}{total} bytes ({err.reason}); "
-                f"{part.name} kept, run again to resume",
+                stale + f"transfer interrupted at {have} bytes ({type(err).__name__}); {part.name} kept, "
+                "run again to resume",
             )
-        except _Refused as err:
-            part.unlink(missing_ok=True)
-            return Result(name, dest, "failed", stale + f"{err}; partial download deleted")
-        except urllib.error.HTTPError as err:
-            return Result(name, dest, "failed", stale + f"HTTP {err.code} {err.reason} for {url}")
-        except urllib.error.URLError as err:
-            return Result(name, dest, "failed", stale + f"cannot reach {host}: {err.reason}")
-        except (http.client.HTTPException, OSError) as err:
-            return Result(name, dest, "failed", stale + f"cannot download from {host}: {type(err).__name__}: {err}")
+        digest = file_sha256(part)
         if digest == sha256:
             os.replace(part, dest)
             return Result(name, dest, "downloaded")
-        part.unlink(missing_ok=True)
-        if offset > 0 and not restarted:  # the kept .part may predate a change on the server
-            restarted = True
-            continue
-        return Result(
-            name, dest, "failed",
-            stale + f"sha256 mismatch (expected {sha256}, got {digest}); download deleted",
-        )
+        part.unlink()
+        if not resumed:
+            return Result(name, dest, "failed",
+                          stale + f"sha256 mismatch (expected {sha256}, got {digest}); download deleted")
+        # the kept .part may predate a change on the server: one fresh download
 
 
 def fetch_manifest(
-    entries: Sequence[ManifestEntry], settings: Settings, *, progress: bool = True, timeout: float = 60.0,
-    retry_wait: float = 2.0,
+    entries: Sequence[ManifestEntry], settings: Settings, *, progress: bool = True, timeout: float = 10.0,
 ) -> list[Result]:
-    """Download every manifest entry not already present and verified."""
-    return [
-        download_file(
-            e.url, resolve_destination(e.destination, settings), e.sha256, name=e.name,
-            progress=progress, timeout=timeout, retry_wait=retry_wait,
-        )
-        for e in entries
-    ]
+    """Download every manifest entry not already present and verified.
+
+    Each host is asked once first, so an offline machine fails at once instead of after the
+    library's retries.
+    """
+    hosts: dict[str, str | None] = {}
+    results = []
+    for e in entries:
+        dest = resolve_destination(e.destination, settings)
+        parts = urllib.parse.urlsplit(e.url)
+        host = f"{parts.scheme}://{parts.netloc}"
+        if verify_file(dest, e.sha256) is not None and host not in hosts:
+            hosts[host] = unreachable(host, timeout=timeout)
+        if hosts.get(host):
+            results.append(Result(e.name, dest, "failed", f"cannot reach {parts.hostname}: {hosts[host]}"))
+            continue
+        results.append(download_file(e.url, dest, e.sha256, name=e.name, progress=progress))
+    return results
 
 
 def check_manifest(entries: Sequence[ManifestEntry], settings: Settings) -> list[Result]:
@@ -707,7 +644,11 @@ def add_arguments(parser: argparse.ArgumentParser, default_manifest: str | Path 
     parser.add_argument(
         "--published-dir", type=Path, help="where --published puts them (default <manifest folder>/<name>)"
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default 60)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0,
+        help="seconds to wait for a server's first answer before calling it unreachable (default 10); "
+             "the transfer's own timeout is huggingface_hub's (HF_HUB_DOWNLOAD_TIMEOUT)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -766,7 +707,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
         else:
             print(f"ImageNet weights -> {pretrained_dir}")
             todo = [n for n in PRETRAINED_NAMES if args.force or verify_pretrained(pretrained_dir, n) is not None]
-            offline = hub_unreachable(timeout=min(args.timeout, 10.0)) if todo else None
+            offline = hub_unreachable(timeout=args.timeout) if todo else None
             if offline:
                 results += [r for r in check_pretrained(pretrained_dir) if r.ok]
                 results += [Result(n, pretrained_path(pretrained_dir, n), "failed", offline) for n in todo]
