@@ -140,8 +140,9 @@ def _gather_arrays(array: np.ndarray) -> list[np.ndarray]:
     lengths = [torch.zeros_like(length) for _ in range(world)]
     dist.all_gather(lengths, length)
     sizes = [int(t.item()) for t in lengths]
-    padded = torch.zeros(max(max(sizes), 1), dtype=torch.from_numpy(array[:0]).dtype, device=device)
-    padded[: array.size] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    values = torch.from_numpy(np.array(array))  # a writable copy
+    padded = torch.zeros(max(max(sizes), 1), dtype=values.dtype, device=device)
+    padded[: array.size] = values.to(device)
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     return [p[:n].cpu().numpy() for p, n in zip(parts, sizes, strict=True)]

@@ -382,7 +382,11 @@ class Trainer:
         self.dist = distributed.context()
         self.device = resolve_device(config.device)
         if config.sync_bn and self.dist.active:
+            if self.device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm runs on GPUs only); leave it out on CPU")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same state-dict keys
+        elif config.sync_bn:
+            log.info("--sync-bn: a single process, plain BatchNorm")
         self.model = model.to(self.device)
         self._ddp: nn.parallel.DistributedDataParallel | None = None  # the training forward under torchrun
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -681,6 +685,9 @@ class Trainer:
                     (self.out_dir / name).unlink(missing_ok=True)
             self._set_phase(FROZEN if self.cfg.warmup_epochs > 0 else UNFROZEN)
         if self.is_main:
+            for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):  # temp files of a killed write, never used
+                for stale in self.out_dir.glob(f".{name}.tmp*"):
+                    stale.unlink()
             check_writable(self.out_dir, "training run")
             write_run_config(self.out_dir, RUN_CONFIG, {**self.config, "resumed_at_epoch": self.epoch})
 
