@@ -52,7 +52,7 @@ def run_settings(run_dir: Path, data: Path) -> Path:
 def train_args(settings: Path, *extra: str) -> list[str]:
     return [
         "--settings", str(settings), "--device", "cpu", "--pretrained", "none", "--workers", "0", "--no-progress",
-        "--backbone", "test_nfnet", "--image-size", "16", "--seq-len", "4", "--stride", "2", "--lstm-hidden", "4",
+        "--backbone", "test_nfnet", "--image-size", "16", "--seq-len", "4", "--stride", "4", "--lstm-hidden", "4",
         "--mri-type", "FLAIR", "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "2", "--lr", "1e-3",
         *extra,
     ]

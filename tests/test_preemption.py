@@ -1,6 +1,6 @@
 """SIGTERM / SIGINT mid-epoch and SIGKILL at any point of training: --resume == uninterrupted.
 
-Stage 2 (train_classification.py) on a tiny prepared split, 2 epochs of 5 optimiser steps with
+Stage 2 (train_classification.py) on a tiny prepared split, 2 epochs of 4 optimiser steps with
 a warm-up epoch (the unfreeze falls between them). The ``MGMT2D_FAULT`` test aid makes the run
 send itself the signal at an exact point (mgmt2d.training.preemption).
 """
@@ -56,7 +56,7 @@ def assert_same_run(settings: Path, reference: Path) -> None:
     assert not [p.name for p in run_dir(settings).iterdir() if p.name.startswith(".")]  # no temp file left
 
 
-@pytest.mark.parametrize(("sig", "step", "epoch", "in_epoch"), [("TERM", 7, 2, 2), ("INT", 3, 1, 3)])
+@pytest.mark.parametrize(("sig", "step", "epoch", "in_epoch"), [("TERM", 6, 2, 2), ("INT", 3, 1, 3)])
 def test_signal_mid_epoch_then_resume_equals_uninterrupted(
     data: Path, uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
     sig: str, step: int, epoch: int, in_epoch: int,
@@ -78,7 +78,7 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(
 
 
 @pytest.mark.parametrize("fault", [
-    "step:7:KILL",        # mid-epoch 2: nothing of epoch 2 saved, last.pt is epoch 1's
+    "step:6:KILL",        # mid-epoch 2: nothing of epoch 2 saved, last.pt is epoch 1's
     "checkpoint:2:KILL",  # epoch 2's last.pt fully in its temp file, not renamed
     "epoch-end:1:KILL",   # epoch 1's last.pt in place, history.csv not yet written
 ])
