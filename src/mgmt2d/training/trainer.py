@@ -689,7 +689,10 @@ class Trainer:
                 for stale in self.out_dir.glob(f".{name}.tmp*"):
                     stale.unlink()
             check_writable(self.out_dir, "training run")
-            write_run_config(self.out_dir, RUN_CONFIG, {**self.config, "resumed_at_epoch": self.epoch})
+            write_run_config(self.out_dir, RUN_CONFIG, {
+                **self.config, "resumed_at_epoch": self.epoch,
+                "resumed_at_step": int(self._position["steps"]) if self._position else 0,
+            })
 
     def fit(self) -> FitResult:
         """Train until ``epochs`` or early stopping; returns the best epoch and the history.
