@@ -12,6 +12,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,9 @@ def free_port() -> int:
 def script(name: str, args: list[str], nproc: int = 1, fault: str | None = None,
            timeout: int = 300) -> subprocess.CompletedProcess:
     """Run a top-level script (under torchrun with ``nproc`` > 1), optionally with MGMT2D_FAULT."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    # One thread, like torchrun's processes and the in-process runs (single_thread): results of
+    # CPU kernels may depend on the thread count, and 2 threads on 2 busy cores are slower.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
     env.pop("MGMT2D_FAULT", None)
     if fault:
         env["MGMT2D_FAULT"] = fault
@@ -80,6 +84,17 @@ def script(name: str, args: list[str], nproc: int = 1, fault: str | None = None,
         launcher += ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     return subprocess.run([*launcher, str(REPO / name), *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one thread in this process (restored after), as in the script runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def model_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,7 @@ from helpers_training import (
     run_dir,
     run_settings,
     script,
+    single_thread,
     train_args,
 )
 
@@ -34,6 +36,12 @@ def train(settings: Path, *extra: str) -> int:
     parser = argparse.ArgumentParser()
     classification_train.add_arguments(parser)
     return cli.run(classification_train.main, parser, train_args(settings, *extra))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
