@@ -28,7 +28,7 @@ from helpers_training import (
 
 from mgmt2d import cli
 from mgmt2d.classification import train as classification_train
-from mgmt2d.training.preemption import FAULT_ENV, FaultHook
+from mgmt2d.training.preemption import FAULT_ENV, FaultHook, Preempted
 
 
 def train(settings: Path, *extra: str) -> int:
@@ -108,3 +108,26 @@ def test_fault_hook_spec() -> None:
     assert (hook.point, hook.count, hook.signum) == ("epoch-end", 2, signal.SIGKILL)
     with pytest.raises(ValueError, match="POINT:N:SIGNAL"):
         FaultHook("step-3")
+
+
+@pytest.mark.parametrize(("accumulate", "step"), [(1, 4), (2, 3)])
+def test_sigterm_resume_of_a_plain_loader_replays_the_epoch_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accumulate: int, step: int
+) -> None:
+    """A loader without set_start (RandomSampler), a model with dropout and augmentation drawn
+    from the global RNGs: the resume replays the done batches, then restores the RNG states.
+    With --accumulate 2 the epoch's 3 micro-batches make a step of 2 and a last step of 1."""
+    from test_training import assert_same_weights as same_model
+    from test_training import seg_trainer
+
+    full = seg_trainer(tmp_path / "full", accumulate=accumulate)
+    full.fit()
+    monkeypatch.setenv(FAULT_ENV, f"step:{step}:TERM")
+    with pytest.raises(Preempted) as stopped:
+        seg_trainer(tmp_path / "split", accumulate=accumulate).fit()
+    assert stopped.value.exit_status == 143 and "after step 1 of epoch 2" in str(stopped.value)
+    monkeypatch.delenv(FAULT_ENV)
+    resumed = seg_trainer(tmp_path / "split", accumulate=accumulate, resume=True)
+    result = resumed.fit()
+    same_model(resumed.model, full.model)
+    assert [r["train_loss"] for r in result.history] == [r["train_loss"] for r in full.history]

@@ -540,24 +540,24 @@ class Trainer:
         self.metrics.reset()
         terms: list[float] = []
         counts: list[int] = []
-        steps, skipped, batches = 0, 0, self._batches(self.train_loader)
+        steps, skipped, total = 0, 0, self._len(self.train_loader)
+        batches: Iterator[Batch] | None = None  # iter() once: it draws from the loader's generator
         position, self._position = self._position, None
         if position is not None and int(position["epoch"]) == epoch:
             steps = int(position["steps"])
             if self.is_main:  # the partial results of every rank were merged into rank 0's
                 terms, counts = list(position["loss_terms"]), [int(c) for c in position["counts"]]
                 self.metrics.load_state(position["metrics"])
-            skipped, batches = self._skip(int(position["samples"]))
+            skipped, batches, total = self._skip(int(position["samples"]))
             set_rng_state(position["rng"])
             if self.dist.rank:  # rank 0's states were saved; the others continue from their own seed
                 torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.dist.rank, steps))
             log.info("resuming epoch %d after step %d (%d batches of this process skipped)", epoch + 1, steps, skipped)
-        total = skipped + self._len(self.train_loader)
         model = self._ddp or self.model
         model.train()
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        bar, every = _progress_bar(batches, desc, self._progress, total - skipped)
+        bar, every = _progress_bar(batches or iter(self.train_loader), desc, self._progress, total - skipped)
         try:
             for i, batch in enumerate(bar):
                 b = skipped + i  # this process's micro-batch index within the epoch
@@ -591,9 +591,6 @@ class Trainer:
             bar.close()
         return epoch_result(terms, counts, self.metrics, self.dist.active, desc)
 
-    def _batches(self, loader: Iterable[Batch]) -> Iterator[Batch]:
-        return iter(loader)
-
     @staticmethod
     def _len(loader: Iterable[Batch]) -> int:
         if not hasattr(loader, "__len__"):
@@ -606,9 +603,9 @@ class Trainer:
             raise ValueError("resuming mid-epoch needs a training DataLoader with a batch_size")
         return int(micro) * self.dist.world_size * self.cfg.accumulate
 
-    def _skip(self, samples: int) -> tuple[int, Iterator[Batch]]:
+    def _skip(self, samples: int) -> tuple[int, Iterator[Batch], int]:
         """Start the training loader after ``samples`` (over all processes) of this epoch; returns
-        (micro-batches of this process skipped, the iterator over the rest)."""
+        (micro-batches of this process skipped, the iterator over the rest, the epoch's micro-batches)."""
         micro = int(getattr(self.train_loader, "batch_size", 0) or 0)
         if samples % self._global_batch():
             raise ValueError(f"{self.out_dir / LAST} stopped mid-epoch after {samples} samples, not a multiple of "
@@ -617,14 +614,14 @@ class Trainer:
         sampler = getattr(self.train_loader, "sampler", None)
         if hasattr(sampler, "set_start"):
             sampler.set_start(local)
-            return local // micro, iter(self.train_loader)
+            return local // micro, iter(self.train_loader), local // micro + self._len(self.train_loader)
         if self.dist.active:
             raise ValueError("resuming mid-epoch under torchrun needs a sampler with set_start "
                              "(distributed.make_train_loader)")
         it = iter(self.train_loader)  # replay: the RNG states are restored after it
         for _ in range(local // micro):
             next(it)
-        return local // micro, it
+        return local // micro, it, self._len(self.train_loader)
 
     def _save_position(self, epoch: int, steps: int, terms: list[float], counts: list[int]) -> None:
         """Write ``last.pt`` in the middle of ``epoch`` (collective: every rank must call it)."""
