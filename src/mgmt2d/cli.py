@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mgmt2d.data.settings import Settings, SettingsError
+from mgmt2d.training.preemption import Preempted
 
 
 def add_pretrained_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -63,6 +64,9 @@ def run(
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(main(args) or 0)
+    except Preempted as err:  # SIGTERM/SIGINT in training: last.pt written; 143 / 130 as a killed program
+        print(str(err), file=sys.stderr)
+        return err.exit_status
     except Exception as err:
         message = user_message(err)
         if message is None or args.debug or os.environ.get("MGMT2D_DEBUG", "") not in ("", "0"):

@@ -4,6 +4,7 @@ Writes CLASSIFICATION_MODEL_DIR/<type>/fold<k>/ (best.pt, last.pt, history.csv, 
 train_config.json, val_patients.csv with the best epoch's patient scores). ``--mri-type all``
 trains the four per-type models one after the other (the published meaning); ``pooled`` trains
 one model on the series of every type (ours) into CLASSIFICATION_MODEL_DIR/pooled/.
+Under ``torchrun`` every process trains a share of each global batch (README: several GPUs).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from mgmt2d.data.contract import InputContract
 from mgmt2d.data.io import write_csv_atomic
 from mgmt2d.data.settings import add_settings_argument, load_settings
 from mgmt2d.data.task2 import MRI_TYPES
-from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.device import add_device_argument
+from mgmt2d.training import distributed
 from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics
-from mgmt2d.training.seeding import make_loader, seed_everything
+from mgmt2d.training.seeding import seed_everything
 from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=5, help="chunk stride (reference 5)")
     parser.add_argument("--lstm-hidden", type=int, default=128, help="reference weights use 128")
     parser.add_argument("--backbone", default="eca_nfnet_l0", help="timm model name")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="GLOBAL batch per optimiser step, over all torchrun processes and --accumulate steps")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (KFOLD_PATH)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
@@ -68,15 +71,19 @@ def training_contract(data_dir: Path, image_size: int, seq_len: int, stride: int
 def main(args: argparse.Namespace) -> int:
     """Train the model(s) of ``--mri-type``; ``all`` runs :func:`train_one` for each type."""
     types = list(MRI_TYPES) if args.mri_type == ALL else [args.mri_type]
-    for mri_type in types:
-        if len(types) > 1:
-            log.info("--mri-type all: training %s (%d of %d)", mri_type, types.index(mri_type) + 1, len(types))
-        train_one(argparse.Namespace(**{**vars(args), "mri_type": mri_type}))
+    ctx, device = distributed.init_distributed(args.device)
+    try:
+        for mri_type in types:
+            if len(types) > 1:
+                log.info("--mri-type all: training %s (%d of %d)", mri_type, types.index(mri_type) + 1, len(types))
+            train_one(argparse.Namespace(**{**vars(args), "mri_type": mri_type}), ctx, device)
+    finally:
+        distributed.shutdown()
     return 0
 
 
-def train_one(args: argparse.Namespace) -> None:
-    """One model: one MRI type (or the pooled types) and one validation fold."""
+def train_one(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> None:
+    """One model: one MRI type (or the pooled types) and one validation fold (this process's part)."""
     settings = load_settings(args.settings)
     data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
     index = load_index(data_dir, args.mri_type)
@@ -87,7 +94,7 @@ def train_one(args: argparse.Namespace) -> None:
     assert not overlap, f"patients in both splits: {sorted(overlap)[:5]}"
     pretrained = resolve_pretrained(args.pretrained, settings, args.backbone)
     out_dir = settings["CLASSIFICATION_MODEL_DIR"] / args.mri_type / f"fold{args.fold}"
-    config = TrainConfig.from_args(args, out_dir=str(out_dir))
+    config = TrainConfig.from_args(args, out_dir=str(out_dir), device=str(device))
     seed_everything(config.seed)
     model = build_classifier(args.backbone, args.lstm_hidden, args.seq_len, pretrained)
 
@@ -99,9 +106,9 @@ def train_one(args: argparse.Namespace) -> None:
         )
 
     train_ds, val_ds = dataset(train_rows, args.augment), dataset(val_rows, False)
-    device = torch.device(resolve_device(args.device))
-    train_loader = make_loader(train_ds, args.batch_size, True, device, args.workers)
-    val_loader = make_loader(val_ds, args.batch_size, False, device, args.workers)
+    train_loader = distributed.make_train_loader(
+        train_ds, args.batch_size, config.seed, device, args.workers, config.accumulate, ctx)
+    val_loader = distributed.make_eval_loader(val_ds, args.batch_size // config.accumulate, device, args.workers, ctx)
     metrics = ClassificationMetrics()
     log.info(
         "%s fold %d: %d train chunks (%d patients), %d validation chunks (%d patients)",
@@ -124,7 +131,8 @@ def train_one(args: argparse.Namespace) -> None:
         extra_config={
             "mri_type": args.mri_type, "fold": args.fold, "image_size": args.image_size, "seq_len": args.seq_len,
             "stride": args.stride, "lstm_hidden": args.lstm_hidden, "backbone": args.backbone,
-            "batch_size": args.batch_size, "augment": args.augment, "contract": contract.to_dict(),
+            "batch_size": args.batch_size, "device_arg": args.device, "augment": args.augment,
+            "contract": contract.to_dict(),
             "pretrained": str(pretrained) if pretrained else "none",
             "data_dir": str(data_dir), "train_patients": sorted(train_rows.patient.unique()),
             "val_patients": sorted(val_rows.patient.unique()),
@@ -133,6 +141,8 @@ def train_one(args: argparse.Namespace) -> None:
     )
     result = trainer.fit()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    print(f"{args.mri_type} fold {args.fold}: best epoch {result.best_epoch} "
-          f"val_loss {best.get('val_loss', float('nan')):.4f} chunk AUC {best.get('val_chunk_auc', float('nan')):.3f} "
-          f"patient AUC {best.get('val_patient_auc', float('nan')):.3f} -> {out_dir}")
+    if ctx.is_main:
+        print(f"{args.mri_type} fold {args.fold}: best epoch {result.best_epoch} "
+              f"val_loss {best.get('val_loss', float('nan')):.4f} "
+              f"chunk AUC {best.get('val_chunk_auc', float('nan')):.3f} "
+              f"patient AUC {best.get('val_patient_auc', float('nan')):.3f} -> {out_dir}")

@@ -1,6 +1,7 @@
 """train_segmentation.py: UNet++ / DenseNet121 on WT/ET slices, validated on the held-out fold.
 
 Writes SEGMENT_MODEL_DIR/fold<k>/ (best.pt, last.pt, history.csv, curves.png, train_config.json).
+Under ``torchrun`` every process trains a share of each global batch (README: several GPUs).
 """
 
 from __future__ import annotations
@@ -8,14 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+import torch
+
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
 from mgmt2d.data.settings import add_settings_argument, load_settings
-from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.device import add_device_argument
 from mgmt2d.segmentation import dataset as seg_dataset
 from mgmt2d.segmentation import model as segmenter
-from mgmt2d.training import augment
+from mgmt2d.training import augment, distributed
 from mgmt2d.training.metrics import SegmentationLoss, SegmentationMetrics
-from mgmt2d.training.seeding import make_loader, seed_everything
+from mgmt2d.training.seeding import seed_everything
 from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="GLOBAL batch per optimiser step, over all torchrun processes and --accumulate steps")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="SyncBatchNorm over the torchrun processes (BatchNorm statistics of the global batch)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (reference: 0)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     add_pretrained_argument(parser, "densenet121")
@@ -42,26 +48,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """Train one fold; under torchrun, this process's part of it."""
+    ctx, device = distributed.init_distributed(args.device)
+    try:
+        return train(args, ctx, device)
+    finally:
+        distributed.shutdown()
+
+
+def train(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> int:
     settings = load_settings(args.settings)
     data_dir = settings.existing("SEGMENT_DATA_DIR")
     index = seg_dataset.load_index(data_dir)
     train_rows, val_rows = seg_dataset.split_by_fold(index, args.fold)
     pretrained = resolve_pretrained(args.pretrained, settings, "densenet121")
     out_dir = settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold}"
-    config = TrainConfig.from_args(args, out_dir=str(out_dir))
+    config = TrainConfig.from_args(args, out_dir=str(out_dir), device=str(device))
     seed_everything(config.seed)
     model = segmenter.build_segmenter()
     initialised = "random"
     if pretrained is not None:
         initialised = segmenter.load_pretrained(model, pretrained)
         log.info("initialised the %s from %s", initialised, pretrained)
-    device = resolve_device(args.device)
     train_ds = seg_dataset.SegmentationSliceDataset(
         data_dir, train_rows, args.image_size, augment.train_transform(), seed=config.seed
     )
     val_ds = seg_dataset.SegmentationSliceDataset(data_dir, val_rows, args.image_size, None)
-    train_loader = make_loader(train_ds, args.batch_size, True, device, args.workers)
-    val_loader = make_loader(val_ds, args.batch_size, False, device, args.workers)
+    train_loader = distributed.make_train_loader(
+        train_ds, args.batch_size, config.seed, device, args.workers, config.accumulate, ctx)
+    val_loader = distributed.make_eval_loader(val_ds, args.batch_size // config.accumulate, device, args.workers, ctx)
     log.info("fold %d: %d training slices (%d cases), %d validation slices (%d cases)",
              args.fold, len(train_ds), train_rows.case.nunique(), len(val_ds), val_rows.case.nunique())
     trainer = Trainer(
@@ -69,6 +84,7 @@ def main(args: argparse.Namespace) -> int:
         freeze_module=model.encoder,
         extra_config={
             "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
+            "device_arg": args.device,
             "pretrained": str(pretrained) if pretrained else "none", "initialised": initialised,
             "data_dir": str(data_dir),
             "train_cases": sorted(train_rows.case.unique()), "val_cases": sorted(val_rows.case.unique()),
@@ -76,9 +92,10 @@ def main(args: argparse.Namespace) -> int:
     )
     result = trainer.fit()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}
-    print(
-        f"segmentation fold {args.fold}: best epoch {result.best_epoch} "
-        f"val_loss {best.get('val_loss', float('nan')):.4f} "
-        f"val_iou {best.get('val_iou', float('nan')):.4f} -> {out_dir}"
-    )
+    if ctx.is_main:
+        print(
+            f"segmentation fold {args.fold}: best epoch {result.best_epoch} "
+            f"val_loss {best.get('val_loss', float('nan')):.4f} "
+            f"val_iou {best.get('val_iou', float('nan')):.4f} -> {out_dir}"
+        )
     return 0

@@ -13,7 +13,7 @@ Every error names the file.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,17 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], path: str 
         raise CheckpointError(f"{path} does not fit {what}: {detail}; is it a checkpoint of the other stage?") from None
 
 
-def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """torch.save through a temp file + os.replace: a killed run never leaves a half file."""
+def save_checkpoint(
+    path: str | Path, state: Mapping[str, Any], before_rename: Callable[[], None] | None = None
+) -> None:
+    """torch.save through a temp file + os.replace: a killed run never leaves a half file.
+
+    ``before_rename`` runs once the temp file is complete (the fault-injection point of the tests).
+    """
     with atomic_path(path) as tmp:
         torch.save(dict(state), tmp)
+        if before_rename is not None:
+            before_rename()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

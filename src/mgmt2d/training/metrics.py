@@ -93,6 +93,16 @@ class Metrics(Protocol):
     def compute(self) -> dict[str, float]: ...
 
 
+class GatherableMetrics(Metrics, Protocol):
+    """Metrics that distributed training can merge over processes: ``state()`` returns lists
+    (floats or strings) whose concatenation over ranks, passed to ``load_state``, is the state
+    of one process that saw every batch (also how a mid-epoch checkpoint carries them)."""
+
+    def state(self) -> dict[str, list[Any]]: ...
+
+    def load_state(self, state: Mapping[str, Sequence[Any]]) -> None: ...
+
+
 class SegmentationLoss:
     """Stage-1 loss: :func:`dice_loss` of the model's probabilities against ``batch[target_key]``.
 
@@ -140,9 +150,10 @@ class SegmentationMetrics:
         self.reset()
 
     def reset(self) -> None:
-        self._n = 0
-        self._dice = 0.0
-        self._iou = 0.0
+        # Per-batch terms (not running sums): merged over ranks, they sum in single-process order.
+        self._n: list[float] = []
+        self._dice: list[float] = []
+        self._iou: list[float] = []
 
     @torch.no_grad()
     def update(self, outputs: Tensor, batch: Batch) -> None:
@@ -151,14 +162,21 @@ class SegmentationMetrics:
             probs = probs.sigmoid()
         target = batch_field(batch, self.target_key, 1)
         n = int(probs.shape[0])
-        self._dice += float(dice_loss(probs, target, eps=self.eps)) * n
-        self._iou += float(iou_score(probs, target, self.threshold, eps=self.eps)) * n
-        self._n += n
+        self._dice.append(float(dice_loss(probs, target, eps=self.eps)) * n)
+        self._iou.append(float(iou_score(probs, target, self.threshold, eps=self.eps)) * n)
+        self._n.append(float(n))
 
     def compute(self) -> dict[str, float]:
-        if self._n == 0:
+        n = sum(self._n)
+        if n == 0:
             return {"dice_loss": math.nan, "iou": math.nan}
-        return {"dice_loss": self._dice / self._n, "iou": self._iou / self._n}
+        return {"dice_loss": sum(self._dice) / n, "iou": sum(self._iou) / n}
+
+    def state(self) -> dict[str, list[Any]]:
+        return {"n": list(self._n), "dice": list(self._dice), "iou": list(self._iou)}
+
+    def load_state(self, state: Mapping[str, Sequence[Any]]) -> None:
+        self._n, self._dice, self._iou = ([float(v) for v in state[k]] for k in ("n", "dice", "iou"))
 
 
 class ClassificationMetrics:
@@ -199,6 +217,14 @@ class ClassificationMetrics:
         self._probs.extend(probs.cpu().tolist())
         self._labels.extend(float(v) for v in labels)
         self._patients.extend(patients)
+
+    def state(self) -> dict[str, list[Any]]:
+        return {"probs": list(self._probs), "labels": list(self._labels), "patients": list(self._patients)}
+
+    def load_state(self, state: Mapping[str, Sequence[Any]]) -> None:
+        self._probs = [float(v) for v in state["probs"]]
+        self._labels = [float(v) for v in state["labels"]]
+        self._patients = [str(v) for v in state["patients"]]
 
     def patient_table(self) -> Any:
         """One row per patient: patient_id, label, prob (mean chunk probability), n_chunks."""

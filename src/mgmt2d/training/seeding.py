@@ -33,12 +33,13 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 32-bit seed for ``epoch`` of a run seeded with ``seed``.
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A well-mixed 32-bit seed for ``epoch`` of a run seeded with ``seed`` (``more``: e.g. the
+    rank of a torchrun process, so ranks draw different dropout).
 
     Mixed (not ``seed + epoch``) so that runs with neighbouring seeds do not share epochs.
     """
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(seed), int(epoch), *map(int, more)]).generate_state(1)[0])
 
 
 def seed_worker(worker_id: int) -> None:

@@ -25,6 +25,20 @@ in ``__getitem__``; in loader workers torch seeds each worker from the (per-epoc
 seed, and :func:`seed_worker` (used by :func:`make_loader`) derives ``random``/NumPy seeds
 from ``torch.initial_seed()``. Do not use ``persistent_workers=True`` (workers would keep
 their RNG across epochs and resume would no longer be exact).
+
+Several processes, preemption
+-----------------------------
+Under ``torchrun`` (see :mod:`mgmt2d.training.distributed`) the model is wrapped in
+DistributedDataParallel (rebuilt at each phase change, so unfrozen weights are synchronised
+too), ranks seed their RNGs from (seed, epoch, rank), results are gathered so every rank
+sees the same epoch record (and takes the same scheduler and early-stopping decisions), and
+only the main process writes (:attr:`Trainer.is_main`). ``accumulate`` micro-batches make
+one optimiser step. SIGTERM/SIGINT (:mod:`mgmt2d.training.preemption`) end the current step,
+write ``last.pt`` with the position inside the epoch (steps done, partial loss and metric
+terms, RNG states) and raise :class:`~mgmt2d.training.preemption.Preempted`; ``resume``
+continues from that step: the loader's sampler skips what was done when it has
+``set_start`` (:class:`~mgmt2d.training.distributed.ResumableDistributedSampler`), other
+loaders replay the done batches before the RNG states are restored.
 """
 
 from __future__ import annotations
@@ -33,9 +47,11 @@ import argparse
 import logging
 import math
 import random
+import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,9 +62,11 @@ from torch import Tensor, nn
 
 from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
 from mgmt2d.device import autocast, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.training import distributed
 from mgmt2d.training.checkpoint import load_checkpoint, save_checkpoint
 from mgmt2d.training.metrics import Batch, Metrics, batch_field, batch_to_device
 from mgmt2d.training.plots import plot_history
+from mgmt2d.training.preemption import FaultHook, Preempted, StopSignals
 from mgmt2d.training.seeding import epoch_seed, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -78,22 +96,19 @@ def run_epoch(
     amp: bool = False,
     progress: bool | None = None,
     desc: str = "",
+    gather: bool = False,
 ) -> dict[str, float]:
     """One pass over ``loader``: training when ``step`` (loss -> update) is given, else eval
     under no_grad. Returns ``{"loss": mean loss weighted by batch size, **metrics.compute()}``.
-    ``amp`` only takes effect on CUDA."""
-    from tqdm.auto import tqdm
-
+    ``amp`` only takes effect on CUDA. ``gather``: the loader is this rank's share (torchrun);
+    the result covers every rank's batches (metrics must have ``state``/``load_state``)."""
     device = torch.device(device)
     train = step is not None
     model.train(train)
     metrics.reset()
-    total, count = 0.0, 0
-    n_batches = len(loader) if hasattr(loader, "__len__") else 0
-    every = max(1, n_batches // 10) if n_batches else 10
-    disable = None if progress is None else not progress
-    bar = tqdm(loader, desc=desc, total=n_batches or None, disable=disable, leave=False,
-               dynamic_ncols=True, file=sys.stderr)
+    terms: list[float] = []  # loss x batch size, per batch
+    counts: list[int] = []
+    bar, every = _progress_bar(loader, desc, progress, len(loader) if hasattr(loader, "__len__") else 0)
     amp_context = autocast(device, amp)
     try:
         with torch.set_grad_enabled(train):
@@ -106,19 +121,54 @@ def run_epoch(
                 if step is not None:
                     step(loss)
                 n = int(inputs.shape[0])
-                total += float(loss.detach()) * n
-                count += n
+                terms.append(float(loss.detach()) * n)
+                counts.append(n)
                 metrics.update(outputs.detach(), batch)
-                if not bar.disable:
-                    post = {"loss": f"{total / count:.4f}"}
-                    if (i + 1) % every == 0:
-                        post.update({k: f"{v:.4f}" for k, v in metrics.compute().items()})
-                    bar.set_postfix(post, refresh=False)
+                _show_progress(bar, i, every, terms, counts, metrics)
     finally:
         bar.close()
+    return epoch_result(terms, counts, metrics, gather, desc)
+
+
+def _progress_bar(loader: Iterable[Batch], desc: str, progress: bool | None, n_batches: int) -> tuple[Any, int]:
+    from tqdm.auto import tqdm
+
+    disable = None if progress is None else not progress
+    bar = tqdm(loader, desc=desc, total=n_batches or None, disable=disable, leave=False,
+               dynamic_ncols=True, file=sys.stderr)
+    return bar, max(1, n_batches // 10) if n_batches else 10
+
+
+def _show_progress(bar: Any, i: int, every: int, terms: list[float], counts: list[int], metrics: Metrics) -> None:
+    if not bar.disable and counts:
+        post = {"loss": f"{sum(terms) / sum(counts):.4f}"}
+        if (i + 1) % every == 0:
+            post.update({k: f"{v:.4f}" for k, v in metrics.compute().items()})
+        bar.set_postfix(post, refresh=False)
+
+
+def epoch_result(
+    terms: Sequence[float], counts: Sequence[int], metrics: Metrics, gather: bool = False, desc: str = ""
+) -> dict[str, float]:
+    """``{"loss", **metrics}`` of a pass from its per-batch loss terms (loss x batch size) and sizes.
+
+    ``gather``: first concatenate every rank's terms and metric state (rank order), so every
+    rank returns the result over all batches, summed in single-process order.
+    """
+    if gather:
+        terms, counts = distributed.concat_over_ranks(terms), distributed.concat_over_ranks(counts)
+        metrics.load_state(gather_metric_state(metrics))
+    count = sum(counts)
     if count == 0:
         raise ValueError(f"{desc or 'run_epoch'}: the loader yielded no batch")
-    return {"loss": total / count, **{k: float(v) for k, v in metrics.compute().items()}}
+    return {"loss": sum(terms) / count, **{k: float(v) for k, v in metrics.compute().items()}}
+
+
+def gather_metric_state(metrics: Metrics) -> dict[str, list[Any]]:
+    """The metric state of every rank's batches (see ``GatherableMetrics`` in training.metrics)."""
+    if not (hasattr(metrics, "state") and hasattr(metrics, "load_state")):
+        raise TypeError(f"{type(metrics).__name__} has no state()/load_state(): it cannot be merged over processes")
+    return {k: distributed.concat_over_ranks(v) for k, v in sorted(metrics.state().items())}
 
 
 def evaluate(
@@ -130,10 +180,11 @@ def evaluate(
     input_key: str = "image",
     amp: bool = False,
     progress: bool | None = False,
+    gather: bool = False,
 ) -> dict[str, float]:
     """Validation loss and metrics of ``model`` on ``loader`` (eval mode, no gradient)."""
     model.to(device)
-    return run_epoch(model, loader, loss_fn, metrics, device, None, input_key, amp, progress, "eval")
+    return run_epoch(model, loader, loss_fn, metrics, device, None, input_key, amp, progress, "eval", gather)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -150,7 +201,9 @@ class TrainConfig:
     ``plateau_on`` (``train_loss``, the published choice, or ``val_loss``), with
     ``plateau_factor`` / ``plateau_patience`` given per phase as (warm-up, unfrozen): each phase
     starts a fresh AdamW and a fresh scheduler. A single value serves both phases.
-    ``progress`` None = bars on a TTY.
+    ``progress`` None = bars on a TTY. ``accumulate``: micro-batches per optimiser step (the
+    loaders' batch size times processes times ``accumulate`` is the global batch). ``sync_bn``:
+    SyncBatchNorm over the processes of a torchrun job (no effect in a single process).
     """
 
     epochs: int = 10
@@ -171,6 +224,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool | None = None
+    accumulate: int = 1
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         self.out_dir = str(self.out_dir)
@@ -189,6 +244,8 @@ class TrainConfig:
             raise ValueError("need lr >= 0, weight_decay >= 0")
         if not all(0 < f < 1 for f in self.plateau_factor) or min(self.plateau_patience) < 0:
             raise ValueError("need 0 < plateau_factor < 1 and plateau_patience >= 0")
+        if self.accumulate < 1:
+            raise ValueError(f"need accumulate >= 1, got {self.accumulate}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             self.grad_clip = None
 
@@ -251,6 +308,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=base["amp"],
                    help="mixed precision (CUDA only)")
     g.add_argument("--seed", type=int, default=base["seed"], help="seed of initialisation, shuffling, augmentation")
+    g.add_argument("--accumulate", type=int, default=base["accumulate"], metavar="K",
+                   help="gradient accumulation: K micro-batches per optimiser step (--batch-size stays the global "
+                        "batch; each forward pass takes batch-size / (processes x K) samples)")
     g.add_argument("--grad-clip", type=float, default=base["grad_clip"], help="clip gradient norm (off by default)")
     g.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
     g.add_argument("--overwrite", action="store_true", help="start afresh even if the output folder holds a run")
@@ -295,7 +355,9 @@ class Trainer:
     ``config.warmup_epochs`` epochs. ``metrics`` is used for both the training and the
     validation pass (reset in between). ``extra_config`` (data paths, fold, batch size...) is
     recorded with the training settings in ``train_config.json`` and in every checkpoint.
-    ``on_epoch_end(trainer, record)`` is called after each epoch's outputs are written.
+    ``on_epoch_end(trainer, record)`` is called after each epoch's outputs are written (in the
+    main process only). Under torchrun the loaders must be this rank's share
+    (:func:`~mgmt2d.training.distributed.make_train_loader` / ``make_eval_loader``).
     """
 
     def __init__(
@@ -317,8 +379,16 @@ class Trainer:
         if config.warmup_epochs > 0 and freeze_module is None:
             raise ValueError("warmup_epochs > 0 needs freeze_module (e.g. model.encoder)")
         self.cfg = config
+        self.dist = distributed.context()
         self.device = resolve_device(config.device)
+        if config.sync_bn and self.dist.active:
+            if self.device.type != "cuda":
+                raise ValueError("--sync-bn needs CUDA (torch's SyncBatchNorm runs on GPUs only); leave it out on CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, same state-dict keys
+        elif config.sync_bn:
+            log.info("--sync-bn: a single process, plain BatchNorm")
         self.model = model.to(self.device)
+        self._ddp: nn.parallel.DistributedDataParallel | None = None  # the training forward under torchrun
         self.train_loader, self.val_loader = train_loader, val_loader
         self.loss_fn, self.metrics = loss_fn, metrics
         self.freeze_module = freeze_module
@@ -332,6 +402,7 @@ class Trainer:
                 "resolved_device": str(self.device),
                 "amp_active": self.use_amp,
                 "autocast": autocast_name(self.device, bool(config.amp)),
+                "world_size": self.dist.world_size,
                 **(extra_config or {}),
             }
         )
@@ -352,6 +423,17 @@ class Trainer:
         self.bad_epochs = 0
         self.stopped_early = False
         self.history: list[dict[str, Any]] = []
+        self._position: dict[str, Any] | None = None  # where a mid-epoch last.pt stopped
+        self._fault = FaultHook.from_env(self.dist.rank)
+
+    @property
+    def _progress(self) -> bool | None:
+        return self.cfg.progress if self.is_main else False
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes (checkpoints, history, plots, logs): rank 0, or the only one."""
+        return self.dist.is_main
 
     # ---- optimiser / phases
 
@@ -364,6 +446,9 @@ class Trainer:
         if not params:
             raise ValueError("no trainable parameters (is freeze_module the whole model?)")
         self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.dist.active:  # DDP registers the parameters trainable now: rebuilt at each phase
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         factor, patience = self.cfg.plateau(phase)
         # plateau_on is a loss, so always "min" (whatever --monitor's direction is)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -416,11 +501,13 @@ class Trainer:
         self.bad_epochs, self.stopped_early = int(es["bad_epochs"]), bool(es["stopped"])
         self.history = [dict(r) for r in ckpt["history"]]
         set_rng_state(ckpt["rng"])
+        self._position = dict(ckpt["position"]) if ckpt.get("position") else None
 
     # ---- loops
 
     def _seed_epoch(self, epoch: int) -> None:
-        s = epoch_seed(self.cfg.seed, epoch)
+        # rank 0 (and a single process) uses (seed, epoch); other ranks draw their own dropout etc.
+        s = epoch_seed(self.cfg.seed, epoch, *([self.dist.rank] if self.dist.rank else []))
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
@@ -438,25 +525,135 @@ class Trainer:
                 log.warning("persistent_workers=True: resume will not be exact")
 
     def _run_epoch(self, loader: Iterable[Batch], train: bool, desc: str) -> dict[str, float]:
+        """An evaluation pass (on the unwrapped model: ranks may hold different numbers of batches)."""
+        assert not train, "training passes go through _train_pass"
         return run_epoch(
-            self.model, loader, self.loss_fn, self.metrics, self.device,
-            step=self._step if train else None, input_key=self.input_key,
-            amp=self.use_amp, progress=self.cfg.progress, desc=desc,
+            self.model, loader, self.loss_fn, self.metrics, self.device, step=None, input_key=self.input_key,
+            amp=self.use_amp, progress=self._progress, desc=desc, gather=self.dist.active,
         )
 
-    def _step(self, loss: Tensor) -> None:
+    def _train_pass(self, epoch: int, desc: str, stop: StopSignals) -> dict[str, float]:
+        """One training epoch (or its rest, after a mid-epoch ``last.pt``): ``accumulate``
+        micro-batches per optimiser step; after each step, a stop signal on any rank writes
+        ``last.pt`` with the position and raises :class:`Preempted`."""
+        k = self.cfg.accumulate
+        self.metrics.reset()
+        terms: list[float] = []
+        counts: list[int] = []
+        steps, skipped, total = 0, 0, self._len(self.train_loader)
+        batches: Iterator[Batch] | None = None  # iter() once: it draws from the loader's generator
+        position, self._position = self._position, None
+        if position is not None and int(position["epoch"]) == epoch:
+            steps = int(position["steps"])
+            if self.is_main:  # the partial results of every rank were merged into rank 0's
+                terms, counts = list(position["loss_terms"]), [int(c) for c in position["counts"]]
+                self.metrics.load_state(position["metrics"])
+            skipped, batches, total = self._skip(int(position["samples"]))
+            set_rng_state(position["rng"])
+            if self.dist.rank:  # rank 0's states were saved; the others continue from their own seed
+                torch.manual_seed(epoch_seed(self.cfg.seed, epoch, self.dist.rank, steps))
+            log.info("resuming epoch %d after step %d (%d batches of this process skipped)", epoch + 1, steps, skipped)
+        model = self._ddp or self.model
+        model.train()
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        bar, every = _progress_bar(batches or iter(self.train_loader), desc, self._progress, total - skipped)
+        try:
+            for i, batch in enumerate(bar):
+                b = skipped + i  # this process's micro-batch index within the epoch
+                first = (b // k) * k
+                in_step = min(k, total - first)  # the epoch's last step may have fewer micro-batches
+                sync = b - first == in_step - 1
+                batch = batch_to_device(batch, self.device)
+                inputs = batch_field(batch, self.input_key, 0)
+                no_sync = self._ddp.no_sync() if (self._ddp is not None and not sync) else nullcontext()
+                with no_sync:
+                    with autocast(self.device, self.use_amp):
+                        outputs = model(inputs)
+                        loss = self.loss_fn(outputs, batch)
+                    self.scaler.scale(loss / in_step if in_step > 1 else loss).backward()
+                n = int(inputs.shape[0])
+                terms.append(float(loss.detach()) * n)
+                counts.append(n)
+                self.metrics.update(outputs.detach(), batch)
+                _show_progress(bar, i, every, terms, counts, self.metrics)
+                if sync:
+                    self._step()
+                    steps += 1
+                    self._fault.reached("step")
+                    signum = distributed.max_over_ranks(stop.signum or 0)
+                    if signum:
+                        self._save_position(epoch, steps, terms, counts)
+                        raise Preempted(signum, f"stopped by {_signal_name(signum)} after step {steps} of epoch "
+                                                f"{epoch + 1}: {self.out_dir / LAST} holds the position; "
+                                                "continue with --resume")
+        finally:
+            bar.close()
+        return epoch_result(terms, counts, self.metrics, self.dist.active, desc)
+
+    @staticmethod
+    def _len(loader: Iterable[Batch]) -> int:
+        if not hasattr(loader, "__len__"):
+            raise TypeError("the training loader needs a length (a DataLoader has one)")
+        return len(loader)  # type: ignore[arg-type]
+
+    def _global_batch(self) -> int:
+        micro = getattr(self.train_loader, "batch_size", None)
+        if not micro:
+            raise ValueError("resuming mid-epoch needs a training DataLoader with a batch_size")
+        return int(micro) * self.dist.world_size * self.cfg.accumulate
+
+    def _skip(self, samples: int) -> tuple[int, Iterator[Batch], int]:
+        """Start the training loader after ``samples`` (over all processes) of this epoch; returns
+        (micro-batches of this process skipped, the iterator over the rest, the epoch's micro-batches)."""
+        micro = int(getattr(self.train_loader, "batch_size", 0) or 0)
+        if samples % self._global_batch():
+            raise ValueError(f"{self.out_dir / LAST} stopped mid-epoch after {samples} samples, not a multiple of "
+                             f"this run's global batch {self._global_batch()}: resume with the same --batch-size")
+        local = samples // self.dist.world_size
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_start"):
+            sampler.set_start(local)
+            return local // micro, iter(self.train_loader), local // micro + self._len(self.train_loader)
+        if self.dist.active:
+            raise ValueError("resuming mid-epoch under torchrun needs a sampler with set_start "
+                             "(distributed.make_train_loader)")
+        it = iter(self.train_loader)  # replay: the RNG states are restored after it
+        for _ in range(local // micro):
+            next(it)
+        return local // micro, it, self._len(self.train_loader)
+
+    def _save_position(self, epoch: int, steps: int, terms: list[float], counts: list[int]) -> None:
+        """Write ``last.pt`` in the middle of ``epoch`` (collective: every rank must call it)."""
+        merged = {
+            "loss_terms": distributed.concat_over_ranks(terms),
+            "counts": distributed.concat_over_ranks(counts),
+            "metrics": gather_metric_state(self.metrics) if self.dist.active else self.metrics.state(),
+        }
+        if not self.is_main:
+            return
+        state = self.state_dict()
+        state["position"] = {"epoch": epoch, "steps": steps, "samples": steps * self._global_batch(),
+                             "rng": state["rng"], **merged}
+        self._save_last(state)
+
+    def _save_last(self, state: Mapping[str, Any]) -> None:
+        save_checkpoint(self.out_dir / LAST, state, before_rename=lambda: self._fault.reached("checkpoint"))
+
+    def _step(self) -> None:
+        """Apply the accumulated gradients (clip, AMP-scaled step), then clear them."""
+        assert self.optimizer is not None
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
 
     def evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
-        """Loss and metrics of the current model on ``loader`` (eval mode, no gradient)."""
+        """Loss and metrics of the current model on ``loader`` (eval mode, no gradient; under
+        torchrun ``loader`` is this rank's share and the result covers all ranks)."""
         return self._run_epoch(loader, train=False, desc="eval")
 
     def _improved(self, value: float) -> bool:
@@ -480,15 +677,29 @@ class Trainer:
                 raise FileExistsError(
                     f"{self.out_dir} already holds a run ({LAST}); pass --resume to continue or --overwrite"
                 )
-            if self.cfg.overwrite:  # only this engine's own outputs, never the folder
+            if self.cfg.overwrite and self.is_main:  # only this engine's own outputs, never the folder
                 for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):
                     (self.out_dir / name).unlink(missing_ok=True)
             self._set_phase(FROZEN if self.cfg.warmup_epochs > 0 else UNFROZEN)
-        check_writable(self.out_dir, "training run")
-        write_run_config(self.out_dir, RUN_CONFIG, {**self.config, "resumed_at_epoch": self.epoch})
+        if self.is_main:
+            for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):  # temp files of a killed write, never used
+                for stale in self.out_dir.glob(f".{name}.tmp*"):
+                    stale.unlink()
+            check_writable(self.out_dir, "training run")
+            write_run_config(self.out_dir, RUN_CONFIG, {
+                **self.config, "resumed_at_epoch": self.epoch,
+                "resumed_at_step": int(self._position["steps"]) if self._position else 0,
+            })
 
     def fit(self) -> FitResult:
-        """Train until ``epochs`` or early stopping; returns the best epoch and the history."""
+        """Train until ``epochs`` or early stopping; returns the best epoch and the history.
+
+        Raises :class:`Preempted` after SIGTERM/SIGINT, once ``last.pt`` is written.
+        """
+        with StopSignals() as stop:
+            return self._fit(stop)
+
+    def _fit(self, stop: StopSignals) -> FitResult:
         self._start()
         cfg = self.cfg
         while self.epoch < cfg.epochs and not self.stopped_early:
@@ -503,7 +714,7 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.lr
             tag = f"epoch {epoch + 1}/{cfg.epochs}"
-            train = self._run_epoch(self.train_loader, train=True, desc=f"{tag} train")
+            train = self._train_pass(epoch, f"{tag} train", stop)
             val = self._run_epoch(self.val_loader, train=False, desc=f"{tag} val")
             record: dict[str, Any] = {"epoch": epoch + 1, "phase": self.phase, "lr": lr}
             record.update({f"train_{k}": v for k, v in train.items()})
@@ -523,18 +734,24 @@ class Trainer:
                 self.stopped_early = True
             record["time"] = round(time.perf_counter() - t0, 3)
             self.history.append(record)
-            state = self.state_dict()
-            if improved:
-                save_checkpoint(self.out_dir / BEST, state)
-            save_checkpoint(self.out_dir / LAST, state)
-            self._write_history()
+            if self.is_main:
+                state = self.state_dict()
+                if improved:
+                    save_checkpoint(self.out_dir / BEST, state)
+                self._save_last(state)
+                self._fault.reached("epoch-end")
+                self._write_history()
             log.info(
                 "%s %s lr %.3g | %s%s", tag, self.phase, lr,
                 " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "val_"))),
                 " *" if improved else "",
             )
-            if self.on_epoch_end is not None:
+            if self.on_epoch_end is not None and self.is_main:
                 self.on_epoch_end(self, record)
+            signum = distributed.max_over_ranks(stop.signum or 0)
+            if signum:
+                raise Preempted(signum, f"stopped by {_signal_name(signum)} at the end of epoch {epoch + 1}: "
+                                        f"{self.out_dir / LAST} written; continue with --resume")
         if self.stopped_early:
             log.info("early stop: no %s improvement for %d epochs (best %s at epoch %s)",
                      cfg.monitor, self.bad_epochs, self.best_value, self.best_epoch)
@@ -552,3 +769,7 @@ class Trainer:
 
         write_csv_atomic(self.out_dir / HISTORY_CSV, pd.DataFrame(self.history))
         plot_history(self.history, self.out_dir / CURVES_PNG, self.cfg.warmup_epochs, self.best_epoch, self.cfg.monitor)
+
+
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
