@@ -306,9 +306,9 @@ def _entry_problem(folder: Path, fields: dict) -> str | None:
     return None
 
 
-def _probe(module: nn.Module, backend: EngineBackend, role: str) -> str | None:
-    """Compare the backend with torch on a fixed random batch of 2; the problem, or None."""
-    shape = (2, *backend.input_shape)
+def _probe(module: nn.Module, backend: EngineBackend, role: str, batch: int = 2) -> str | None:
+    """Compare the backend with torch on a fixed random batch; the problem, or None."""
+    shape = (batch, *backend.input_shape)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     with torch.inference_mode():
         want = module(x).float().numpy()
@@ -355,7 +355,7 @@ def make_backend(
         problem = _entry_problem(folder, fields)
         if problem is None:
             backend = _open(name, module, example_shape, "loaded", folder, threads, precision)
-            problem = _probe(module, backend, role)
+            problem = _probe(module, backend, role, batch=1)   # a cheap check at each start-up
             if problem is None:
                 log.info("%s %s: cached conversion %s", role, name, folder)
                 return backend
