@@ -184,8 +184,9 @@ def test_missing_engine_is_a_one_line_error_naming_the_install(monkeypatch):
 def test_auto_prefers_the_fixed_engine_order_on_cpu_and_torch_on_cuda(monkeypatch):
     cuda = backends.resolve_backend("auto", torch.device("cuda"))
     assert cuda.name == "torch"
-    monkeypatch.setattr(backends, "engine_installed", lambda name: name == "onnxruntime")
-    assert backends.resolve_backend("auto", torch.device("cpu")).name == "onnxruntime"
+    for engine in backends.ENGINES:
+        monkeypatch.setattr(backends, "engine_installed", lambda name, engine=engine: name == engine)
+        assert backends.resolve_backend("auto", torch.device("cpu")).name == engine
     monkeypatch.setattr(backends, "engine_installed", lambda name: True)
     assert backends.resolve_backend("auto", torch.device("cpu")).name == backends.AUTO_PREFERENCE[0]
     monkeypatch.setattr(backends, "engine_installed", lambda name: False)

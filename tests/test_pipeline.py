@@ -241,7 +241,10 @@ def test_engine_backend_in_prepare_classification_and_evaluate_segmentation(demo
     got = pd.read_csv(got_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
     pd.testing.assert_frame_equal(got, want)
     for row in want[want.kept > 0].itertuples():
-        np.testing.assert_array_equal(np.load(got_dir / row.file), np.load(want_dir / row.file))
+        a, b = np.load(got_dir / row.file), np.load(want_dir / row.file)
+        np.testing.assert_array_equal(a[..., 0], b[..., 0])   # the slices themselves
+        # WT/ET: thresholded probabilities; one within float rounding of 0.5 may flip a pixel.
+        assert (a[..., 1:] != b[..., 1:]).mean() <= 1e-4, row.file
     # evaluate-segmentation: the same Dice on one case.
     task1 = tmp_path / "task1"
     task1.mkdir()
