@@ -35,6 +35,22 @@ chunk-by-chunk schedule ~35*n_chunks backbone passes per series):
 
 The speed-up of the classify step is bounded by the frame ratio 35 * n_chunks(n) / n, which
 is printed: it tends to 7 for long series and reaches 5 at n = 105.
+
+``--backends eager torch onnxruntime openvino`` (issue 16) compares the inference backends
+instead (``mgmt2d.inference.backends``; "eager" is torch as loaded, no channels-last, the
+baseline; "torch" is ``--backend torch``, channels-last backbone on the CPU):
+
+  micro     segmenter slices/s (``--micro-slices`` prepared slices through ``predict_probs``)
+            and backbone frames/s (``--micro-frames`` frames through ``embed_frames``) at 224 px,
+            per backend, plus UNet++ channels-last (the measurement behind leaving it off)
+  whole     per patient, EVERY non-empty slice segmented (``--seg-slices`` is ignored), the
+            ``--cls-slices`` stand-in stack classified with ``predict_series``: the steps above
+            timed per backend; the published chunk-by-chunk schedule (eager torch,
+            ``predict_series_chunkwise``) is timed once per series as the other reference
+  start-up  ``load_models`` with a fresh engine cache (conversion) and again (cached)
+
+The backends run one after the other on the same patient; the ratios are against eager
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -60,6 +76,7 @@ from mgmt2d.classification.chunks import chunk_index, n_chunks
 from mgmt2d.classification.model import build_classifier, predict_series, predict_series_chunkwise
 from mgmt2d.data import dicom
 from mgmt2d.data.contract import OURS
+from mgmt2d.inference import backends as engines
 from mgmt2d.inference import predict as inference
 from mgmt2d.inference.published import WeightsLayout
 from mgmt2d.segmentation import model as segmenter
@@ -170,8 +187,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip checking the step-by-step segment path against stack.segment_and_stack_many "
                              "(first patient; costs one more segmenter pass)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backends", nargs="+", choices=["eager", "torch", *engines.ENGINES],
+                        help="compare inference backends instead (issue 16): eager is the baseline")
+    parser.add_argument("--micro-slices", type=int, default=16, help="--backends: slices for the segmenter rate")
+    parser.add_argument("--micro-frames", type=int, default=32, help="--backends: frames for the backbone rate")
+    parser.add_argument("--threads", type=int, default=None, help="--backends: threads (default: cores available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.backends:
+        compare_backends(args)
+        return
     device = torch.device("cpu")
     start = time.perf_counter()
     header("inference per patient: predict_series vs predict_series_chunkwise")
@@ -307,6 +332,180 @@ def main(argv: list[str] | None = None) -> None:
     print("  frame ratio 35*n_chunks(n)/frames_ours(n), the bound on the classify speed-up: "
           + ", ".join(f"n={n}: {backbone_frames(n)[1] / backbone_frames(n)[0]:.2f}" for n in ns))
     print(f"  max |p_ours - p_chunkwise| over chunks: {max_diff:.2e}")
+    print(f"   end  {loadavg()}; total {time.perf_counter() - start:.0f} s", flush=True)
+
+
+# ---------------------------------------------------------------------------- --backends (issue 16)
+
+
+def synth_folders(args, tmp: Path) -> list[Path]:
+    synth = args.synth
+    if synth is None:
+        synth = tmp / "synth"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
+                        str(args.patients), "--size", "full", "--seed", str(args.seed)],
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"synthetic data: --patients {args.patients} --size full in {time.perf_counter() - t0:.1f} s")
+    return sorted((p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()),
+                  key=lambda p: p.name)[: args.patients]
+
+
+def load_backend(name: str, layout: WeightsLayout, args, cache: Path) -> tuple[inference.Models, float]:
+    """load_models under one backend ("eager": torch as loaded, no backend applied); (models, seconds)."""
+    device = torch.device("cpu")
+    opts = None if name == "eager" else engines.resolve_backend(name, device, args.threads, cache)
+    t0 = time.perf_counter()
+    models = inference.load_models(layout, list(args.mri_types), [0], device, backend=opts,
+                                   overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
+    return models, time.perf_counter() - t0
+
+
+def rate(fn, count: int) -> float:
+    """count / seconds of one call after an untimed warm-up call."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - t0)
+
+
+def compare_backends(args) -> None:
+    import copy
+
+    device = torch.device("cpu")
+    threads = args.threads or engines.available_cores()
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    header(f"inference backends: {' '.join(args.backends)} ({threads} threads)")
+    names = list(dict.fromkeys(["eager", *args.backends]))
+    with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-backends-") as tmp_name:
+        tmp = Path(tmp_name)
+        folders = synth_folders(args, tmp)
+        layout = save_weights(tmp / "weights", args.seed)
+        models, startup = {}, {}
+        for name in names:
+            models[name], first = load_backend(name, layout, args, tmp / "cache")
+            second = None
+            if name in engines.ENGINES:
+                models[name], second = load_backend(name, layout, args, tmp / "cache")
+            startup[name] = (first, second)
+            print(f"load_models --backend {name}: {first:.1f} s" + (f", cached {second:.1f} s" if second else ""),
+                  flush=True)
+        c = models["eager"].contract
+        opts = stack.StackOptions(c, seg_batch_size=args.seg_batch_size)
+
+        # micro: the same prepared slices / frames through every backend
+        volume, meta = dicom.read_series(folders[0] / args.mri_types[0], order=c.slice_order,
+                                         rescale=c.pixel_values == "modality")
+        _, scaled, _ = stack.prepare_series(volume, meta.positive_fraction, c)
+        mid = max(len(scaled) // 2 - args.micro_slices // 2, 0)
+        seg_in = segmenter.to_input(scaled[mid:mid + args.micro_slices], c.seg_image_size, c.seg_zoom)
+        frames_in = inference.series_frames(classify_stack(volume, args.micro_frames, c), c.image_size, c.tta_zoom)
+        probs, micro = {}, {}
+        seg_cl = engines.channels_last_inputs(copy.deepcopy(models["eager"].segmenter))
+        for name in names:
+            m = models[name]
+            clf = m.classifiers[args.mri_types[0]][0]
+
+            def run_seg(seg=m.segmenter, name=name):
+                probs[name] = segmenter.predict_probs(seg, seg_in, device, args.seg_batch_size)
+
+            def run_emb(clf=clf, name=name):
+                with torch.inference_mode():
+                    probs[name + "/emb"] = clf.embed_frames(frames_in, args.batch_size)
+
+            micro[name] = (rate(run_seg, len(seg_in)), rate(run_emb, len(frames_in)))
+            print(f"micro {name}: segmenter {micro[name][0]:.2f} slices/s, backbone {micro[name][1]:.2f} frames/s  "
+                  f"{loadavg()}", flush=True)
+        cl_rate = rate(lambda: segmenter.predict_probs(seg_cl, seg_in, device, args.seg_batch_size), len(seg_in))
+        print(f"micro UNet++ channels-last (torch): {cl_rate:.2f} slices/s", flush=True)
+        seg_diff = {n: float(np.abs(probs[n] - probs["eager"]).max()) for n in names}
+        emb_diff = {n: float(((probs[n + "/emb"] - probs["eager/emb"]).abs().amax(1)
+                              / probs["eager/emb"].abs().amax(1)).max()) for n in names}
+
+        # whole: every non-empty slice of every series segmented, the stand-in stack classified
+        whole = {n: defaultdict(float) for n in names}
+        chunkwise, kept_same, cls_diff, n_segmented = 0.0, True, {n: 0.0 for n in names}, 0
+        for pi, folder in enumerate(folders):
+            volumes, metas = [], []
+            for mri_type in args.mri_types:
+                if (folder / mri_type).is_dir():
+                    t0 = time.perf_counter()
+                    v, mt = dicom.read_series(folder / mri_type, order=c.slice_order,
+                                              rescale=c.pixel_values == "modality")
+                    read_s = time.perf_counter() - t0
+                    volumes.append(v)
+                    metas.append(mt)
+                    for n in names:
+                        whole[n]["read"] += read_s
+            fractions = [m.positive_fraction for m in metas]
+            ref_kept, ref_probs = None, None
+            for n in (names if pi % 2 == 0 else names[::-1]):
+                t = whole[n]
+                results, n_seg = segment_steps(models[n].segmenter, volumes, fractions, device, opts, t)
+                if n == "eager":
+                    n_segmented += n_seg
+                kept = [r.slice_index.tolist() for r in results]
+                series_probs = []
+                for volume in volumes:
+                    stack_u8 = classify_stack(volume, args.cls_slices, c)
+                    t0 = time.perf_counter()
+                    x = inference.series_frames(stack_u8, c.image_size, c.tta_zoom)
+                    index = chunk_index(len(x), c.seq_len, c.stride)
+                    padded = None
+                    if (index[-1] < 0).any():
+                        padded = inference.series_frames(stack_u8[int(index[-1, 0]):].astype(np.float64),
+                                                         c.image_size, c.tta_zoom)
+                    t["frames"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    clf = models[n].classifiers[args.mri_types[0]][0]
+                    series_probs.append(predict_series(clf, x, c.seq_len, c.stride, args.batch_size,
+                                                       padded_chunk_frames=padded))
+                    t["classify"] += time.perf_counter() - t0
+                    if n == "eager":
+                        t0 = time.perf_counter()
+                        predict_series_chunkwise(clf, x, c.seq_len, c.stride, args.batch_size,
+                                                 padded_chunk_frames=padded)
+                        chunkwise += time.perf_counter() - t0
+                if ref_kept is None:
+                    ref_kept, ref_probs = kept, series_probs
+                kept_same &= kept == ref_kept
+                cls_diff[n] = max(cls_diff[n], max(float(np.abs(a - b).max()) for a, b in zip(series_probs, ref_probs)))
+                print(f"patient {folder.name} {n}: segmented {n_seg} slices (kept {[len(k) for k in kept]}), "
+                      + " | ".join(f"{s} {t[s]:.1f}" for s in STEPS) + f" s (cumulative)  {loadavg()}", flush=True)
+
+    npat = len(folders)
+    print(f"RESULT inference backends, {threads} threads, {npat} patient(s) x {'+'.join(args.mri_types)}, "
+          f"every non-empty slice segmented, {args.cls_slices} slices classified per series")
+    print(f"  {'backend':<12}{'seg slices/s':>13}{'x eager':>8}{'(whole run)':>12}{'x eager':>8}{'backbone fr/s':>15}"
+          f"{'x eager':>8}{'seg max|dp|':>13}{'emb max rel':>13}{'start s':>9}{'cached s':>9}")
+    seg_rate = {n: n_segmented / whole[n]["seg_model"] for n in names}
+    for n in names:
+        first, second = startup[n]
+        print(f"  {n:<12}{micro[n][0]:>13.2f}{micro[n][0] / micro['eager'][0]:>8.2f}{seg_rate[n]:>12.2f}"
+              f"{seg_rate[n] / seg_rate['eager']:>8.2f}{micro[n][1]:>15.2f}"
+              f"{micro[n][1] / micro['eager'][1]:>8.2f}{seg_diff[n]:>13.1e}{emb_diff[n]:>13.1e}{first:>9.1f}"
+              + (f"{second:>9.1f}" if second else f"{'-':>9}"))
+    print(f"  UNet++ channels-last (torch): {cl_rate:.2f} slices/s = {cl_rate / micro['eager'][0]:.2f}x eager")
+    print(f"  seconds per patient, mean of {npat}:")
+    print(f"  {'backend':<12}" + "".join(f"{s:>13}" for s in STEPS) + f"{'whole':>9}{'x eager':>9}{'x published':>12}"
+          f"{'classify x chunkwise':>22}")
+    eager_whole = sum(whole["eager"][s] for s in STEPS) / npat
+    published = eager_whole + (chunkwise - whole["eager"]["classify"]) / npat
+    for n in names:
+        t = {s: whole[n][s] / npat for s in STEPS}
+        total = sum(t.values())
+        print(f"  {n:<12}" + "".join(f"{t[s]:>13.2f}" for s in STEPS) + f"{total:>9.2f}{eager_whole / total:>9.2f}"
+              f"{published / total:>12.2f}{chunkwise / npat / t['classify']:>22.2f}")
+    print(f"  published schedule (eager, chunk-by-chunk classify {chunkwise / npat:.2f} s): whole {published:.2f} s")
+    best = max(names, key=lambda n: eager_whole / (sum(whole[n].values()) / npat))
+    best_whole = eager_whole / (sum(whole[best][s] for s in STEPS) / npat)
+    best_cls = max(chunkwise / whole[n]["classify"] for n in names)
+    print(f"  goal whole >= 1.7x eager: best {best} {best_whole:.2f}x ({'met' if best_whole >= 1.7 else 'NOT met'}); "
+          f"goal classify >= 7x chunk-by-chunk at {args.cls_slices} slices: best {best_cls:.2f}x "
+          f"({'met' if best_cls >= 7 else 'NOT met'})")
+    print(f"  same kept slices in every backend: {kept_same}; max |chunk prob - eager|: "
+          + ", ".join(f"{n} {cls_diff[n]:.1e}" for n in names))
     print(f"   end  {loadavg()}; total {time.perf_counter() - start:.0f} s", flush=True)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from mgmt2d.data import task2
 from mgmt2d.data.settings import load_settings
+from mgmt2d.inference import backends
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,3 +185,88 @@ def test_missing_imagenet_weights_is_a_one_line_error_not_a_random_start(demo: P
     assert proc.returncode == 2
     assert "download_models.py" in proc.stderr and "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+# ---------------------------------------------------------------- --backend (issue 16)
+
+ENGINES = [e for e in ("onnxruntime", "openvino") if backends.engine_installed(e)]
+
+
+def test_engine_backends_give_the_torch_submission(demo: Path, tmp_path: Path):
+    """inference_on_test.py with each CPU engine: the same kept slices, probabilities within float tolerance."""
+    if not ENGINES:
+        pytest.skip("no CPU engine installed (requirements-cpu.txt)")
+    settings = demo / "SETTINGS.json"
+    outs = {}
+    for backend in ("torch", *ENGINES):
+        out = tmp_path / backend / "sub.csv"
+        run(["inference_on_test.py", "--settings", str(settings), "--output", str(out), "--device", "cpu",
+             "--workers", "1", "--backend", backend, "--threads", "1", "--engine-cache", str(tmp_path / "cache")],
+            demo)
+        outs[backend] = out
+    detail = {b: pd.read_csv(o.with_name("sub_per_type.csv"), dtype={"BraTS21ID": str}, keep_default_na=False)
+              for b, o in outs.items()}
+    subs = {b: pd.read_csv(o, dtype={"BraTS21ID": str}) for b, o in outs.items()}
+    assert (detail["torch"].kept > 0).any()
+    for engine in ENGINES:
+        for col in ("BraTS21ID", "type", "kept", "total", "chunks", "note", "kept_files"):
+            assert detail[engine][col].tolist() == detail["torch"][col].tolist(), (engine, col)
+        np.testing.assert_allclose(detail[engine].prob, detail["torch"].prob, atol=1e-5)
+        assert subs[engine].BraTS21ID.tolist() == subs["torch"].BraTS21ID.tolist()
+        np.testing.assert_allclose(subs[engine].MGMT_value, subs["torch"].MGMT_value, atol=1e-5)
+        config = json.loads(outs[engine].with_name("sub_config.json").read_text())["config"]
+        assert config["backend"] == engine and config["threads"] == 1
+    # A second run finds the cached conversions and still agrees.
+    again = tmp_path / "again" / "sub.csv"
+    proc = run(["inference_on_test.py", "--settings", str(settings), "--output", str(again), "--device", "cpu",
+                "--workers", "1", "--backend", ENGINES[0], "--engine-cache", str(tmp_path / "cache")], demo)
+    assert proc.stderr.count("cached conversion") == 2 and "converting" not in proc.stderr
+    np.testing.assert_allclose(pd.read_csv(again).MGMT_value, subs["torch"].MGMT_value, atol=1e-5)
+
+
+def test_engine_backend_in_prepare_classification_and_evaluate_segmentation(demo: Path, tmp_path: Path):
+    if not ENGINES:
+        pytest.skip("no CPU engine installed (requirements-cpu.txt)")
+    engine, cache = ENGINES[0], str(tmp_path / "cache")
+    settings = load_settings(demo / "SETTINGS.json")
+    # prepare_classification.py --split test into another folder: the same slices as the demo's torch run.
+    raw = json.loads((demo / "SETTINGS.json").read_text())
+    own = tmp_path / "SETTINGS.json"
+    own.write_text(json.dumps({**{k: str((demo / v).resolve()) for k, v in raw.items()},
+                               "CLASSIFICATION_DATA_DIR": str(tmp_path / "prepared")}))
+    run(["prepare_classification.py", "--settings", str(own), "--split", "test", "--device", "cpu",
+         "--image-size", "32", "--workers", "1", "--backend", engine, "--engine-cache", cache], demo)
+    want_dir, got_dir = settings["CLASSIFICATION_DATA_DIR"] / "test", tmp_path / "prepared" / "test"
+    want = pd.read_csv(want_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
+    got = pd.read_csv(got_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
+    pd.testing.assert_frame_equal(got, want)
+    for row in want[want.kept > 0].itertuples():
+        a, b = np.load(got_dir / row.file), np.load(want_dir / row.file)
+        np.testing.assert_array_equal(a[..., 0], b[..., 0])   # the slices themselves
+        # WT/ET: thresholded probabilities; one within float rounding of 0.5 may flip a pixel.
+        assert (a[..., 1:] != b[..., 1:]).mean() <= 1e-4, row.file
+    # evaluate-segmentation: the same Dice on one case.
+    task1 = tmp_path / "task1"
+    task1.mkdir()
+    case = sorted(settings["TASK1_DIR"].iterdir())[0]
+    (task1 / case.name).symlink_to(case)
+    metrics = {}
+    for backend in ("torch", engine):
+        out = tmp_path / f"eval-{backend}"
+        run(["-m", "mgmt2d", "evaluate-segmentation", "--settings", str(demo / "SETTINGS.json"), "--task1-dir",
+             str(task1), "--modalities", "flair", "--out", str(out), "--device", "cpu", "--backend", backend,
+             "--engine-cache", cache], REPO)
+        metrics[backend] = pd.read_csv(out / "metrics.csv", dtype={"case": str})
+        assert json.loads((out / "evaluate_config.json").read_text())["config"]["backend"] == backend
+    pd.testing.assert_frame_equal(metrics[engine], metrics["torch"], atol=1e-6)
+
+
+def test_engine_backend_not_installed_is_one_line(demo: Path, tmp_path: Path):
+    code = ("import runpy, sys; sys.modules['openvino'] = None; sys.argv = sys.argv[1:]; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    proc = run(["-c", code, str(REPO / "inference_on_test.py"), "--settings", str(demo / "SETTINGS.json"),
+                "--output", str(tmp_path / "sub.csv"), "--device", "cpu", "--backend", "openvino"], demo, ok=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "requirements-cpu.txt" in errors[0] and "mgmt2d[cpu-engines]" in errors[0]
+    assert not (tmp_path / "sub.csv").exists()

@@ -37,6 +37,7 @@ from mgmt2d.data.io import (
 )
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_name, resolve_device
+from mgmt2d.inference.backends import add_backend_arguments, backend_from_args, segmenter_backend
 from mgmt2d.segmentation import model as segmenter
 
 log = logging.getLogger(__name__)
@@ -286,6 +287,10 @@ def _collect(out_dir: Path, patients: list[str]) -> pd.DataFrame:
     return frame[INDEX_COLUMNS]
 
 
+# How a run computes, not what it computes: a resume may change them (the outputs agree within float tolerance).
+RUN_ONLY = frozenset({"backend", "threads", "engine_cache", "engine_precision"})
+
+
 def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool) -> None:
     """Resume only a run with the same parameters; clear ours only when told to."""
     meta = out_dir / "prepare_config.json"
@@ -300,7 +305,7 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool) -> Non
         import json
 
         previous = json.loads(meta.read_text()).get("config", {})
-        changed = sorted(k for k in params if k in previous and previous[k] != params[k])
+        changed = sorted(k for k in params if k in previous and previous[k] != params[k] and k not in RUN_ONLY)
         if changed:
             raise SettingsError(
                 f"{out_dir} was prepared with other values of {', '.join(changed)}; "
@@ -317,6 +322,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-format", choices=["dicom", "jpg"], default="dicom")
     parser.add_argument("--seg-model", type=Path, help="stage-1 checkpoint (default SEGMENT_MODEL_DIR/fold0/best.pt)")
     add_device_argument(parser)
+    add_backend_arguments(parser)   # the segmenter's (issue 16)
     parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (reference 224)")
     parser.add_argument(
         "--slice-order",
@@ -360,6 +366,7 @@ def main(args: argparse.Namespace) -> int:
                 f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model"
             )
         device = resolve_device(args.device)
+        backend = backend_from_args(args, device)
         contract = InputContract(
             slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,
             min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours, input_format=args.input_format,
@@ -371,9 +378,10 @@ def main(args: argparse.Namespace) -> int:
             "contract": contract.to_dict(), "seg_amp": args.seg_amp,
             "segmenter_autocast": autocast_name(device, args.seg_amp),
             "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
+            **backend.to_dict(),
         }
         check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
-        model = segmenter.load_segmenter(seg_model, device)
+        model = segmenter_backend(segmenter.load_segmenter(seg_model, device), seg_model, args.image_size, backend)
         frame = prepare(
             settings, args.split, model, device, opts, args.input_format, args.workers,
             args.overwrite, args.seed, tuple(args.exclude), params,

@@ -28,6 +28,13 @@ from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, Inp
 from mgmt2d.data.io import check_writable, save_npy_atomic, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.inference.backends import (
+    BackendOptions,
+    add_backend_arguments,
+    backend_from_args,
+    classifier_backend,
+    segmenter_backend,
+)
 from mgmt2d.inference.published import WeightsLayout, detect_layout, model_dirs_layout
 from mgmt2d.segmentation import model as segmenter
 
@@ -67,12 +74,14 @@ def classifier_checkpoint(layout: WeightsLayout, mri_type: str, fold: int) -> Pa
 def load_models(
     layout: WeightsLayout, mri_types: list[str], folds: list[int], device: torch.device,
     backbone: str = "eca_nfnet_l0", channels_last: bool = False, overrides: dict | None = None,
+    backend: BackendOptions | None = None,
 ) -> Models:
     """The segmenter and every (type, fold) classifier found, with the one input contract they share.
 
     Each classifier checkpoint states its contract (a raw published state dict: the
     reference's); checkpoints that disagree cannot share one preparation and are refused.
     ``overrides`` (e.g. slice_order from the command line) replace contract fields.
+    ``backend`` (default torch as loaded) runs the segmenter and the classifier backbones.
     """
     seg_path = layout.segmenter(0)
     if not seg_path.is_file():
@@ -114,6 +123,10 @@ def load_models(
             "DICOM: predicting on other inputs than it was trained on is the published code's mistake we do not "
             "repeat; train on DICOM (prepare_classification.py --input-format dicom)"
         )
+    if backend is not None:
+        seg = segmenter_backend(seg, seg_path, contract.seg_image_size, backend)
+        for path, model in cache.items():
+            classifier_backend(model, path, contract.image_size, backend, device)
     return Models(seg, classifiers, contract, files)
 
 
@@ -266,6 +279,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="submission CSV (default TEST_PREDICTION_FILE)")
     parser.add_argument("--sample-submission", type=Path, help="default: sample_submission.csv beside the input folder")
     add_device_argument(parser)
+    add_backend_arguments(parser)
     parser.add_argument("--mri-types", nargs="+", default=list(task2.MRI_TYPES), choices=list(task2.MRI_TYPES))
     parser.add_argument("--folds", nargs="+", type=int, default=[0], help="fold models to average")
     parser.add_argument(
@@ -327,6 +341,7 @@ def main(args: argparse.Namespace) -> int:
     )
     layout = weights_layout(args, settings)
     device = resolve_device(args.device)
+    backend = backend_from_args(args, device)
     overrides = {
         "slice_order": args.slice_order,
         "pixel_values": args.pixel_values,
@@ -334,7 +349,7 @@ def main(args: argparse.Namespace) -> int:
         "tta_zoom": args.tta_zoom,
     }
     models = load_models(layout, args.mri_types, args.folds, device, channels_last=device.type == "cuda",
-                         overrides=overrides)
+                         overrides=overrides, backend=backend)
     log.info("input contract: %s", models.contract.to_dict())
     timer = Timer()
     sub, detail = predict(patients, input_dir, models, device, args.mri_types, args.seg_batch_size, args.batch_size,
@@ -344,7 +359,7 @@ def main(args: argparse.Namespace) -> int:
     write_csv_atomic(output.with_name(output.stem + "_per_type.csv"), detail)
     write_run_config(output.parent, output.stem + "_config.json",
                      {**vars(args), "input": input_dir, "output": output, "weights_layout": layout.kind,
-                      "weights": models.files, "contract": models.contract.to_dict(),
+                      "weights": models.files, "contract": models.contract.to_dict(), **backend.to_dict(),
                       "classifier_autocast": autocast_name(device, args.amp),
                       "segmenter_autocast": autocast_name(device, False),
                       "seconds": timer.seconds})

@@ -23,6 +23,13 @@ from mgmt2d.data.intensity import minmax_uint8
 from mgmt2d.data.io import atomic_path, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, resolve_device
+from mgmt2d.inference.backends import (
+    BackendError,
+    BackendOptions,
+    add_backend_arguments,
+    backend_from_args,
+    segmenter_backend,
+)
 from mgmt2d.segmentation import model as segmenter
 from mgmt2d.training.checkpoint import checkpoint_config, read_weights_file
 
@@ -83,11 +90,14 @@ def evaluate(
     batch_size: int = 16,
     cases: set[str] | None = None,
     label_map: tuple[tuple[int, int], ...] = (),
+    backend: BackendOptions | None = None,
 ) -> pd.DataFrame:
-    """Dice per case of ``task1_dir`` (only ``cases``, BraTS case ids, when given)."""
+    """Dice per case of ``task1_dir`` (only ``cases``, BraTS case ids, when given); ``backend`` runs the model."""
     model = segmenter.load_segmenter(model_path, device)
     if image_size is None:
         image_size = _checkpoint_image_size(model_path) or 224
+    if backend is not None:
+        model = segmenter_backend(model, model_path, image_size, backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     case_dirs = [c for c in brats.list_cases(task1_dir) if cases is None or brats.case_id(c) in cases]
@@ -140,6 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 224")
     parser.add_argument("--batch-size", type=int, default=16)
     add_device_argument(parser)
+    add_backend_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -152,10 +163,12 @@ def main(args: argparse.Namespace) -> int:
             raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
         modalities = brats.parse_modalities(args.modalities)
         device = resolve_device(args.device)
-        write_run_config(args.out, "evaluate_config.json", {**vars(args), "model": str(model_path)})
+        backend = backend_from_args(args, device)
+        write_run_config(args.out, "evaluate_config.json",
+                         {**vars(args), "model": str(model_path), **backend.to_dict()})
         metrics = evaluate(model_path, task1_dir, args.out, modalities, device, args.image_size, args.batch_size,
-                           cases, brats.parse_label_map(args.label_map))
-    except (SettingsError, brats.BratsCaseError) as err:
+                           cases, brats.parse_label_map(args.label_map), backend)
+    except (SettingsError, brats.BratsCaseError, BackendError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if metrics.empty:
