@@ -52,13 +52,15 @@ def stacked_overlay(frame: np.ndarray) -> np.ndarray:
 
 
 def caption(image: np.ndarray, text: str, colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """``image`` (H, W, 3) with ``text`` on a black band above it (band height scales with the width)."""
+    """``image`` (H, W, 3) with ``text`` (one line per ``\\n``) on a black band above it."""
     h, w = image.shape[:2]
-    scale = max(0.3, min(1.0, w / 300))
-    band = int(22 * scale) + 4
-    out = np.zeros((h + band, w, 3), np.uint8)
-    out[band:] = image
-    cv2.putText(out, text, (2, band - 6), cv2.FONT_HERSHEY_SIMPLEX, scale * 0.6, colour, 1, cv2.LINE_AA)
+    lines = text.split("\n")
+    scale = max(0.3, min(0.6, w / 350))
+    line_h = int(26 * scale) + 4
+    out = np.zeros((h + line_h * len(lines) + 2, w, 3), np.uint8)
+    out[line_h * len(lines) + 2:] = image
+    for n, line in enumerate(lines):
+        cv2.putText(out, line, (2, line_h * (n + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
     return out
 
 

@@ -48,7 +48,7 @@ from mgmt2d.inference.gradcam import ChunkCam, chunk_cam
 log = logging.getLogger(__name__)
 
 INDEX = "index.html"
-TILE = 96            # montage tile width (px)
+TILE = 112           # montage tile width (px)
 MONTAGE_COLUMNS = 12
 CAM_TILE = 160       # Grad-CAM tile width (px)
 
@@ -174,9 +174,9 @@ def _montage(volume: np.ndarray, st) -> np.ndarray:
         masks = st.masks[k] if st.masks is not None else (None, None)
         tile = overlay.contour_overlay(gray, masks[0], masks[1])
         if k in kept:
-            tiles.append(overlay.caption(tile, f"{k} kept"))
+            tiles.append(overlay.caption(tile, f"{k}\nkept"))
         else:
-            tiles.append(overlay.mark_dropped(tile, f"{k} {(st.dropped or {}).get(k, 'dropped')}"))
+            tiles.append(overlay.mark_dropped(tile, f"{k}\n{(st.dropped or {}).get(k, 'dropped')}"))
     return overlay.grid(tiles, MONTAGE_COLUMNS)
 
 
@@ -221,9 +221,9 @@ def _cam_figure(cams: list[ChunkCam], top_frames: int) -> np.ndarray:
             frame = overlay.resize_tile(overlay.stacked_overlay(cam.images[t]), CAM_TILE)
             heat = overlay.resize_tile(overlay.heatmap_overlay(np.repeat(cam.images[t][..., :1], 3, axis=2),
                                                                cam.cam[t], vmax), CAM_TILE)
-            text = f"{which} chunk {cam.chunk} p={cam.prob:.3f} slice {cam.slices[t]}"
+            text = f"{which} chunk {cam.chunk}, p={cam.prob:.3f}\nseries slice {cam.slices[t]}"
             share = 100 * cam.mass[t] / max(float(cam.mass.sum()), 1e-12)
-            rows += [overlay.caption(frame, text), overlay.caption(heat, f"{share:.0f}% of the chunk's heat")]
+            rows += [overlay.caption(frame, text), overlay.caption(heat, f"Grad-CAM\n{share:.0f}% of the chunk's heat")]
     return overlay.grid(rows, 2)
 
 
