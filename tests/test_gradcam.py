@@ -51,4 +51,8 @@ def test_wrapper_is_the_whole_model(model):
     x = torch.randn(1, 4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ChunkLogit(model)(x).reshape(-1), model(x))
-    assert target_layer(model) is model.backbone.final_conv
+    assert target_layer(model, 224) is model.backbone.final_conv            # 7x7, the usual target
+    small = target_layer(model, 32)                                           # final_conv is 1x1 there
+    assert small is not model.backbone.final_conv
+    names = [n for n, m in model.backbone.named_modules() if m is small]
+    assert names and names[0].startswith("stages.")

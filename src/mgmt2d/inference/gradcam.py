@@ -3,7 +3,7 @@
 The classifier maps a chunk (T frames) to one logit through backbone -> BiLSTM -> head, so a
 heatmap of one frame alone would explain nothing. :class:`ChunkLogit` wraps the whole model
 as a module from one chunk (1, T, 3, H, W) to its logit; ``pytorch_grad_cam.GradCAM`` hooks a
-late backbone conv layer, which sees the T frames as a batch: one backward pass of the chunk
+late backbone layer (:func:`target_layer`), which sees the T frames as a batch: one backward pass of the chunk
 logit gives every frame's activations and gradients, hence a heatmap per frame that explains
 the chunk's logit. Heatmaps are kept unnormalised (the package's per-image min-max would
 hide which frames matter), so the frames with the largest heatmap mass can be picked.
@@ -39,12 +39,36 @@ class ChunkLogit(nn.Module):
         return self.model(x).reshape(-1, 1)
 
 
-def target_layer(model: MGMTClassifier) -> nn.Module:
-    """The last conv layer of the backbone (eca_nfnet_l0: ``final_conv``), the usual Grad-CAM target."""
+MIN_CAM_SIZE = 7   # the heatmap grid of the reference: eca_nfnet_l0's final conv at 224 px
+
+
+def target_layer(model: MGMTClassifier, image_size: int = 224) -> nn.Module:
+    """The latest backbone layer whose map is at least MIN_CAM_SIZE wide at ``image_size``.
+
+    Candidates, in network order: the backbone's stages (the residual stream, when it has
+    ``stages`` as timm's NFNets do), then its last conv layer. At the reference 224 px that is
+    the last conv (eca_nfnet_l0: ``final_conv``, 7x7), the usual Grad-CAM target; smaller inputs
+    (the 64 px learning check: 2x2 there) get the latest stage that still resolves the image,
+    so the heatmap can point somewhere.
+    """
     convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("the classifier backbone has no Conv2d layer for Grad-CAM")
-    return convs[-1]
+    candidates = [*getattr(model.backbone, "stages", []), convs[-1]]
+    sizes: dict[int, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, _i, out: sizes.__setitem__(id(mod), min(out.shape[-2:])))
+             for m in candidates]
+    was_training = model.backbone.training
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model.backbone.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.backbone.train(was_training)
+    large = [m for m in candidates if sizes.get(id(m), 0) >= MIN_CAM_SIZE]
+    return large[-1] if large else convs[-1]
 
 
 @dataclass
@@ -99,7 +123,7 @@ def chunk_cam(model: MGMTClassifier, stacked: StackedSeries, contract: InputCont
 
     x, images, slices = chunk_input(stacked, contract, chunk)
     device = next(model.parameters()).device
-    layer = target_layer(model)
+    layer = target_layer(model, contract.image_size)
     wrapped = ChunkLogit(model)
     was_training = model.training
     cam = GradCAM(model=wrapped, target_layers=[layer])   # puts the model in eval mode
