@@ -267,4 +267,6 @@ def test_report_dir_shows_the_submission_probabilities(demo: Path, tmp_path: Pat
     assert f"{summary['MGMT_value']:.4f}" in proc.stdout
     again = run(["-m", "mgmt2d", "report", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp),
                  "--patient", good[0], "--out", str(one), "--device", "cpu"], REPO, ok=False)
-    assert again.returncode == 2 and again.stderr.strip().startswith("error:") and "--overwrite" in again.stderr
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert again.returncode == 2 and len(errors) == 1 and "--overwrite" in errors[0]
+    assert "Traceback" not in again.stderr and (one / good[0] / "index.html").is_file()

@@ -68,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
     if not inference.patient_series(input_dir, patient, list(task2.MRI_TYPES)):
         raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/<type>/)")
     out = args.out or settings["TEST_PREDICTION_FILE"].parent / "report"
+    check_reports(out, [patient], args.overwrite)   # before the models load
     device = resolve_device(args.device)
     models, _ = inference.models_from_args(args, settings, device)
     write = writer(out, models, device, args, [patient])
@@ -82,11 +83,7 @@ def writer(out: Path, models: inference.Models, device: torch.device, args: argp
     """The ``on_patient`` hook writing each patient's report under ``out``; checks up front that
     no existing report would be replaced without ``--overwrite``."""
     out = Path(out)
-    overwrite = bool(getattr(args, "overwrite", False))
-    existing = [p for p in patients if (out / p).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{out / existing[0]} already exists ({len(existing)} patient reports in {out}); "
-                              "pass --overwrite to replace them or choose another folder")
+    check_reports(out, patients, bool(getattr(args, "overwrite", False)))
     check_writable(out, "report")
     top = int(getattr(args, "top_frames", 3))
     config = {**vars(args), "report_dir": out, "contract": models.contract.to_dict(), "weights": models.files}
@@ -95,6 +92,14 @@ def writer(out: Path, models: inference.Models, device: torch.device, args: argp
         write_report(out, result, models, device, config, top)
 
     return write
+
+
+def check_reports(out: Path, patients: list[str], overwrite: bool) -> None:
+    """Refuse to replace existing patient reports without ``--overwrite``."""
+    existing = [p for p in patients if (Path(out) / p).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{Path(out) / existing[0]} already exists ({len(existing)} patient report(s) in "
+                              f"{out}); pass --overwrite to replace them or choose another folder")
 
 
 def write_report(out: Path, result: inference.PatientResult, models: inference.Models, device: torch.device,
