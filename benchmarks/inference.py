@@ -340,8 +340,11 @@ def report_hook_cost(args: argparse.Namespace) -> None:
             subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
                             str(args.patients), "--size", "small", "--seed", str(args.seed)],
                            check=True, stdout=subprocess.DEVNULL)
-        input_dir = synth / "task2" / "test"
-        patients = sorted(p.name for p in input_dir.iterdir() if p.is_dir())[: args.patients]
+        input_dir = tmp / "patients"   # both Task 2 splits (inference needs no label), as links
+        input_dir.mkdir()
+        for folder in (p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()):
+            (input_dir / folder.name).symlink_to(folder.resolve())
+        patients = sorted(p.name for p in input_dir.iterdir())[: args.patients]
         layout = save_weights(tmp / "weights", args.seed)
         models = inference.load_models(layout, list(args.mri_types), [0], device,
                                        overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
