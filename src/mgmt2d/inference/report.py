@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings)
     input_dir = inference.input_folder(args, settings)
+    if args.top_frames < 1:
+        raise SettingsError(f"--top-frames {args.top_frames}: show at least 1 frame per explained chunk")
     patient = task2.format_id(args.patient)
     if not inference.patient_series(input_dir, patient, list(task2.MRI_TYPES)):
         raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/<type>/)")
