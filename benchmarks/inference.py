@@ -192,10 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--micro-slices", type=int, default=16, help="--backends: slices for the segmenter rate")
     parser.add_argument("--micro-frames", type=int, default=32, help="--backends: frames for the backbone rate")
     parser.add_argument("--threads", type=int, default=None, help="--backends: threads (default: cores available)")
+    parser.add_argument("--report-hook", action="store_true",
+                        help="instead: whole inference.predict without a report vs with the report hook (see "
+                             "report_hook_cost); small synthetic patients unless --synth")
+    parser.add_argument("--rounds", type=int, default=3, help="--report-hook: alternating rounds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.backends:
         compare_backends(args)
+        return
+    if args.report_hook:
+        report_hook_cost(args)
         return
     device = torch.device("cpu")
     start = time.perf_counter()
@@ -506,6 +513,67 @@ def compare_backends(args) -> None:
           f"({'met' if best_cls >= 7 else 'NOT met'})")
     print(f"  same kept slices in every backend: {kept_same}; max |chunk prob - eager|: "
           + ", ".join(f"{n} {cls_diff[n]:.1e}" for n in names))
+    print(f"   end  {loadavg()}; total {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def report_hook_cost(args: argparse.Namespace) -> None:
+    """Is inference without ``--report-dir`` as fast as before the report existed?
+
+    Whole ``inference.predict`` runs on the same patients, in alternation, ``--rounds`` times:
+    ``none`` (no ``on_patient``: what inference_on_test.py runs without --report-dir) and
+    ``hook`` (a no-op ``on_patient``: the per-patient results are kept, masks included, but
+    nothing is written). Their ratio bounds the cost of the report plumbing on the inference
+    path. Once at the end, ``report`` (the real writer: montages, chunk plots, Grad-CAM, NIfTI)
+    shows what a report costs when it is asked for.
+    """
+    from mgmt2d.inference import report
+
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    header("inference.predict without a report vs with the report hook")
+    with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-hook-") as tmp_name:
+        tmp = Path(tmp_name)
+        synth = args.synth
+        if synth is None:
+            synth = tmp / "synth"
+            subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
+                            str(args.patients), "--size", "small", "--seed", str(args.seed)],
+                           check=True, stdout=subprocess.DEVNULL)
+        input_dir = tmp / "patients"   # both Task 2 splits (inference needs no label), as links
+        input_dir.mkdir()
+        for folder in (p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()):
+            (input_dir / folder.name).symlink_to(folder.resolve())
+        patients = sorted(p.name for p in input_dir.iterdir())[: args.patients]
+        layout = save_weights(tmp / "weights", args.seed)
+        models = inference.load_models(layout, list(args.mri_types), [0], device,
+                                       overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
+        print(f"{len(patients)} patients ({input_dir}), types {' '.join(args.mri_types)}, "
+              f"contract {models.contract.to_dict()}", flush=True)
+
+        def run(hook) -> tuple[float, list[float]]:
+            t0 = time.perf_counter()
+            sub, _ = inference.predict(patients, input_dir, models, device, list(args.mri_types),
+                                       args.seg_batch_size, args.batch_size, 1, None, True, None, hook)
+            return time.perf_counter() - t0, sub.MGMT_value.tolist()
+
+        run(None)   # untimed warm-up
+        seconds: dict[str, list[float]] = {"none": [], "hook": []}
+        values = {}
+        for r in range(args.rounds):
+            for name in (("none", "hook") if r % 2 == 0 else ("hook", "none")):
+                took, values[name] = run(None if name == "none" else (lambda result: None))
+                seconds[name].append(took)
+                print(f"round {r + 1} {name}: {took:.2f} s  {loadavg()}", flush=True)
+        assert values["none"] == values["hook"], "the hook changed the probabilities"
+        args_ns = argparse.Namespace(overwrite=False, top_frames=3)
+        writer = report.writer(tmp / "report", models, device, args_ns, patients)
+        took_report, values["report"] = run(writer)
+        assert values["report"] == values["none"], "the report changed the probabilities"
+        none, hook = statistics.median(seconds["none"]), statistics.median(seconds["hook"])
+        print(f"RESULT median seconds for {len(patients)} patients: without report {none:.2f}, with the no-op "
+              f"report hook {hook:.2f}: ratio hook/none {hook / none:.3f} (goal <= 1.05)")
+        print(f"  with the report written (Grad-CAM, images, NIfTI): {took_report:.2f} s, "
+              f"{took_report / none:.2f}x; only when --report-dir / report is asked for")
     print(f"   end  {loadavg()}; total {time.perf_counter() - start:.0f} s", flush=True)
 
 

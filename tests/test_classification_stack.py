@@ -143,6 +143,14 @@ def test_segment_and_stack_keeps_tumour_slices_and_reports_why_others_went():
     )
     assert shifted.slice_index.tolist() == [2, 4]
     assert stack.segment_and_stack(model, vol - 1024.0, torch.device("cpu"), ref).kept == 0
+    # keep_masks (the report): every segmented slice's masks, the kept ones equal to their stacked channels
+    assert series.masks is None
+    kept = stack.segment_and_stack(model, vol, torch.device("cpu"), stack.StackOptions(SMALL, 4, keep_masks=True))
+    np.testing.assert_array_equal(kept.images, series.images)
+    assert kept.masks.shape == (6, 2, 80, 64) and kept.masks.dtype == np.uint8
+    np.testing.assert_array_equal(kept.masks[[2, 4], 0] * 255, series.images[..., 1])
+    np.testing.assert_array_equal(kept.masks[[2, 4], 1] * 255, series.images[..., 2])
+    assert not kept.masks[5].any()                   # near-empty: never segmented
 
 
 def test_transform_round_trip_of_masks():

@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,6 +40,7 @@ from mgmt2d.data import dicom
 from mgmt2d.data.contract import contract_of
 from mgmt2d.dev import synth
 from mgmt2d.dev.synth_stack import prepare_from_synth, stack_with_truth, true_masks
+from mgmt2d.inference.gradcam import chunk_cam
 from mgmt2d.inference.predict import classify_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,3 +243,45 @@ def test_stage2_learns_visible_tumour_property(tmp_path):
               f"{t1 - t0:.0f}, train {t2 - t1:.0f}, score {t3 - t2:.0f}")
     print(report)
     assert auc >= MIN_AUC, f"held-out patient AUC {auc:.3f} < {MIN_AUC}\n{report}"
+    check_gradcam_is_faithful(out / "best.pt", tmp_path / "held_out")
+
+
+# Grad-CAM faithfulness (issue 14): the heatmaps the report shows (top frames of the highest and the
+# lowest chunk) put their mass on the tumour, whose architecture carries the label.
+CAM_TOP_FRAMES = 3
+CAM_DILATE_PX = 5     # tumour mask dilated by a 5x5 square at 64 px (2 px margin)
+CAM_MIN_RATIO = 2.0
+
+
+def check_gradcam_is_faithful(checkpoint: Path, test_dir: Path) -> None:
+    """Mean over held-out patients of the share of heatmap mass inside the dilated tumour mask
+    must be >= CAM_MIN_RATIO x the tumour's mean share of the image area."""
+    model, config = load_trained_classifier(checkpoint, "cpu")
+    contract = contract_of(config)
+    index = pd.read_csv(test_dir / "index.csv", dtype={"patient": str}, keep_default_na=False)
+    kernel = np.ones((CAM_DILATE_PX, CAM_DILATE_PX), np.uint8)
+    mass_shares, area_shares = [], []
+    for row in index[index.kept > 0].itertuples():
+        images = np.load(test_dir / row.file, allow_pickle=False)
+        stacked = StackedSeries(images, np.arange(len(images)), row.total, row.total)
+        probs = classify_series([model], stacked, contract, 32, None)
+        chunks = sorted({int(np.argmax(probs)), int(np.argmin(probs))})
+        mass, area = [], []
+        for chunk in chunks:
+            cam = chunk_cam(model, stacked, contract, chunk)
+            for t in cam.top_frames(CAM_TOP_FRAMES):
+                heat = cam.cam[t]
+                if heat.sum() <= 0:
+                    continue
+                tumour = cv2.dilate((cam.images[t][..., 1] > 127).astype(np.uint8), kernel) > 0
+                mass.append(float(heat[tumour].sum() / heat.sum()))
+                area.append(float(tumour.mean()))
+        if mass:
+            mass_shares.append(np.mean(mass))
+            area_shares.append(np.mean(area))
+    mass_share, area_share = float(np.mean(mass_shares)), float(np.mean(area_shares))
+    print(f"Grad-CAM on {len(mass_shares)} held-out patients: heatmap mass inside the dilated tumour "
+          f"{mass_share:.3f}, tumour share of the image area {area_share:.3f} (ratio {mass_share / area_share:.2f}, "
+          f"need >= {CAM_MIN_RATIO})")
+    assert len(mass_shares) >= 16
+    assert mass_share >= CAM_MIN_RATIO * area_share

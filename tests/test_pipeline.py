@@ -10,8 +10,10 @@ import json
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -270,3 +272,86 @@ def test_engine_backend_not_installed_is_one_line(demo: Path, tmp_path: Path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "requirements-cpu.txt" in errors[0] and "mgmt2d[cpu-engines]" in errors[0]
     assert not (tmp_path / "sub.csv").exists()
+
+# --------------------------------------------------------------------------- per-patient report (issue 14)
+
+
+class _Page(HTMLParser):
+    """The files an HTML page references (img src, a href) and its text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.refs.append(attrs["src"])
+        if tag == "a":
+            self.refs.append(attrs["href"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _check_report(folder: Path) -> tuple[dict, str]:
+    """index.html parses, every file it references exists, images are not blank, NIfTI pairs match."""
+    page = _Page()
+    page.feed((folder / "index.html").read_text())
+    page.close()
+    for ref in page.refs:
+        path = folder / ref
+        assert path.is_file(), f"{folder.name}/index.html references missing {ref}"
+        if ref.endswith(".png"):
+            image = cv2.imread(str(path))
+            assert image is not None and image.size > 0 and image.std() > 5, f"{ref} is blank"
+    for seg in folder.glob("*_seg.nii.gz"):
+        image = nib.load(str(seg).replace("_seg.nii.gz", "_image.nii.gz"))
+        labels = np.asarray(nib.load(seg).dataobj)
+        assert labels.shape == image.shape and set(np.unique(labels)) <= {0, 2, 4}
+        np.testing.assert_allclose(nib.load(seg).affine, image.affine)
+    summary = json.loads((folder / "report.json").read_text())
+    assert (folder / "report_config.json").is_file()
+    return summary, " ".join(page.text)
+
+
+def test_report_dir_shows_the_submission_probabilities(demo: Path, tmp_path: Path):
+    settings = load_settings(demo / "SETTINGS.json")
+    test_dir = settings["DICOM_DATA_DIR"] / "test"
+    good = sorted(p.name for p in test_dir.iterdir() if p.is_dir())[:2]
+    inp = tmp_path / "test"
+    for name in good:
+        shutil.copytree(test_dir / name, inp / name)
+    shutil.copytree(test_dir / good[0], inp / "90003")   # every slice blank: nothing usable
+    for series in (inp / "90003").iterdir():
+        _blank_series(series)
+    out, reports = tmp_path / "sub.csv", tmp_path / "reports"
+    run(["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp),
+         "--output", str(out), "--device", "cpu", "--workers", "1", "--report-dir", str(reports)], demo)
+    sub = pd.read_csv(out, dtype={"BraTS21ID": str})
+    assert sorted(p.name for p in reports.iterdir()) == sorted(sub.BraTS21ID)
+    shown_cam = 0
+    for pid, value in zip(sub.BraTS21ID, sub.MGMT_value):
+        summary, text = _check_report(reports / pid)
+        assert summary["MGMT_value"] == pytest.approx(value, abs=1e-12)
+        assert f"{value:.4f}" in text
+        shown_cam += sum(1 for t in summary["types"].values() if t.get("gradcam"))
+    assert shown_cam > 0   # the trained demo keeps slices somewhere, so some heatmaps are shown
+    empty, text = _check_report(reports / "90003")
+    assert empty["fallback"] and "No usable slice in any MRI type" in text
+    assert all(t["note"] == "no non-empty slice" for t in empty["types"].values())
+    assert (reports / "90003" / "T1wCE_slices.png").is_file()   # the dropped slices are still shown, marked
+
+    # python -m mgmt2d report: the same code, the same probability; an existing report is kept.
+    one = tmp_path / "one"
+    proc = run(["-m", "mgmt2d", "report", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp),
+                "--patient", good[0], "--out", str(one), "--device", "cpu", "--workers", "1"], REPO)
+    summary, _ = _check_report(one / good[0])
+    assert summary["MGMT_value"] == pytest.approx(dict(zip(sub.BraTS21ID, sub.MGMT_value))[good[0]], abs=1e-12)
+    assert f"{summary['MGMT_value']:.4f}" in proc.stdout
+    again = run(["-m", "mgmt2d", "report", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp),
+                 "--patient", good[0], "--out", str(one), "--device", "cpu"], REPO, ok=False)
+    errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert again.returncode == 2 and len(errors) == 1 and "--overwrite" in errors[0]
+    assert "Traceback" not in again.stderr and (one / good[0] / "index.html").is_file()

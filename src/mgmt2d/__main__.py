@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from mgmt2d.cli import user_message
 
 # command -> (module, help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -13,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("mgmt2d.tools.info", "print what the readers see in a series, NIfTI file or patient folder"),
     "demo": ("mgmt2d.dev.demo", "run the whole pipeline on synthetic data with small settings"),
     "evaluate-segmentation": ("mgmt2d.segmentation.evaluate", "segment whole volumes and report volumetric Dice"),
+    "report": ("mgmt2d.inference.report", "one patient through inference as a page: overlays, Grad-CAM, NIfTI"),
 }
 
 
@@ -31,7 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     # `info` reports skipped files in its JSON; its stderr stays for the one-line error.
     level = logging.WARNING if args.command == "info" else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    return int(modules[args.command].main(args) or 0)
+    try:
+        return int(modules[args.command].main(args) or 0)
+    except Exception as err:   # a user's mistake: one line and exit 2, as the stage scripts (cli.run)
+        message = user_message(err)
+        if message is None or os.environ.get("MGMT2D_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

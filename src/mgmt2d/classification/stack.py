@@ -44,6 +44,7 @@ class StackOptions:
     contract: InputContract = InputContract()
     seg_batch_size: int = 32
     amp: bool = False   # the reference segmented in fp32: a 0.5 threshold is sensitive to half precision
+    keep_masks: bool = False   # also return every segmented slice's masks (the report's NIfTI and overlays)
 
     @property
     def image_size(self) -> int:
@@ -60,6 +61,7 @@ class StackedSeries:
     nonempty: int             # slices that passed the non-empty filter
     reason: str = ""          # why nothing was kept, when K == 0
     dropped: dict[int, str] | None = None   # series position -> why that slice was not kept
+    masks: np.ndarray | None = None   # (total, 2, H, W) uint8 {0,1} [WT, ET] per series slice, with keep_masks
 
     @property
     def kept(self) -> int:
@@ -146,22 +148,27 @@ def stack_series(
     prepared: tuple[np.ndarray, np.ndarray | None, str],
     masks: Iterable[np.ndarray],
     contract: InputContract,
+    keep_masks: bool = False,
 ) -> StackedSeries:
     """Rules 6-8 on a prepared series: ``masks`` yields each used slice's {0,1} (2, H, W) [WT, ET] mask.
 
     The masks come from the segmenter (:func:`segment_and_stack_many`) or, in the learning
     check, from the true labels (``mgmt2d.dev.synth_stack``): the same filter and stacking.
+    ``keep_masks``: the result also holds every series slice's masks (zeros where not segmented).
     """
     idx, scaled, reason = prepared
     total = len(volume)
+    full = np.zeros((total, 2, *np.shape(volume)[1:]), np.uint8) if keep_masks else None
     used = set(idx.tolist())
     dropped = {i: NEAR_EMPTY for i in range(total) if i not in used}
     if scaled is None:
         if reason == "constant series":
             dropped.update({int(i): reason for i in idx})
-        return _empty(volume, total, len(idx) if reason == "constant series" else 0, reason, dropped)
+        return _empty(volume, total, len(idx) if reason == "constant series" else 0, reason, dropped, full)
     images, kept = [], []
     for i, (value, mask) in enumerate(zip(scaled, masks, strict=True)):
+        if full is not None:
+            full[idx[i]] = mask
         image = value.astype(np.uint8)   # truncation, as the reference (254.9 -> 254)
         verdict = slice_verdict(image, mask[0], contract.min_area_ratio, contract.max_wt_contours)
         if verdict:
@@ -170,8 +177,8 @@ def stack_series(
         images.append(stack_channels(image, mask))
         kept.append(idx[i])
     if not images:
-        return _empty(volume, total, len(idx), "no slice passed the tumour filter", dropped)
-    return StackedSeries(np.stack(images), np.asarray(kept, dtype=np.int64), total, len(idx), "", dropped)
+        return _empty(volume, total, len(idx), "no slice passed the tumour filter", dropped, full)
+    return StackedSeries(np.stack(images), np.asarray(kept, dtype=np.int64), total, len(idx), "", dropped, full)
 
 
 def segment_and_stack_many(
@@ -202,7 +209,7 @@ def segment_and_stack_many(
         shape = np.asarray(volume).shape[1:]
         masks = (segmenter.from_output(small, shape, c.seg_zoom) for small in binary[offset:offset + n])
         offset += n
-        results.append(stack_series(volume, prep, masks, c))
+        results.append(stack_series(volume, prep, masks, c, opts.keep_masks))
     return results
 
 
@@ -213,6 +220,8 @@ def segment_and_stack(
     return segment_and_stack_many(model, [volume], device, opts, [fractions])[0]
 
 
-def _empty(volume: np.ndarray, total: int, nonempty: int, reason: str, dropped: dict[int, str]) -> StackedSeries:
+def _empty(volume: np.ndarray, total: int, nonempty: int, reason: str, dropped: dict[int, str],
+           masks: np.ndarray | None = None) -> StackedSeries:
     h, w = volume.shape[1:] if volume.ndim == 3 else (0, 0)
-    return StackedSeries(np.zeros((0, h, w, 3), np.uint8), np.zeros(0, np.int64), total, nonempty, reason, dropped)
+    return StackedSeries(np.zeros((0, h, w, 3), np.uint8), np.zeros(0, np.int64), total, nonempty, reason, dropped,
+                         masks)

@@ -15,8 +15,10 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from mgmt2d import overlay
 from mgmt2d.classification.dataset import POOLED, ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification.model import build_classifier
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
@@ -66,6 +68,22 @@ def training_contract(data_dir: Path, image_size: int, seq_len: int, stride: int
     params = json.loads(meta.read_text()).get("params", {}) if meta.is_file() else {}
     base = InputContract.from_dict(params["contract"]) if "contract" in params else InputContract()
     return replace(base, image_size=image_size, seq_len=seq_len, stride=stride)
+
+
+def validation_preview(val_ds: ChunkDataset, max_frames: int = 12):
+    """TensorBoard preview: the first validation chunk's frames (up to ``max_frames``, evenly
+    spaced) with their WT/ET contours, captioned with the chunk's label and probability."""
+
+    def preview(model: torch.nn.Module, device: torch.device) -> dict[str, np.ndarray]:
+        item = val_ds[0]
+        prob = float(torch.sigmoid(model(item["image"][None].to(device)).float())[0])
+        chunk = val_ds.chunk_frames(0)
+        shown = np.unique(np.linspace(0, len(chunk) - 1, min(len(chunk), max_frames)).astype(int))
+        strip = overlay.grid([overlay.stacked_overlay(chunk[t]) for t in shown], columns=len(shown))
+        text = f"patient {item['patient_id']} label {int(item['label'])} prob {prob:.3f}"
+        return {"val/chunk": overlay.caption(strip, text)}
+
+    return preview
 
 
 def main(args: argparse.Namespace) -> int:
@@ -138,6 +156,7 @@ def train_one(args: argparse.Namespace, ctx: distributed.DistContext, device: to
             "val_patients": sorted(val_rows.patient.unique()),
         },
         on_epoch_end=save_patient_scores,
+        preview=validation_preview(val_ds),
     )
     result = trainer.fit()
     best = result.history[result.best_epoch - 1] if result.best_epoch else {}

@@ -95,6 +95,9 @@ class SeriesMeta:
     # Per slice (reading order): the fraction of its STORED pixel values that are > 0. The
     # near-empty test uses it, so a rescale intercept cannot make background count as tissue.
     positive_fraction: np.ndarray | None = None
+    # ImageOrientationPatient (row cosines, column cosines) of the first slice in reading
+    # order that has a usable one; with ``positions`` it places the volume in patient space.
+    orientation: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (paths as strings, arrays as lists)."""
@@ -109,6 +112,7 @@ class SeriesMeta:
             "skipped": [{"file": s.file, "reason": s.reason} for s in self.skipped],
             "resized": list(self.resized),
             "positive_fraction": None if self.positive_fraction is None else self.positive_fraction.tolist(),
+            "orientation": None if self.orientation is None else list(self.orientation),
         }
 
 
@@ -528,6 +532,7 @@ def read_series(
         skipped=skipped,
         resized=resized,
         positive_fraction=positive,
+        orientation=_series_orientation(slices),
     )
     return volume, meta
 
@@ -539,6 +544,14 @@ def _series_plane(slices: Sequence[_Slice]) -> str:
         if plane != "unknown":
             return plane
     return "unknown"
+
+
+def _series_orientation(slices: Sequence[_Slice]) -> tuple[float, ...] | None:
+    """ImageOrientationPatient of the first slice (in reading order) whose orientation is usable."""
+    for s in slices:
+        if _unit_normal(s.orientation) is not None:
+            return tuple(float(v) for v in s.orientation)  # type: ignore[union-attr]
+    return None
 
 
 def _pixel_spacing(

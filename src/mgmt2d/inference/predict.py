@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,29 @@ class Timer:
         now = time.perf_counter()
         self.seconds[step] = self.seconds.get(step, 0.0) + now - t0
         return now
+
+
+@dataclass
+class SeriesResult:
+    """One series of a patient as inference saw it (what the report shows)."""
+
+    mri_type: str
+    volume: np.ndarray | None = None            # as read (None: unreadable or missing)
+    meta: dicom.SeriesMeta | None = None
+    stacked: StackedSeries | None = None        # kept slices, dropped reasons, masks
+    chunk_probs: np.ndarray | None = None       # (n_chunks,) averaged over the fold models
+    prob: float = float("nan")                  # mean chunk probability
+    note: str = ""                              # why nothing was scored
+
+
+@dataclass
+class PatientResult:
+    """Everything inference computed for one patient, handed to ``predict(on_patient=...)``."""
+
+    patient: str
+    prob: float                                 # the submission's MGMT_value
+    fallback: bool                              # no usable slice in any type: prob is FALLBACK
+    series: list[SeriesResult]
 
 
 def classifier_checkpoint(layout: WeightsLayout, mri_type: str, fold: int) -> Path | None:
@@ -180,15 +204,18 @@ def predict(
     keep_dir: Path | None = None,
     amp: bool = True,
     timer: Timer | None = None,
+    on_patient: Callable[[PatientResult], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(submission rows, per-patient per-type rows) for ``patients`` in their order.
 
     Inputs are made as ``models.contract`` says. On CUDA the classifier runs under fp16
     autocast (``amp``), as the published inference did; the segmenter always runs in fp32.
+    ``on_patient`` (the report) receives each patient's :class:`PatientResult`, masks
+    included; without it nothing extra is kept.
     """
     timer = timer or Timer()
     c = models.contract
-    opts = StackOptions(contract=c, seg_batch_size=seg_batch_size)
+    opts = StackOptions(contract=c, seg_batch_size=seg_batch_size, keep_masks=on_patient is not None)
     types = [t for t in mri_types if t in models.classifiers]
     plan = {p: patient_series(input_dir, p, types) for p in patients}
     reader = dicom.read_series_many([path for p in patients for _, path in plan[p]], workers=max(workers, 1),
@@ -198,10 +225,12 @@ def predict(
     for patient in tqdm(patients, desc="inference", unit="patient"):
         t0 = time.perf_counter()
         series: list[tuple[str, np.ndarray, dicom.SeriesMeta]] = []
+        seen: list[SeriesResult] = []   # for on_patient
         for mri_type, _path in plan[patient]:
             _folder, volume, meta = next(reader)
             if isinstance(volume, Exception):
                 detail.append(_detail(patient, mri_type, note=f"unreadable: {volume}"))
+                seen.append(SeriesResult(mri_type, note=f"unreadable: {volume}"))
                 continue
             series.append((mri_type, volume, meta))
         t0 = timer.add("read", t0)
@@ -209,15 +238,17 @@ def predict(
                                          [m.positive_fraction for _, _, m in series]) if series else []
         t0 = timer.add("segment", t0)
         type_probs = []
-        for (mri_type, _, meta), res in zip(series, stacked):
+        for (mri_type, volume, meta), res in zip(series, stacked):
             if res.kept == 0:
                 detail.append(_detail(patient, mri_type, note=res.reason, total=res.total))
+                seen.append(SeriesResult(mri_type, volume, meta, res, note=res.reason))
                 continue
             if keep_dir is not None:
                 save_npy_atomic(keep_dir / f"{patient}_{mri_type}.npy", res.images)
             chunk_probs = classify_series(models.classifiers[mri_type], res, c, batch_size, classifier_dtype)
             prob = float(np.mean(chunk_probs))
             type_probs.append(prob)
+            seen.append(SeriesResult(mri_type, volume, meta, res, chunk_probs, prob))
             detail.append(_detail(
                 patient, mri_type, kept=res.kept, total=res.total, chunks=len(chunk_probs), prob=prob,
                 kept_files=" ".join(meta.files[i].name for i in res.slice_index),
@@ -225,6 +256,7 @@ def predict(
             ))
         for mri_type in sorted(set(mri_types) - {t for t, _ in plan[patient]}):
             detail.append(_detail(patient, mri_type, note="series missing"))
+            seen.append(SeriesResult(mri_type, note="series missing"))
         timer.add("classify", t0)
         if type_probs:
             rows.append({"BraTS21ID": patient, "MGMT_value": float(np.mean(type_probs))})
@@ -232,6 +264,8 @@ def predict(
             tqdm.write(f"warning: patient {patient} has no usable slice in any MRI type: MGMT_value {FALLBACK}")
             log.warning("patient %s has no usable slice in any MRI type: MGMT_value %.1f", patient, FALLBACK)
             rows.append({"BraTS21ID": patient, "MGMT_value": FALLBACK})
+        if on_patient is not None:
+            on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen))
     return pd.DataFrame(rows, columns=["BraTS21ID", "MGMT_value"]), pd.DataFrame(detail, columns=DETAIL_COLUMNS)
 
 
@@ -274,10 +308,20 @@ def submission_patients(input_dir: Path, sample: Path | None) -> tuple[list[str]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_settings_argument(parser)
-    parser.add_argument("--input", type=Path, help="test patients folder (default DICOM_DATA_DIR/test)")
+    add_model_arguments(parser)
     parser.add_argument("--output", type=Path, help="submission CSV (default TEST_PREDICTION_FILE)")
     parser.add_argument("--sample-submission", type=Path, help="default: sample_submission.csv beside the input folder")
+    parser.add_argument("--keep-intermediate", action="store_true", help="save stacked slices in TEMP_DATA_DIR")
+    parser.add_argument("--report-dir", type=Path,
+                        help="also write the per-patient report (python -m mgmt2d report) of every patient here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission file (and reports)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What inference runs and how (settings, input, device, models, input contract, batches):
+    shared by inference_on_test.py and ``python -m mgmt2d report``."""
+    add_settings_argument(parser)
+    parser.add_argument("--input", type=Path, help="test patients folder (default DICOM_DATA_DIR/test)")
     add_device_argument(parser)
     add_backend_arguments(parser)
     parser.add_argument("--mri-types", nargs="+", default=list(task2.MRI_TYPES), choices=list(task2.MRI_TYPES))
@@ -307,11 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32, help="frames per backbone call")
     parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
-    parser.add_argument("--keep-intermediate", action="store_true", help="save stacked slices in TEMP_DATA_DIR")
     parser.add_argument(
         "--no-amp", dest="amp", action="store_false", help="fp32 classifier on CUDA (default fp16 autocast)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission file")
 
 
 def weights_layout(args: argparse.Namespace, settings) -> WeightsLayout:
@@ -321,11 +363,35 @@ def weights_layout(args: argparse.Namespace, settings) -> WeightsLayout:
     return model_dirs_layout(settings["SEGMENT_MODEL_DIR"], settings["CLASSIFICATION_MODEL_DIR"])
 
 
-def main(args: argparse.Namespace) -> int:
-    settings = load_settings(args.settings)
+def input_folder(args: argparse.Namespace, settings) -> Path:
     input_dir = args.input or settings["DICOM_DATA_DIR"] / "test"
     if not input_dir.is_dir():
         raise SettingsError(f"test folder {input_dir} does not exist (--input or DICOM_DATA_DIR/test)")
+    return input_dir
+
+
+def models_from_args(
+    args: argparse.Namespace, settings, device: torch.device, backend: BackendOptions | None = None
+) -> tuple[Models, WeightsLayout]:
+    """The models of ``add_model_arguments``' flags, with the contract overrides applied, run by
+    ``backend`` (default: resolved from the flags)."""
+    layout = weights_layout(args, settings)
+    overrides = {
+        "slice_order": args.slice_order,
+        "pixel_values": args.pixel_values,
+        "nonempty_test": args.nonempty_test,
+        "tta_zoom": args.tta_zoom,
+    }
+    backend = backend or backend_from_args(args, device)
+    models = load_models(layout, args.mri_types, args.folds, device, channels_last=device.type == "cuda",
+                         overrides=overrides, backend=backend)
+    log.info("input contract: %s", models.contract.to_dict())
+    return models, layout
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(args.settings)
+    input_dir = input_folder(args, settings)
     output = args.output or settings["TEST_PREDICTION_FILE"]
     sample = args.sample_submission or input_dir.parent / "sample_submission.csv"
     if args.sample_submission and not sample.is_file():
@@ -339,21 +405,17 @@ def main(args: argparse.Namespace) -> int:
         if args.keep_intermediate
         else None
     )
-    layout = weights_layout(args, settings)
     device = resolve_device(args.device)
     backend = backend_from_args(args, device)
-    overrides = {
-        "slice_order": args.slice_order,
-        "pixel_values": args.pixel_values,
-        "nonempty_test": args.nonempty_test,
-        "tta_zoom": args.tta_zoom,
-    }
-    models = load_models(layout, args.mri_types, args.folds, device, channels_last=device.type == "cuda",
-                         overrides=overrides, backend=backend)
-    log.info("input contract: %s", models.contract.to_dict())
+    models, layout = models_from_args(args, settings, device, backend)
+    on_patient = None
+    if args.report_dir is not None:   # the report of every patient, from the results computed here
+        from mgmt2d.inference import report
+
+        on_patient = report.writer(args.report_dir, models, device, args, patients)
     timer = Timer()
     sub, detail = predict(patients, input_dir, models, device, args.mri_types, args.seg_batch_size, args.batch_size,
-                          args.workers, keep_dir, args.amp, timer)
+                          args.workers, keep_dir, args.amp, timer, on_patient)
     sub["BraTS21ID"] = spelled
     write_csv_atomic(output, sub)
     write_csv_atomic(output.with_name(output.stem + "_per_type.csv"), detail)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 
+import numpy as np
 import torch
 
+from mgmt2d import overlay
 from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
 from mgmt2d.data.settings import add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument
@@ -45,6 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         plateau_patience=(10, 10),
         monitor="val_loss",
     )
+
+
+def validation_preview(val_ds: seg_dataset.SegmentationSliceDataset, n: int = 4):
+    """TensorBoard preview: ``n`` fixed validation slices (the ones with the most tumour among
+    evenly spaced candidates), each as [true | predicted] WT/ET contours on the slice."""
+    candidates = np.unique(np.linspace(0, len(val_ds) - 1, min(len(val_ds), 8 * n)).astype(int))
+    tumour = [int(val_ds.raw(int(i))[1][0].sum()) for i in candidates]
+    chosen = sorted(int(candidates[j]) for j in np.argsort(tumour)[::-1][:n])
+
+    def preview(model: torch.nn.Module, device: torch.device) -> dict[str, np.ndarray]:
+        x = torch.stack([val_ds[i][0] for i in chosen]).to(device)
+        pred = (model(x) > 0.5).cpu().numpy()
+        tiles = []
+        for i, p in zip(chosen, pred):
+            image, mask = val_ds.raw(i)
+            tiles.append(overlay.caption(overlay.contour_overlay(image, mask[0], mask[1]), f"true #{i}"))
+            tiles.append(overlay.caption(overlay.contour_overlay(image, p[0], p[1]), "predicted"))
+        return {"val/contours": overlay.grid(tiles, columns=2)}
+
+    return preview
 
 
 def main(args: argparse.Namespace) -> int:
@@ -82,6 +104,7 @@ def train(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.
     trainer = Trainer(
         model, train_loader, val_loader, SegmentationLoss(), SegmentationMetrics(), config,
         freeze_module=model.encoder,
+        preview=validation_preview(val_ds),
         extra_config={
             "fold": args.fold, "image_size": args.image_size, "batch_size": args.batch_size,
             "device_arg": args.device,

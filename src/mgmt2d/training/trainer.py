@@ -68,6 +68,7 @@ from mgmt2d.training.metrics import Batch, Metrics, batch_field, batch_to_device
 from mgmt2d.training.plots import plot_history
 from mgmt2d.training.preemption import FaultHook, Preempted, StopSignals
 from mgmt2d.training.seeding import epoch_seed, rng_state, set_rng_state
+from mgmt2d.training.tensorboard import Preview, TensorBoardLog, remove_events
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,8 @@ class TrainConfig:
     progress: bool | None = None
     accumulate: int = 1
     sync_bn: bool = False
+    tensorboard: bool = True
+    image_every: int = 5
 
     def __post_init__(self) -> None:
         self.out_dir = str(self.out_dir)
@@ -248,6 +251,8 @@ class TrainConfig:
             raise ValueError(f"need accumulate >= 1, got {self.accumulate}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             self.grad_clip = None
+        if self.image_every < 0:
+            raise ValueError("need image_every >= 0 (0 = no preview images)")
 
     def plateau(self, phase: str) -> tuple[float, int]:
         """(factor, patience) of the ReduceLROnPlateau of ``phase`` (frozen = warm-up)."""
@@ -316,6 +321,10 @@ def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> Non
     g.add_argument("--overwrite", action="store_true", help="start afresh even if the output folder holds a run")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=base["progress"],
                    help="progress bars (default: only on a terminal)")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=base["tensorboard"],
+                   help="log curves and preview images to <run folder>/tensorboard/")
+    g.add_argument("--image-every", type=int, default=base["image_every"],
+                   help="TensorBoard validation images every N epochs (0 = never)")
 
 
 def _plain(obj: Any) -> Any:
@@ -358,6 +367,8 @@ class Trainer:
     ``on_epoch_end(trainer, record)`` is called after each epoch's outputs are written (in the
     main process only). Under torchrun the loaders must be this rank's share
     (:func:`~mgmt2d.training.distributed.make_train_loader` / ``make_eval_loader``).
+    ``preview`` (see :mod:`mgmt2d.training.tensorboard`) draws the stage's validation images
+    for TensorBoard, written by the main process only (``writes`` False: none at all).
     """
 
     def __init__(
@@ -372,6 +383,8 @@ class Trainer:
         input_key: str = "image",
         extra_config: Mapping[str, Any] | None = None,
         on_epoch_end: Callable[[Trainer, dict[str, Any]], None] | None = None,
+        preview: Preview | None = None,
+        writes: bool = True,
     ) -> None:
         train_ds, val_ds = getattr(train_loader, "dataset", None), getattr(val_loader, "dataset", None)
         if train_loader is val_loader or (train_ds is not None and train_ds is val_ds):
@@ -394,6 +407,9 @@ class Trainer:
         self.freeze_module = freeze_module
         self.input_key = input_key
         self.on_epoch_end = on_epoch_end
+        self.preview = preview
+        self.writes = writes and self.is_main   # TensorBoard events: the main process only
+        self.tensorboard: TensorBoardLog | None = None
         self.out_dir = Path(config.out_dir)
         self.use_amp = autocast_dtype(self.device, bool(config.amp)) is not None
         self.config: dict[str, Any] = _plain(
@@ -680,6 +696,7 @@ class Trainer:
             if self.cfg.overwrite and self.is_main:  # only this engine's own outputs, never the folder
                 for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):
                     (self.out_dir / name).unlink(missing_ok=True)
+                remove_events(self.out_dir)
             self._set_phase(FROZEN if self.cfg.warmup_epochs > 0 else UNFROZEN)
         if self.is_main:
             for name in (BEST, LAST, HISTORY_CSV, CURVES_PNG):  # temp files of a killed write, never used
@@ -690,6 +707,8 @@ class Trainer:
                 **self.config, "resumed_at_epoch": self.epoch,
                 "resumed_at_step": int(self._position["steps"]) if self._position else 0,
             })
+        if self.cfg.tensorboard and self.writes:
+            self.tensorboard = TensorBoardLog(self.out_dir, self.epoch + 1, self.cfg.image_every, self.preview)
 
     def fit(self) -> FitResult:
         """Train until ``epochs`` or early stopping; returns the best epoch and the history.
@@ -697,10 +716,15 @@ class Trainer:
         Raises :class:`Preempted` after SIGTERM/SIGINT, once ``last.pt`` is written.
         """
         with StopSignals() as stop:
-            return self._fit(stop)
+            self._start()
+            try:
+                return self._fit(stop)
+            finally:
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
+                    self.tensorboard = None
 
     def _fit(self, stop: StopSignals) -> FitResult:
-        self._start()
         cfg = self.cfg
         while self.epoch < cfg.epochs and not self.stopped_early:
             epoch = self.epoch  # 0-based index of the epoch being run
@@ -715,6 +739,7 @@ class Trainer:
             lr = self.lr
             tag = f"epoch {epoch + 1}/{cfg.epochs}"
             train = self._train_pass(epoch, f"{tag} train", stop)
+            train_seconds = time.perf_counter() - t0
             val = self._run_epoch(self.val_loader, train=False, desc=f"{tag} val")
             record: dict[str, Any] = {"epoch": epoch + 1, "phase": self.phase, "lr": lr}
             record.update({f"train_{k}": v for k, v in train.items()})
@@ -741,6 +766,7 @@ class Trainer:
                 self._save_last(state)
                 self._fault.reached("epoch-end")
                 self._write_history()
+                self._log_tensorboard(record, train_seconds)
             log.info(
                 "%s %s lr %.3g | %s%s", tag, self.phase, lr,
                 " ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith(("train_", "val_"))),
@@ -763,6 +789,16 @@ class Trainer:
             stopped_early=self.stopped_early,
             history=[dict(r) for r in self.history],
         )
+
+    def _log_tensorboard(self, record: dict[str, Any], train_seconds: float) -> None:
+        """This epoch's scalars, and the preview images every ``image_every`` epochs."""
+        if self.tensorboard is None:
+            return
+        dataset = getattr(self.train_loader, "dataset", None)
+        samples = len(dataset) if hasattr(dataset, "__len__") else 0
+        self.tensorboard.epoch(record, samples / train_seconds if samples and train_seconds > 0 else None)
+        if self.tensorboard.wants_images(int(record["epoch"])):
+            self.tensorboard.images(self.model, self.device, int(record["epoch"]))
 
     def _write_history(self) -> None:
         import pandas as pd
