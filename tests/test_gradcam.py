@@ -56,3 +56,23 @@ def test_wrapper_is_the_whole_model(model):
     assert small is not model.backbone.final_conv
     names = [n for n, m in model.backbone.named_modules() if m is small]
     assert names and names[0].startswith("stages.")
+
+
+def test_chunk_cam_under_an_engine_backend_uses_the_torch_backbone(model, tmp_path):
+    """--backend onnxruntime: the report's Grad-CAM runs through the torch module the engine was
+    converted from (an engine has no gradients), with the same heatmaps; the engine stays in place."""
+    pytest.importorskip("onnxruntime")
+    import copy
+
+    from mgmt2d.inference.backends import make_backend
+
+    contract = InputContract(image_size=32, seq_len=4, stride=4, tta_zoom=1.2)
+    stacked = stacked_series()
+    reference = chunk_cam(model, stacked, contract, 0)
+    engined = copy.deepcopy(model)
+    engined.backbone = make_backend("onnxruntime", engined.backbone, (3, 32, 32), tmp_path, "0" * 64, threads=1)
+    engine = engined.backbone
+    cam = chunk_cam(engined, stacked, contract, 0)
+    assert engined.backbone is engine
+    assert cam.prob == pytest.approx(reference.prob, abs=1e-5)
+    np.testing.assert_allclose(cam.cam, reference.cam, rtol=1e-4, atol=1e-6)

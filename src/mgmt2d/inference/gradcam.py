@@ -14,6 +14,7 @@ Only the report pays for this: one forward and backward pass per explained chunk
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -116,8 +117,29 @@ def chunk_input(stacked: StackedSeries, contract: InputContract, chunk: int) -> 
     return x.float(), np.clip(shown, 0, 255).astype(np.uint8), slices
 
 
+@contextlib.contextmanager
+def torch_backbone(model: MGMTClassifier) -> Iterator[MGMTClassifier]:
+    """``model`` with its backbone in torch for the duration: an engine backend (``--backend
+    onnxruntime|openvino``) has no gradients, so Grad-CAM runs the module it was converted from."""
+    engine = model.backbone
+    source = getattr(engine, "source", None)
+    if source is None:
+        yield model
+        return
+    model.backbone = source
+    try:
+        yield model
+    finally:
+        model.backbone = engine
+
+
 def chunk_cam(model: MGMTClassifier, stacked: StackedSeries, contract: InputContract, chunk: int) -> ChunkCam:
     """Grad-CAM of ``chunk``'s logit for every frame of the chunk (one forward + backward pass, fp32)."""
+    with torch_backbone(model):
+        return _chunk_cam(model, stacked, contract, chunk)
+
+
+def _chunk_cam(model: MGMTClassifier, stacked: StackedSeries, contract: InputContract, chunk: int) -> ChunkCam:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
