@@ -21,7 +21,7 @@ from mgmt2d.segmentation import prepare as segdata
 from mgmt2d.segmentation.prepare import PrepareParams
 
 REPO = Path(__file__).resolve().parents[1]
-TIME_KEYS = {"seconds", "run", "started"}   # top-level JSON fields that record when and how long
+RUN_KEYS = {"seconds", "run", "started", "argv"}   # top-level JSON fields recording when, how long, the command
 
 
 def tree(root: Path) -> dict[str, object]:
@@ -32,7 +32,7 @@ def tree(root: Path) -> dict[str, object]:
         if path.is_dir() or rel.parts[0] == shards.SHARDS_DIR:
             continue
         if path.suffix == ".json":
-            out[str(rel)] = {k: v for k, v in json.loads(path.read_text()).items() if k not in TIME_KEYS}
+            out[str(rel)] = {k: v for k, v in json.loads(path.read_text()).items() if k not in RUN_KEYS}
         else:
             out[str(rel)] = path.read_bytes()
     return out
