@@ -189,3 +189,23 @@ def test_sigkill_in_the_last_shard_then_rerun_assembles(task1, reference, tmp_pa
     proc = _cli(settings, "--shard", "3/3")   # a lock left by the killed merge (dead pid, this host) is taken over
     assert proc.returncode == 0 and "assembled 3 shard(s)" in proc.stdout, proc.stdout + proc.stderr
     assert_same_tree(out, reference)
+
+
+def test_merge_lock_is_exclusive_and_a_dead_holder_is_taken_over(tmp_path: Path):
+    import socket
+
+    lock = tmp_path / shards.SHARDS_DIR / shards.LOCK
+    with shards.merge_lock(tmp_path) as first:
+        assert first and lock.is_file()
+        with shards.merge_lock(tmp_path) as second:   # held by a live process (us): refused
+            assert not second
+        with shards.merge_lock(tmp_path, force=True) as forced:   # --merge takes it over
+            assert forced
+    assert not lock.exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout)}))   # a killed merger
+    with shards.merge_lock(tmp_path) as taken:
+        assert taken
+    lock.write_text(json.dumps({"host": "another-node", "pid": 1}))   # cannot tell from here: left alone
+    with shards.merge_lock(tmp_path) as other:
+        assert not other and lock.is_file()

@@ -365,6 +365,10 @@ def main(args: argparse.Namespace) -> int:
     write_csv_atomic(output, sub)
     write_csv_atomic(output.with_name(output.stem + "_per_type.csv"), detail)
     write_run_config(output.parent, output.stem + "_config.json",
-                     {**vars(args), "input": input_dir, "output": output, **compared, "seconds": timer.seconds})
+                     {**vars(args), "input": input_dir, "output": output, "weights_layout": layout.kind,
+                      "weights": models.files, "contract": models.contract.to_dict(),
+                      "classifier_autocast": autocast_name(device, args.amp),
+                      "segmenter_autocast": autocast_name(device, False),
+                      "seconds": timer.seconds})
     print(f"{len(sub)} patients -> {output} (per-type detail: {output.with_name(output.stem + '_per_type.csv')})")
     return 0
