@@ -24,22 +24,26 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_KEYS = {"seconds", "run", "started", "argv"}   # top-level JSON fields recording when, how long, the command
 
 
-def tree(root: Path) -> dict[str, object]:
-    """Every output file under ``root`` (shard records aside): bytes, or JSON without its timing fields."""
+def tree(root: Path, renamed: dict[str, str] | None = None) -> dict[str, object]:
+    """Every output file under ``root`` (shard records aside): bytes, or JSON without its timing fields
+    (and with the paths in ``renamed`` replaced, for outputs that record where another output went)."""
     out: dict[str, object] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
         if path.is_dir() or rel.parts[0] == shards.SHARDS_DIR:
             continue
         if path.suffix == ".json":
-            out[str(rel)] = {k: v for k, v in json.loads(path.read_text()).items() if k not in RUN_KEYS}
+            text = path.read_text()
+            for old, new in (renamed or {}).items():
+                text = text.replace(json.dumps(old), json.dumps(new))
+            out[str(rel)] = {k: v for k, v in json.loads(text).items() if k not in RUN_KEYS}
         else:
             out[str(rel)] = path.read_bytes()
     return out
 
 
-def assert_same_tree(got: Path, want: Path) -> None:
-    a, b = tree(got), tree(want)
+def assert_same_tree(got: Path, want: Path, renamed: dict[str, str] | None = None) -> None:
+    a, b = tree(got, renamed), tree(want)
     assert sorted(a) == sorted(b), f"files differ: {sorted(set(a) ^ set(b))}"
     for name in b:
         assert a[name] == b[name], f"{name} differs"
