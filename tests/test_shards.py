@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN_KEYS = {"seconds", "run", "started", "argv"}   # top-level JSON fields recording when, how long, the command
 
 
-def tree(root: Path, renamed: dict[str, str] | None = None) -> dict[str, object]:
+def tree(root: Path, renamed: dict[str, str] | None = None, ignore: frozenset[str] = frozenset()) -> dict[str, object]:
     """Every output file under ``root`` (shard records aside): bytes, or JSON without its timing fields
     (and with the paths in ``renamed`` replaced, for outputs that record where another output went)."""
     out: dict[str, object] = {}
@@ -36,14 +36,15 @@ def tree(root: Path, renamed: dict[str, str] | None = None) -> dict[str, object]
             text = path.read_text()
             for old, new in (renamed or {}).items():
                 text = text.replace(json.dumps(old), json.dumps(new))
-            out[str(rel)] = {k: v for k, v in json.loads(text).items() if k not in RUN_KEYS}
+            out[str(rel)] = {k: v for k, v in json.loads(text).items() if k not in RUN_KEYS | ignore}
         else:
             out[str(rel)] = path.read_bytes()
     return out
 
 
-def assert_same_tree(got: Path, want: Path, renamed: dict[str, str] | None = None) -> None:
-    a, b = tree(got, renamed), tree(want)
+def assert_same_tree(got: Path, want: Path, renamed: dict[str, str] | None = None,
+                     ignore: frozenset[str] = frozenset()) -> None:
+    a, b = tree(got, renamed, ignore), tree(want, ignore=ignore)
     assert sorted(a) == sorted(b), f"files differ: {sorted(set(a) ^ set(b))}"
     for name in b:
         assert a[name] == b[name], f"{name} differs"
