@@ -7,6 +7,7 @@ test here; each test then checks one promise of a stage on those outputs.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -355,3 +356,86 @@ def test_report_dir_shows_the_submission_probabilities(demo: Path, tmp_path: Pat
     errors = [line for line in again.stderr.splitlines() if line.startswith("error:")]
     assert again.returncode == 2 and len(errors) == 1 and "--overwrite" in errors[0]
     assert "Traceback" not in again.stderr and (one / good[0] / "index.html").is_file()
+
+# --------------------------------------------------------------------------- sharded stage 2 and inference
+
+
+def _sharded_settings(demo: Path, tmp_path: Path) -> Path:
+    """The demo's settings with fresh stage-2 data and folds paths (the models and inputs stay)."""
+    settings = {k: str(v) for k, v in load_settings(demo / "SETTINGS.json").paths.items()}
+    settings["CLASSIFICATION_DATA_DIR"] = str(tmp_path / "cls")
+    settings["KFOLD_PATH"] = str(tmp_path / "folds.csv")
+    path = tmp_path / "SETTINGS.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def _popen(argv: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / argv[0]), *argv[1:]], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_stage2_preparation_in_three_shards_equals_one_run(demo: Path, tmp_path: Path):
+    from test_shards import assert_same_tree
+
+    settings = load_settings(demo / "SETTINGS.json")
+    sharded = _sharded_settings(demo, tmp_path)
+    prep = ["prepare_classification.py", "--settings", str(sharded), "--split", "train", "--device", "cpu",
+            "--image-size", "32", "--workers", "1"]
+    # shards 3 and 1 at the same time; then the merge is refused while shard 2 is missing
+    procs = [_popen([*prep, "--shard", f"{i}/3"], demo) for i in (3, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    proc = run([*prep, "--merge"], demo, ok=False)
+    assert proc.returncode == 2 and "shard 2/3 is not started" in proc.stderr and "--shard 2/3" in proc.stderr
+    assert not (tmp_path / "folds.csv").exists() and not (tmp_path / "cls/train/index.csv").exists()
+    # a shard with other options is refused
+    proc = run([*prep, "--shard", "2/3", "--seed", "7"], demo, ok=False)
+    assert proc.returncode == 2 and "another configuration" in proc.stderr
+    run([*prep, "--shard", "2/3"], demo)   # the last shard assembles folds, index and dataset.json
+    # dataset.json's "folds" says where the folds came from: a resumed reference says "existing KFOLD_PATH"
+    assert_same_tree(tmp_path / "cls/train", settings["CLASSIFICATION_DATA_DIR"] / "train", ignore=frozenset({"folds"}))
+    assert (tmp_path / "folds.csv").read_bytes() == settings["KFOLD_PATH"].read_bytes()
+    folds = json.loads((tmp_path / "cls/train/dataset.json").read_text())["folds"]
+    assert folds["source"].startswith("generated") and folds["path"] == str(tmp_path / "folds.csv")
+
+
+def test_stage2_preparation_killed_then_rerun_equals_one_run(demo: Path, tmp_path: Path):
+    from test_shards import assert_same_tree
+
+    settings = load_settings(demo / "SETTINGS.json")
+    sharded = _sharded_settings(demo, tmp_path)
+    prep = ["prepare_classification.py", "--settings", str(sharded), "--split", "train", "--device", "cpu",
+            "--image-size", "32", "--workers", "1"]
+    killed = subprocess.run([sys.executable, str(REPO / prep[0]), *prep[1:]], cwd=demo, capture_output=True,
+                            text=True, env={**os.environ, "MGMT2D_KILL_AT": "patient-done:2"})
+    assert killed.returncode == -9
+    assert len(list((tmp_path / "cls/train/done").glob("*.csv"))) == 2 and not (tmp_path / "folds.csv").exists()
+    run(prep, demo)
+    # dataset.json's "folds" says where the folds came from: a resumed reference says "existing KFOLD_PATH"
+    assert_same_tree(tmp_path / "cls/train", settings["CLASSIFICATION_DATA_DIR"] / "train", ignore=frozenset({"folds"}))
+    assert (tmp_path / "folds.csv").read_bytes() == settings["KFOLD_PATH"].read_bytes()
+    folds = json.loads((tmp_path / "cls/train/dataset.json").read_text())["folds"]
+    assert folds["source"].startswith("generated") and folds["path"] == str(tmp_path / "folds.csv")
+
+
+def test_sharded_inference_assembles_the_unsharded_submission(demo: Path, tmp_path: Path):
+    settings = load_settings(demo / "SETTINGS.json")
+    reference = settings["TEST_PREDICTION_FILE"]
+    out = tmp_path / "sub.csv"
+    infer = ["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--device", "cpu",
+             "--workers", "1", "--output", str(out)]
+    procs = [_popen([*infer, "--shard", f"{i}/3"], demo) for i in (2, 3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    proc = run([*infer, "--merge"], demo, ok=False)
+    assert proc.returncode == 2 and "shard 1/3 is not started" in proc.stderr
+    assert not out.exists()
+    proc = run([*infer, "--shard", "1/3"], demo)
+    assert "assembled from 3 shards" in proc.stdout
+    assert out.read_bytes() == reference.read_bytes()
+    per_type = reference.with_name(reference.stem + "_per_type.csv")
+    assert out.with_name("sub_per_type.csv").read_bytes() == per_type.read_bytes()
+    ours = json.loads(out.with_name("sub_config.json").read_text())["config"]
+    theirs = json.loads(reference.with_name(reference.stem + "_config.json").read_text())["config"]
+    assert ours["shards"] == 3 and ours["contract"] == theirs["contract"] and ours["weights"] == theirs["weights"]

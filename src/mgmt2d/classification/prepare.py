@@ -2,7 +2,8 @@
 
 Layout of CLASSIFICATION_DATA_DIR/<split>/:
     series/<patient>_<type>.npy   (K, H, W, 3) uint8, kept slices in series order
-    done/<patient>.csv            a patient's index rows, written last (resume marker)
+    done/<patient>.csv            a patient's index rows without fold, written last (resume marker)
+    shards/                       --shard records (mgmt2d.data.shards); the index is assembled after the last shard
     index.csv                     patient,type,kept,total,file,label,fold,note
     dataset.json                  parameters, counts, problems, library versions
 """
@@ -10,6 +11,7 @@ Layout of CLASSIFICATION_DATA_DIR/<split>/:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -25,10 +27,11 @@ import torch
 from tqdm import tqdm
 
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
-from mgmt2d.data import dicom, task2
+from mgmt2d.data import dicom, shards, task2
 from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, InputContract
 from mgmt2d.data.io import (
     check_writable,
+    kill_point,
     library_versions,
     save_npy_atomic,
     write_csv_atomic,
@@ -42,6 +45,7 @@ from mgmt2d.segmentation import model as segmenter
 
 log = logging.getLogger(__name__)
 INDEX_COLUMNS = ["patient", "type", "kept", "total", "file", "label", "fold", "note"]
+DONE_COLUMNS = [c for c in INDEX_COLUMNS if c != "fold"]   # the fold is assigned when the index is assembled
 N_FOLDS = 5
 PUBLISHED_FOLDS = "t4e_folds.csv"
 FOLDS_PUBLISHED = f"published ({PUBLISHED_FOLDS}, shipped in mgmt2d/data)"
@@ -165,12 +169,10 @@ def _patient_rows(
     results: dict[str, StackedSeries],
     out_dir: Path,
     label: int,
-    fold: int,
 ) -> list[dict[str, Any]]:
     rows = []
     for mri_type, _path, volume in series:
-        row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "", "label": label,
-               "fold": fold, "note": ""}
+        row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "", "label": label, "note": ""}
         if isinstance(volume, Exception):
             row["note"] = f"unreadable: {volume}"
         else:
@@ -190,7 +192,7 @@ def _patient_rows(
 def prepare(
     settings: Settings,
     split: str,
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     device: torch.device,
     opts: StackOptions,
     input_format: str = "dicom",
@@ -199,27 +201,37 @@ def prepare(
     seed: int = 42,
     exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE,
     params: dict[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Prepare one split; resumable; returns the index."""
+    shard: shards.Shard | None = None,
+    merge_only: bool = False,
+) -> pd.DataFrame | None:
+    """Prepare one split; resumable; returns the index (None for a shard that could not assemble yet).
+
+    ``shard`` prepares only that shard's patients (:mod:`mgmt2d.data.shards`); the last shard
+    to finish, or ``merge_only`` (no model needed), writes the folds (KFOLD_PATH), index.csv
+    and dataset.json over every patient, as an unsharded run does at its end.
+    """
     dicom_dir = settings.existing("DICOM_DATA_DIR")
     out_dir = settings["CLASSIFICATION_DATA_DIR"] / split
     params = dict(params or {})
-    _claim_output(out_dir, params, overwrite)
     index = task2.index_split(dicom_dir, split, exclude=exclude)
+    started = time.time()
+    if merge_only:
+        return _merge(settings, split, out_dir, index, params, seed, exclude, started, force=True)
+    _claim_output(out_dir, params, overwrite, shard)
+    mine = index.patients if shard is None else shard.select(index.patients)
     labels = dict(zip(index.series.patient, index.series.label))
-    folds: dict[str, int] = {}
-    folds_info: dict[str, Any] | None = None
-    if split == "train":
-        folds, folds_info = ensure_folds(
-            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), seed, exclude
-        )
     (out_dir / "done").mkdir(parents=True, exist_ok=True)
-    write_run_config(out_dir, "prepare_config.json", params)
+    if shard is None:
+        write_run_config(out_dir, "prepare_config.json", params)
+    else:
+        shards.start(out_dir, shard, params, {"workers": workers, "device": str(device)}, mine)
 
-    todo = [p for p in index.patients if not (out_dir / "done" / f"{p}.csv").exists()]
-    if len(todo) < len(index.patients):
-        log.info("%d of %d patients already prepared: skipped", len(index.patients) - len(todo), len(index.patients))
+    todo = [p for p in mine if not (out_dir / "done" / f"{p}.csv").exists()]
+    if len(todo) < len(mine):
+        log.info("%d of %d patients already prepared: skipped", len(mine) - len(todo), len(mine))
     series = index.series[index.series.patient.isin(set(todo))]
+    if todo and model is None:
+        raise ValueError("a segmentation model is needed to prepare patients")
     if input_format == "jpg":
         jpg_root = settings.existing("CLASSIFICATION_RAW_JPG")
         folders = [jpg_root / p / t for p, t in zip(series.patient, series.mri_type)]
@@ -230,7 +242,6 @@ def prepare(
                                         rescale=opts.contract.pixel_values == "modality")
 
     types_by_patient = series.groupby("patient", sort=False)["mri_type"].apply(list).to_dict()
-    started = time.time()
     with tqdm(total=len(todo), desc=f"prepare {split}", unit="patient") as bar:
         for patient in todo:
             read = [(t, next(reader)) for t in types_by_patient.get(patient, [])]
@@ -245,16 +256,70 @@ def prepare(
             if input_format == "jpg":
                 own = {t: v for t, _, v in items if not isinstance(v, Exception)}
                 results = {t: with_own_pixels(r, own[t]) for t, r in results.items()}
-            rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)), folds.get(patient, -1))
+            _clean_patient_temps(out_dir, patient)
+            rows = _patient_rows(patient, items, results, out_dir, int(labels.get(patient, -1)))
             for row in rows:
                 if row["note"]:
                     tqdm.write(f"{patient} {row['type']}: {row['note']}")
-            write_csv_atomic(out_dir / "done" / f"{patient}.csv", pd.DataFrame(rows, columns=INDEX_COLUMNS))
+            write_csv_atomic(out_dir / "done" / f"{patient}.csv", pd.DataFrame(rows, columns=DONE_COLUMNS))
+            kill_point("patient-done")
             bar.update(1)
             bar.set_postfix(kept=sum(r["kept"] for r in rows))
-    frame = _collect(out_dir, index.patients)
+    if shard is None:
+        return _assemble(settings, split, out_dir, index, params, seed, exclude, started)
+    shards.finish(out_dir, shard, params, mine, {"seconds": round(time.time() - started, 1)})
+    kill_point("shard-done")
+    try:
+        return _merge(settings, split, out_dir, index, params, seed, exclude, started, force=False)
+    except shards.ShardError as err:
+        log.info("shard %s of %s finished; not assembled yet: %s", shard.label, out_dir, err)
+        return None
+
+
+def _clean_patient_temps(out_dir: Path, patient: str) -> None:
+    """Temp files a killed run left for this patient (only its own shard ever writes them)."""
+    for folder, pattern in ((out_dir / "series", f".{patient}_*.tmp*"), (out_dir / "done", f".{patient}.csv.tmp*")):
+        if folder.is_dir():
+            for stale in folder.glob(pattern):
+                stale.unlink(missing_ok=True)
+
+
+def _merge(settings: Settings, split: str, out_dir: Path, index: task2.Task2Index, params: dict[str, Any],
+           seed: int, exclude: tuple[str, ...], started: float, force: bool) -> pd.DataFrame | None:
+    """Assemble a sharded split once every shard is done (refused, naming a missing shard, before)."""
+    count, recorded, _done = shards.completed(out_dir)
+    if recorded != json.loads(json.dumps(params, default=str)):
+        raise shards.ShardError(
+            f"the shards in {out_dir} ran with other options than this merge "
+            f"({shards.describe_differences(recorded, params)}); merge with the shards' options"
+        )
+    with shards.merge_lock(out_dir, force=force) as mine:
+        if not mine:
+            log.info("another process is assembling %s (run --merge if it was killed)", out_dir)
+            return None
+        shards.clean_stale_temps(out_dir, ("prepare_config.json", "index.csv", "dataset.json"))
+        write_run_config(out_dir, "prepare_config.json", recorded)
+        frame = _assemble(settings, split, out_dir, index, recorded, seed, exclude, started)
+    log.info("assembled %d shard(s) into %s", count, out_dir)
+    return frame
+
+
+def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2Index, params: dict[str, Any],
+              seed: int, exclude: tuple[str, ...], started: float) -> pd.DataFrame:
+    """Folds (train split: KFOLD_PATH, computed over all patients), then index.csv, then dataset.json."""
+    folds: dict[str, int] = {}
+    folds_info: dict[str, Any] | None = None
+    if split == "train":
+        dicom_dir = settings.existing("DICOM_DATA_DIR")
+        shards.clean_stale_temps(settings["KFOLD_PATH"].parent, (settings["KFOLD_PATH"].name,))
+        folds, folds_info = ensure_folds(
+            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), seed, exclude
+        )
+    shards.clean_stale_temps(out_dir, ("index.csv", "dataset.json"))
+    frame = _collect(out_dir, index.patients, folds)
     empty = sorted(set(frame.patient) - set(frame[frame.kept > 0].patient))
     write_csv_atomic(out_dir / "index.csv", frame)
+    kill_point("merge")
     write_json_atomic(out_dir / "dataset.json", {
         "split": split,
         "params": params,
@@ -278,12 +343,17 @@ def prepare(
     return frame
 
 
-def _collect(out_dir: Path, patients: list[str]) -> pd.DataFrame:
+def _collect(out_dir: Path, patients: list[str], folds: dict[str, int]) -> pd.DataFrame:
+    """Every patient's done rows, with the fold assigned now (-1 outside the folds: test split)."""
+    missing = [p for p in patients if not (out_dir / "done" / f"{p}.csv").is_file()]
+    if missing:
+        raise ValueError(f"{out_dir}: patient(s) {', '.join(missing[:5])} not prepared; re-run to finish them")
     parts = [
         pd.read_csv(out_dir / "done" / f"{p}.csv", dtype={"patient": str}, keep_default_na=False) for p in patients
     ]
     frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     frame["patient"] = frame["patient"].map(task2.format_id)
+    frame["fold"] = [folds.get(p, -1) for p in frame["patient"]]   # replaces the fold of a store made before
     return frame[INDEX_COLUMNS]
 
 
@@ -291,19 +361,22 @@ def _collect(out_dir: Path, patients: list[str]) -> pd.DataFrame:
 RUN_ONLY = frozenset({"backend", "threads", "engine_cache", "engine_precision"})
 
 
-def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool) -> None:
-    """Resume only a run with the same parameters; clear ours only when told to."""
+def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool, shard: shards.Shard | None = None) -> None:
+    """Resume only a run with the same parameters; clear ours only when told to (never from a shard)."""
     meta = out_dir / "prepare_config.json"
+    if overwrite and shard is not None:
+        raise SettingsError(
+            f"--overwrite with --shard would delete the other shards' work in {out_dir}; clear the folder once "
+            "(or run once with --overwrite and without --shard), then start the shards"
+        )
     if overwrite and out_dir.exists():
-        if not meta.exists() and any(out_dir.iterdir()):
+        if not meta.exists() and not shards.shards_dir(out_dir).is_dir() and any(out_dir.iterdir()):
             raise SettingsError(
                 f"{out_dir} holds files not written by prepare_classification.py; refusing to delete it"
             )
         shutil.rmtree(out_dir)
         return
     if meta.exists():
-        import json
-
         previous = json.loads(meta.read_text()).get("config", {})
         changed = sorted(k for k in params if k in previous and previous[k] != params[k] and k not in RUN_ONLY)
         if changed:
@@ -311,6 +384,7 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool) -> Non
                 f"{out_dir} was prepared with other values of {', '.join(changed)}; "
                 "pass --overwrite to redo it or point CLASSIFICATION_DATA_DIR elsewhere"
             )
+    shards.check_consistent(out_dir, params, shard)
 
 
 # ------------------------------------------------------------------------- command line
@@ -355,6 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seg-amp", action="store_true",
                         help="fp16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
+    shards.add_shard_arguments(parser, "patients of the split")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -380,16 +455,24 @@ def main(args: argparse.Namespace) -> int:
             "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
             **backend.to_dict(),
         }
+        shard = shards.shard_of(args)
+        if args.merge and args.overwrite:
+            raise SettingsError("--merge only assembles finished shards: run it without --overwrite")
         check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
-        model = segmenter_backend(segmenter.load_segmenter(seg_model, device), seg_model, args.image_size, backend)
+        model = None if args.merge else segmenter_backend(
+            segmenter.load_segmenter(seg_model, device), seg_model, args.image_size, backend)
         frame = prepare(
             settings, args.split, model, device, opts, args.input_format, args.workers,
-            args.overwrite, args.seed, tuple(args.exclude), params,
+            args.overwrite, args.seed, tuple(args.exclude), params, shard=shard, merge_only=args.merge,
         )
     except (SettingsError, task2.Task2Error, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
+    if frame is None:
+        print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "
+              "to finish (or --merge)")
+        return 0
     print(f"{frame.patient.nunique()} patients, {int((frame.kept > 0).sum())}/{len(frame)} series with slices, "
           f"{int(frame.kept.sum())} slices kept -> {out}")
     return 0

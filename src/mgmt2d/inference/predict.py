@@ -24,11 +24,12 @@ from mgmt2d.classification import frames
 from mgmt2d.classification.chunks import chunk_index
 from mgmt2d.classification.model import MGMTClassifier, load_trained_classifier, predict_series
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
-from mgmt2d.data import dicom, task2
+from mgmt2d.data import dicom, shards, task2
 from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, InputContract, contract_of
 from mgmt2d.data.io import check_writable, save_npy_atomic, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.inference import partial
 from mgmt2d.inference.backends import (
     BackendOptions,
     add_backend_arguments,
@@ -315,6 +316,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-dir", type=Path,
                         help="also write the per-patient report (python -m mgmt2d report) of every patient here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing submission file (and reports)")
+    shards.add_shard_arguments(parser, "test patients")   # sharded inference: mgmt2d.inference.partial
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -400,6 +402,15 @@ def main(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
     patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None)
     check_writable(output.parent, "submission")
+    # --- sharded inference (mgmt2d.inference.partial): --merge assembles, --shard I/N predicts a part
+    shard = shards.shard_of(args)
+    if args.merge:
+        print(partial.merge(output))
+        return 0
+    all_patients, all_spelled = patients, spelled
+    if shard is not None:
+        patients, spelled = partial.select(shard, patients, spelled)
+    # --- end sharded inference
     keep_dir = (
         check_writable(settings["TEMP_DATA_DIR"] / "inference", "intermediate slices")
         if args.keep_intermediate
@@ -413,10 +424,21 @@ def main(args: argparse.Namespace) -> int:
         from mgmt2d.inference import report
 
         on_patient = report.writer(args.report_dir, models, device, args, patients)
+    compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
+                "weights": models.files, "contract": models.contract.to_dict(),
+                "classifier_autocast": autocast_name(device, args.amp),
+                "segmenter_autocast": autocast_name(device, False)}
+    if shard is not None:   # sharded inference: every shard must predict with the same models and contract
+        shard_params = {"patients": all_patients, "spelled": all_spelled, "config": compared}
+        partial.start_shard(output, shard, shard_params, {**vars(args), "input": input_dir, "output": output},
+                            patients)
     timer = Timer()
     sub, detail = predict(patients, input_dir, models, device, args.mri_types, args.seg_batch_size, args.batch_size,
                           args.workers, keep_dir, args.amp, timer, on_patient)
     sub["BraTS21ID"] = spelled
+    if shard is not None:
+        print(partial.finish_shard(output, shard, shard_params, sub, detail, timer.seconds))
+        return 0
     write_csv_atomic(output, sub)
     write_csv_atomic(output.with_name(output.stem + "_per_type.csv"), detail)
     write_run_config(output.parent, output.stem + "_config.json",

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mgmt2d.data import shards
 from mgmt2d.data.brats import (
     MODALITIES,
     BratsCaseError,
@@ -53,7 +54,14 @@ from mgmt2d.data.brats import (
     read_case,
 )
 from mgmt2d.data.intensity import minmax_uint8
-from mgmt2d.data.io import check_writable, library_versions, save_npy_atomic, write_csv_atomic, write_json_atomic
+from mgmt2d.data.io import (
+    check_writable,
+    kill_point,
+    library_versions,
+    save_npy_atomic,
+    write_csv_atomic,
+    write_json_atomic,
+)
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.data.task2 import Task2Error, format_id, task2_patient_ids
 
@@ -72,7 +80,7 @@ DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 42
 CASE_MARKER = "case.json"
 CASE_INDEX = "index.csv"
-OWNED = ("cases", "index.csv", "folds.csv", "dataset.json")  # what --overwrite may remove
+OWNED = ("cases", "index.csv", "folds.csv", "dataset.json", shards.SHARDS_DIR)  # what --overwrite may remove
 STORE_LAYOUT = {
     "cases/<case>/<plane>_images.npy": "uint8 (N, H, W); row image_row of the index",
     "cases/<case>/<plane>_masks.npy": "uint8 (M, H, W); bit 0 = WT, bit 1 = ET; row mask_row",
@@ -327,6 +335,7 @@ def write_case(out_dir: Path, case: str, content: CaseSlices, seconds: float = 0
         "shapes": {p: list(content.images[p].shape) for p in PLANES},
     }
     write_json_atomic(folder / CASE_MARKER, marker)
+    kill_point("case-done")
 
 
 def process_case(case_folder: str | Path, out_dir: str | Path, params: PrepareParams) -> CaseResult:
@@ -372,13 +381,19 @@ class PrepareSummary:
     warnings: dict[str, list[str]]
     n_slices: int
     seconds: float
+    shard: str = ""     # "I/N" for a sharded run
+    note: str = ""      # what happened to the shared outputs (sharded runs)
 
     def report(self) -> str:
+        where = f"{self.out_dir} (shard {self.shard})" if self.shard else str(self.out_dir)
+        slices = f"{self.n_slices} slices; " if not self.shard or self.note.startswith("assembled") else ""
         lines = [
-            f"{self.out_dir}: {self.n_slices} slices; {len(self.processed)} case(s) written, "
+            f"{where}: {slices}{len(self.processed)} case(s) written, "
             f"{len(self.resumed)} already finished (skipped), {len(self.broken)} broken, "
             f"{len(self.dropped_task2)} dropped as Task 2 patients; {self.seconds:.1f} s"
         ]
+        if self.note:
+            lines.append(f"  {self.note}")
         for cid, reason in sorted(self.broken.items()):
             lines.append(f"  broken {cid}: {reason}")
         for cid, msgs in sorted(self.warnings.items()):
@@ -391,10 +406,19 @@ def _json_roundtrip(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def open_store(out_dir: Path, params: PrepareParams, overwrite: bool) -> None:
-    """Make ``out_dir`` ready: resume a matching store, refuse a different one, or clear ours."""
+def open_store(out_dir: Path, params: PrepareParams, overwrite: bool, shard: shards.Shard | None = None) -> None:
+    """Make ``out_dir`` ready: resume a matching store, refuse a different one, or clear ours.
+
+    Shards of one store check each other's recorded parameters (:mod:`mgmt2d.data.shards`);
+    ``--overwrite`` is refused for a shard, which would delete the other shards' work.
+    """
     out_dir = Path(out_dir)
     meta_path = out_dir / "dataset.json"
+    if overwrite and shard is not None:
+        raise SegDataError(
+            f"--overwrite with --shard would delete the other shards' work in {out_dir}; clear the folder once "
+            "(or run once with --overwrite and without --shard), then start the shards"
+        )
     if overwrite:
         for name in OWNED:
             target = out_dir / name
@@ -421,11 +445,18 @@ def open_store(out_dir: Path, params: PrepareParams, overwrite: bool) -> None:
                 f"{out_dir} holds a segmentation store made with other parameters ({diff}); "
                 "pass --overwrite to replace it, or point SEGMENT_DATA_DIR at another folder"
             )
+    elif shards.shards_dir(out_dir).is_dir():
+        pass  # a sharded store before its merge: the shard records hold the parameters
     elif (out_dir / "cases").exists() or (out_dir / "index.csv").exists():
         raise SegDataError(
             f"{out_dir} holds segmentation data without dataset.json; "
             "pass --overwrite to replace it, or point SEGMENT_DATA_DIR at another folder"
         )
+    if not overwrite:
+        try:
+            shards.check_consistent(out_dir, params.as_dict(), shard)
+        except shards.ShardError as err:
+            raise SegDataError(str(err)) from None
     check_writable(out_dir, "segmentation store")
 
 
@@ -456,24 +487,8 @@ def _counts(index: pd.DataFrame, folds: dict[str, int], n_folds: int) -> dict[st
     }
 
 
-def prepare(
-    task1_dir: str | Path,
-    out_dir: str | Path,
-    params: PrepareParams,
-    dicom_dir: str | Path | None = None,
-    workers: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> PrepareSummary:
-    """Build (or resume) the segmentation store; see the module docstring for the layout.
-
-    ``dicom_dir`` is DICOM_DATA_DIR when it exists: its patients are dropped from Task 1
-    unless ``params.keep_task2_overlap``. Cases are streamed (one per worker, order kept);
-    finished cases are skipped, so re-running resumes.
-    """
-    start = time.perf_counter()
-    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    task1_dir, out_dir = Path(task1_dir), Path(out_dir)
+def _candidates(task1_dir: Path, params: PrepareParams, dicom_dir: str | Path | None) -> dict[str, Any]:
+    """The Task 1 cases to prepare (sorted IDs), their folders, and the leakage filter's verdict."""
     folders = {case_id(p): p for p in list_cases(task1_dir)}
     all_ids = sorted(folders)
     if params.keep_task2_overlap:
@@ -488,35 +503,14 @@ def prepare(
         raise SegDataError(
             f"no Task 1 case left to prepare in {task1_dir} ({len(all_ids)} found, {len(dropped)} dropped)"
         )
-    folds = assign_folds(candidates, params.n_folds, params.seed)
-    if len(candidates) < params.n_folds:
-        log.warning("%d case(s) for %d folds: some folds are empty", len(candidates), params.n_folds)
+    return {"folders": folders, "all_ids": all_ids, "candidates": candidates, "dropped": dropped, "leakage": leakage}
 
-    open_store(out_dir, params, overwrite)
-    meta: dict[str, Any] = {
-        "name": "mgmt2d segmentation slices",
-        "status": "incomplete",
-        "params": params.as_dict(),
-        "source": {
-            "task1_dir": str(task1_dir),
-            "dicom_dir": str(dicom_dir) if dicom_dir else None,
-            "task2_filter": leakage,
-        },
-        "layout": STORE_LAYOUT,
-        "versions": library_versions(),
-    }
-    write_json_atomic(out_dir / "dataset.json", meta)
 
-    resumed = [c for c in candidates if is_case_done(out_dir, c)]
-    done = set(resumed)
-    todo = [c for c in candidates if c not in done]
-    if resumed:
-        log.info("resuming: %d of %d case(s) already finished, skipped", len(resumed), len(candidates))
-    tasks = [(str(folders[c]), str(out_dir), params) for c in todo]
-    results: list[CaseResult] = []
-    workers = max(1, min(int(workers), len(tasks)))
+def _process(tasks: list[tuple[str, str, PrepareParams]], workers: int, progress: bool) -> list[CaseResult]:
+    """Run the case tasks (one per worker, order kept) under a progress bar."""
     from tqdm import tqdm
 
+    results: list[CaseResult] = []
     bar = tqdm(total=len(tasks), desc="segmentation data", unit="case", disable=not progress or not tasks)
     try:
         if workers == 1:
@@ -530,38 +524,154 @@ def prepare(
                     bar.update()
     finally:
         bar.close()
+    return results
 
-    broken = {r.case: r.error for r in results if r.status == "broken"}
-    for cid, reason in broken.items():
-        log.warning("broken case %s: %s", cid, reason)
-    processed = [r.case for r in results if r.status == "done"]
+
+def _assemble(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params: PrepareParams,
+              broken: dict[str, str], run: dict[str, Any]) -> tuple[dict[str, list[str]], int]:
+    """Write index.csv, folds.csv, then dataset.json (complete) from every finished case.
+
+    The folds are computed here over all candidates, so a sharded store gets exactly the
+    unsharded folds. Returns (per-case warnings, number of slices).
+    """
+    candidates = found["candidates"]
+    folds = assign_folds(candidates, params.n_folds, params.seed)
+    if len(candidates) < params.n_folds:
+        log.warning("%d case(s) for %d folds: some folds are empty", len(candidates), params.n_folds)
+    shards.clean_stale_temps(out_dir, ("index.csv", "folds.csv", "dataset.json"))
     finished = [c for c in candidates if is_case_done(out_dir, c)]
     warnings = {c: read_case_marker(out_dir, c).get("warnings", []) for c in finished}
     warnings = {c: w for c, w in warnings.items() if w}
     index = _collect_index(out_dir, finished, folds)
     write_csv_atomic(out_dir / "index.csv", index)
     write_csv_atomic(out_dir / "folds.csv", pd.DataFrame({"case": list(folds), "fold": list(folds.values())}))
-    seconds = time.perf_counter() - start
+    kill_point("merge")
+    broken = {c: broken[c] for c in candidates if c in broken}
     meta.update({
         "status": "complete",
         "counts": {
-            "cases_found": len(all_ids),
-            "cases_dropped_task2": len(dropped),
+            "cases_found": len(found["all_ids"]),
+            "cases_dropped_task2": len(found["dropped"]),
             "cases_candidates": len(candidates),
             "cases_finished": len(finished),
             "cases_broken": len(broken),
             **_counts(index, folds, params.n_folds),
         },
-        "dropped_task2": dropped,
+        "dropped_task2": found["dropped"],
         "broken": broken,
         "skipped_modalities": warnings,
-        "run": {
-            "started": started_at, "seconds": round(seconds, 2), "workers": workers,
-            "processed": len(processed), "resumed": len(resumed),
-        },
+        "run": run,
     })
     write_json_atomic(out_dir / "dataset.json", meta)
-    return PrepareSummary(out_dir, processed, resumed, broken, dropped, warnings, len(index), seconds)
+    return warnings, len(index)
+
+
+def _store_meta(task1_dir: Path, dicom_dir: str | Path | None, params: PrepareParams, leakage: str) -> dict[str, Any]:
+    return {
+        "name": "mgmt2d segmentation slices",
+        "status": "incomplete",
+        "params": params.as_dict(),
+        "source": {
+            "task1_dir": str(task1_dir),
+            "dicom_dir": str(dicom_dir) if dicom_dir else None,
+            "task2_filter": leakage,
+        },
+        "layout": STORE_LAYOUT,
+        "versions": library_versions(),
+    }
+
+
+def prepare(
+    task1_dir: str | Path,
+    out_dir: str | Path,
+    params: PrepareParams,
+    dicom_dir: str | Path | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    shard: shards.Shard | None = None,
+    merge_only: bool = False,
+) -> PrepareSummary:
+    """Build (or resume) the segmentation store; see the module docstring for the layout.
+
+    ``dicom_dir`` is DICOM_DATA_DIR when it exists: its patients are dropped from Task 1
+    unless ``params.keep_task2_overlap``. Cases are streamed (one per worker, order kept);
+    finished cases are skipped, so re-running resumes. ``shard`` prepares only that shard's
+    cases (:mod:`mgmt2d.data.shards`); the last shard to finish, or ``merge_only``, writes
+    the index, folds and dataset.json over every case.
+    """
+    start = time.perf_counter()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    task1_dir, out_dir = Path(task1_dir), Path(out_dir)
+    found = _candidates(task1_dir, params, dicom_dir)
+    candidates, folders = found["candidates"], found["folders"]
+    meta = _store_meta(task1_dir, dicom_dir, params, found["leakage"])
+    if merge_only:
+        return _merge(out_dir, meta, found, params, start)
+
+    open_store(out_dir, params, overwrite, shard)
+    mine = candidates if shard is None else shard.select(candidates)
+    if shard is None:
+        write_json_atomic(out_dir / "dataset.json", meta)
+    else:
+        shards.start(out_dir, shard, params.as_dict(), {**meta["source"], "workers": workers}, mine)
+
+    resumed = [c for c in mine if is_case_done(out_dir, c)]
+    done = set(resumed)
+    todo = [c for c in mine if c not in done]
+    if resumed:
+        log.info("resuming: %d of %d case(s) already finished, skipped", len(resumed), len(mine))
+    tasks = [(str(folders[c]), str(out_dir), params) for c in todo]
+    workers = max(1, min(int(workers), len(tasks)))
+    results = _process(tasks, workers, progress)
+
+    broken = {r.case: r.error for r in results if r.status == "broken"}
+    for cid, reason in broken.items():
+        log.warning("broken case %s: %s", cid, reason)
+    processed = [r.case for r in results if r.status == "done"]
+    run = {"started": started_at, "workers": workers, "processed": len(processed), "resumed": len(resumed)}
+    if shard is None:
+        run["seconds"] = round(time.perf_counter() - start, 2)
+        warnings, n_slices = _assemble(out_dir, meta, found, params, broken, run)
+        return PrepareSummary(out_dir, processed, resumed, broken, found["dropped"], warnings, n_slices,
+                              time.perf_counter() - start)
+    run["seconds"] = round(time.perf_counter() - start, 2)
+    shards.finish(out_dir, shard, params.as_dict(), mine, {"broken": broken, "run": run})
+    kill_point("shard-done")
+    summary = PrepareSummary(out_dir, processed, resumed, broken, found["dropped"], {}, 0,
+                             time.perf_counter() - start, shard=shard.label)
+    try:
+        merged = _merge(out_dir, meta, found, params, start, force=False)
+    except shards.ShardError as err:
+        summary.note = f"not assembled yet: {err}"
+        return summary
+    summary.note = merged.note
+    summary.n_slices, summary.warnings = merged.n_slices, merged.warnings
+    return summary
+
+
+def _merge(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params: PrepareParams, start: float,
+           force: bool = True) -> PrepareSummary:
+    """Assemble a sharded store once every shard is done (refused, naming a missing shard, before)."""
+    count, recorded, done = shards.completed(out_dir)
+    if recorded != json.loads(json.dumps(params.as_dict())):
+        raise shards.ShardError(
+            f"the shards in {out_dir} ran with other parameters than this merge "
+            f"({shards.describe_differences(recorded, params.as_dict())}); merge with the shards' options"
+        )
+    broken: dict[str, str] = {}
+    for record in done.values():
+        broken.update(record.get("broken", {}))
+    run = {"merged_shards": count, "shards": {s.label: r.get("run", {}) for s, r in sorted(
+        done.items(), key=lambda item: item[0].index)}}
+    with shards.merge_lock(out_dir, force=force) as mine:
+        if not mine:
+            return PrepareSummary(out_dir, [], [], {}, found["dropped"], {}, 0, time.perf_counter() - start,
+                                  note="another process is assembling the store (run --merge if it was killed)")
+        run["merge_seconds"] = round(time.perf_counter() - start, 2)
+        warnings, n_slices = _assemble(out_dir, meta, found, params, broken, run)
+    return PrepareSummary(out_dir, [], [], broken, found["dropped"], warnings, n_slices, time.perf_counter() - start,
+                          note=f"assembled {count} shard(s): index.csv, folds.csv, dataset.json")
 
 
 # --------------------------------------------------------------------------- command line
@@ -596,6 +706,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convert segmentation labels first, e.g. 3:4 (enhancing tumour before BraTS 2021); "
                              "any label outside 0 1 2 4 is otherwise an error")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shards.add_shard_arguments(parser, "Task 1 cases")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -610,12 +721,15 @@ def main(args: argparse.Namespace) -> int:
         task1 = settings.existing("TASK1_DIR")
         if args.workers < 1:
             raise SegDataError(f"--workers must be at least 1 (got {args.workers})")
+        if args.merge and args.overwrite:
+            raise SegDataError("--merge only assembles finished shards: run it without --overwrite")
         summary = prepare(
             task1, settings["SEGMENT_DATA_DIR"], params,
             dicom_dir=settings["DICOM_DATA_DIR"],
             workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
+            shard=shards.shard_of(args), merge_only=args.merge,
         )
-    except (SettingsError, SegDataError, BratsCaseError, Task2Error) as err:
+    except (SettingsError, SegDataError, BratsCaseError, Task2Error, shards.ShardError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary.report())

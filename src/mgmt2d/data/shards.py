@@ -1,0 +1,275 @@
+"""Sharded runs: ``--shard I/N`` splits the patients of one preparation (or inference) over
+N processes, possibly on different machines writing into one shared folder, and a merge
+assembles the shared outputs once every shard has finished.
+
+Which patients shard I of N gets: the IDs sorted as strings, position k (0-based) belongs to
+shard ``k % N + 1`` (strided, not contiguous blocks). BraTS IDs are numbered roughly by site,
+and sites differ in volume size and slice count, so contiguous blocks would give one shard
+the slow site; strided shards mix them and finish together. The choice depends only on the
+set of IDs and N, so any machine computes the same split.
+
+Records in ``<folder>/shards/`` (each written atomically; a shard writes only its own)::
+
+    shard-I-of-N.start.json   written before any work: the shard's resolved configuration
+    shard-I-of-N.done.json    written last: the shard finished every one of its patients
+    merge.lock                held (exclusive create) while one process assembles the outputs
+
+A shard whose compared configuration differs from a shard already recorded is refused, and so
+is a merge while a done record is missing (naming the shard) or when the records disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import re
+import socket
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mgmt2d.data.io import write_json_atomic
+
+SHARDS_DIR = "shards"
+LOCK = "merge.lock"
+_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_RECORD = re.compile(r"^shard-(\d+)-of-(\d+)\.(start|done)\.json$")
+
+
+class ShardError(ValueError):
+    """A shard problem the user must fix; the message is one line and names the fix."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 1 <= self.index <= self.count:
+            raise ShardError(
+                f"--shard {self.index}/{self.count}: I must be between 1 and N (e.g. 2/3 = the second of three)"
+            )
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    def select(self, ids: Sequence[str]) -> list[str]:
+        """This shard's IDs, in the caller's order (membership from the sorted position, see module doc)."""
+        mine = set(sorted(set(ids))[self.index - 1 :: self.count])
+        return [i for i in ids if i in mine]
+
+
+def parse_shard(text: str) -> Shard:
+    """``"2/3"`` -> Shard(2, 3); anything else is a one-line error."""
+    match = _SPEC.match(str(text))
+    if not match:
+        raise ShardError(f"--shard {text!r}: write it as I/N, e.g. 2/3 for the second of three shards")
+    return Shard(int(match.group(1)), int(match.group(2)))
+
+
+def add_shard_arguments(parser: Any, what: str = "patients") -> None:
+    """--shard I/N and --merge, the same on every sharded script."""
+    parser.add_argument(
+        "--shard", metavar="I/N",
+        help=f"process only shard I of N of the {what} (sorted IDs, every N-th from the I-th); shards may run "
+             "at once on different machines into the same folder; the last one to finish assembles the outputs",
+    )
+    parser.add_argument("--merge", action="store_true",
+                        help="only assemble the outputs of finished shards (refused while one is missing)")
+
+
+def shard_of(args: Any) -> Shard | None:
+    """The parsed ``--shard`` of a command line (None without it), checked against ``--merge``."""
+    if args.merge and args.shard:
+        raise ShardError("--merge assembles the finished shards: run it without --shard")
+    return parse_shard(args.shard) if args.shard else None
+
+
+def shards_dir(folder: str | Path) -> Path:
+    return Path(folder) / SHARDS_DIR
+
+
+def _record_path(folder: Path, shard: Shard, kind: str) -> Path:
+    return shards_dir(folder) / f"{shard.name}.{kind}.json"
+
+
+def read_records(folder: str | Path, kind: str) -> dict[Shard, dict[str, Any]]:
+    """Every ``start`` or ``done`` record in ``folder``; an unreadable one is an error naming it."""
+    out: dict[Shard, dict[str, Any]] = {}
+    root = shards_dir(folder)
+    if not root.is_dir():
+        return out
+    for path in sorted(root.iterdir()):
+        match = _RECORD.match(path.name)
+        if not match or match.group(3) != kind:
+            continue
+        try:
+            out[Shard(int(match.group(1)), int(match.group(2)))] = json.loads(path.read_text())
+        except (json.JSONDecodeError, ShardError):
+            raise ShardError(f"{path} is not a valid shard record; delete it and re-run that shard") from None
+    return out
+
+
+def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+def _roundtrip(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def check_consistent(folder: str | Path, params: dict[str, Any], shard: Shard | None = None) -> None:
+    """Refuse a run whose compared ``params`` (or, for a shard, N) differ from a recorded shard's."""
+    params = _roundtrip(params)
+    for kind in ("start", "done"):
+        for other, record in read_records(folder, kind).items():
+            path = _record_path(Path(folder), other, kind)
+            if shard is not None and other.count != shard.count:
+                raise ShardError(
+                    f"{folder} is being prepared in {other.count} shards ({path.name}), not {shard.count}; "
+                    f"run --shard I/{other.count}, or clear the folder to start over"
+                )
+            if record.get("params") != params:
+                diff = describe_differences(record.get("params", {}), params)
+                raise ShardError(
+                    f"{path} was started with another configuration ({diff}); "
+                    "run every shard with the same options, or clear the folder to start over"
+                )
+
+
+def start(folder: str | Path, shard: Shard, params: dict[str, Any], config: dict[str, Any],
+          patients: Sequence[str]) -> None:
+    """Check ``params`` against the other shards, then record this shard's start (before any work).
+
+    ``params`` is what must agree between shards (it changes the outputs); ``config`` is the
+    rest of the resolved configuration (paths, workers, device), recorded only.
+    """
+    check_consistent(folder, params, shard)
+    write_json_atomic(_record_path(Path(folder), shard, "start"), {
+        "shard": shard.label, "params": _roundtrip(params), "config": _roundtrip(config),
+        "patients": list(patients), "host": socket.gethostname(), "pid": os.getpid(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def finish(folder: str | Path, shard: Shard, params: dict[str, Any], patients: Sequence[str],
+           extra: dict[str, Any] | None = None) -> None:
+    """Write this shard's done record: the last file it writes."""
+    write_json_atomic(_record_path(Path(folder), shard, "done"), {
+        "shard": shard.label, "params": _roundtrip(params), "patients": list(patients), **(extra or {}),
+        "host": socket.gethostname(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def is_done(folder: str | Path, shard: Shard) -> bool:
+    return _record_path(Path(folder), shard, "done").is_file()
+
+
+def completed(folder: str | Path) -> tuple[int, dict[str, Any], dict[Shard, dict[str, Any]]]:
+    """(N, the shared params, done records) once every shard of N is done and they agree.
+
+    Refuses, naming the first missing shard, while one is not done.
+    """
+    done = read_records(folder, "done")
+    started = read_records(folder, "start")
+    counts = {s.count for s in (*done, *started)}
+    if not counts:
+        raise ShardError(f"{shards_dir(folder)} holds no shard record: run the shards (--shard I/N) first")
+    if len(counts) > 1:
+        raise ShardError(f"{shards_dir(folder)} mixes shard counts {sorted(counts)}; clear the folder to start over")
+    count = counts.pop()
+    missing = [Shard(i, count) for i in range(1, count + 1) if Shard(i, count) not in done]
+    if missing:
+        first = missing[0]
+        rest = ", ".join(s.label for s in missing[1:])
+        others = f" (also missing: {rest})" if rest else ""
+        state = "started but not finished" if first in started else "not started"
+        raise ShardError(
+            f"cannot assemble {folder}: shard {first.label} is {state} (no {SHARDS_DIR}/{first.name}.done.json)"
+            f"{others}; run it with --shard {first.label}, then --merge"
+        )
+    params = done[Shard(1, count)].get("params")
+    for shard, record in done.items():
+        if record.get("params") != params:
+            raise ShardError(
+                f"shard {shard.label} in {folder} ran with another configuration than shard 1/{count} "
+                f"({describe_differences(params or {}, record.get('params', {}))}); re-run it with the same options"
+            )
+    return count, params or {}, done
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def merge_lock(folder: str | Path, force: bool = False) -> Iterator[bool]:
+    """Yield True while this process alone may assemble the outputs, False when another holds it.
+
+    A lock left by a killed process on this host (its pid is gone) is taken over; ``force``
+    (an explicit ``--merge``) takes over any lock, since a merge writes every output atomically
+    from finished shards and two merges write the same bytes.
+    """
+    path = shards_dir(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mine = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        # the lock is linked into place already written, so it is never seen empty; link is atomic on NFS too
+        tmp = path.with_name(f".{LOCK}.{socket.gethostname()}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(mine))
+        try:
+            os.link(tmp, path)
+            taken = True
+        except FileExistsError:
+            taken = False
+        finally:
+            tmp.unlink(missing_ok=True)
+        if taken:
+            try:
+                yield True
+            finally:
+                path.unlink(missing_ok=True)
+            return
+        try:
+            holder = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue   # released meanwhile: try again
+        except (OSError, json.JSONDecodeError):
+            holder = {}
+        stale = holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
+        if force or stale or not holder:
+            path.unlink(missing_ok=True)
+            continue
+        yield False
+        return
+    yield False
+
+
+def clean_stale_temps(folder: str | Path, names: Sequence[str]) -> None:
+    """Remove temp files a killed writer left beside ``names`` (see :func:`mgmt2d.data.io.atomic_path`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for name in names:
+        for stale in folder.glob(f".{glob.escape(name)}.tmp*"):
+            stale.unlink(missing_ok=True)
