@@ -46,7 +46,7 @@ def loadavg() -> str:
 
 def env() -> dict[str, str]:
     out = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    out.pop("MGMT2D_KILL_AT", None)
+    out.pop("MGMT2D_FAULT", None)
     return out
 
 

@@ -408,7 +408,7 @@ def test_stage2_preparation_killed_then_rerun_equals_one_run(demo: Path, tmp_pat
     prep = ["prepare_classification.py", "--settings", str(sharded), "--split", "train", "--device", "cpu",
             "--image-size", "32", "--workers", "1"]
     killed = subprocess.run([sys.executable, str(REPO / prep[0]), *prep[1:]], cwd=demo, capture_output=True,
-                            text=True, env={**os.environ, "MGMT2D_KILL_AT": "patient-done:2"})
+                            text=True, env={**os.environ, "MGMT2D_FAULT": "patient-done:2"})
     assert killed.returncode == -9
     assert len(list((tmp_path / "cls/train/done").glob("*.csv"))) == 2 and not (tmp_path / "folds.csv").exists()
     run(prep, demo)

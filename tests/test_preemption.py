@@ -28,7 +28,8 @@ from helpers_training import (
 
 from mgmt2d import cli
 from mgmt2d.classification import train as classification_train
-from mgmt2d.training.preemption import FAULT_ENV, FaultHook, Preempted
+from mgmt2d.faults import FAULT_ENV, FaultHook
+from mgmt2d.training.preemption import Preempted
 
 
 def train(settings: Path, *extra: str) -> int:
@@ -106,8 +107,11 @@ def test_fault_hook_spec() -> None:
     assert FaultHook("step:3:TERM:1", rank=0).point is None  # meant for rank 1
     hook = FaultHook("epoch-end:2:KILL", rank=0)
     assert (hook.point, hook.count, hook.signum) == ("epoch-end", 2, signal.SIGKILL)
-    with pytest.raises(ValueError, match="POINT:N:SIGNAL"):
-        FaultHook("step-3")
+    default = FaultHook("merge")   # the preparation form: first time, SIGKILL
+    assert (default.point, default.count, default.signum) == ("merge", 1, signal.SIGKILL)
+    for bad in ("step:three", ":3"):
+        with pytest.raises(ValueError, match="POINT"):
+            FaultHook(bad)
 
 
 @pytest.mark.parametrize(("accumulate", "step"), [(1, 4), (2, 3)])

@@ -1,7 +1,7 @@
 """Sharded preparation (--shard I/N, --merge) and SIGKILL-safe preparation of the segmentation store.
 
 Proof by comparison: every file of a store made in shards, or by a run killed at a named
-point (``MGMT2D_KILL_AT``, see :func:`mgmt2d.data.io.kill_point`) and run again, equals the file
+point (``MGMT2D_FAULT``, see :mod:`mgmt2d.faults`) and run again, equals the file
 of one uninterrupted unsharded run: byte for byte, except the timing fields of JSON records.
 """
 
@@ -110,9 +110,9 @@ def _settings(task1: dict[str, Path], out: Path, folder: Path) -> Path:
 
 def _cli(settings: Path, *extra: str, kill_at: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("MGMT2D_KILL_AT", None)
+    env.pop("MGMT2D_FAULT", None)
     if kill_at:
-        env["MGMT2D_KILL_AT"] = kill_at
+        env["MGMT2D_FAULT"] = kill_at
     return subprocess.run([sys.executable, str(REPO / "prepare_segmentation_data.py"), "--settings", str(settings),
                            *ARGS, *extra], capture_output=True, text=True, env=env, timeout=300)
 
@@ -139,7 +139,7 @@ def test_three_shards_at_once_equal_one_run(task1, reference: Path, tmp_path: Pa
     out = tmp_path / "seg"
     settings = _settings(task1, out, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    env.pop("MGMT2D_KILL_AT", None)
+    env.pop("MGMT2D_FAULT", None)
     procs = [subprocess.Popen([sys.executable, str(REPO / "prepare_segmentation_data.py"), "--settings",
                                str(settings), *ARGS, "--shard", f"{i}/3"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (1, 2, 3)]

@@ -31,7 +31,6 @@ from mgmt2d.data import dicom, shards, task2
 from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, InputContract
 from mgmt2d.data.io import (
     check_writable,
-    kill_point,
     library_versions,
     save_npy_atomic,
     write_csv_atomic,
@@ -40,6 +39,7 @@ from mgmt2d.data.io import (
 )
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_name, resolve_device
+from mgmt2d.faults import fault_point
 from mgmt2d.inference.backends import add_backend_arguments, backend_from_args, segmenter_backend
 from mgmt2d.segmentation import model as segmenter
 
@@ -262,13 +262,13 @@ def prepare(
                 if row["note"]:
                     tqdm.write(f"{patient} {row['type']}: {row['note']}")
             write_csv_atomic(out_dir / "done" / f"{patient}.csv", pd.DataFrame(rows, columns=DONE_COLUMNS))
-            kill_point("patient-done")
+            fault_point("patient-done")
             bar.update(1)
             bar.set_postfix(kept=sum(r["kept"] for r in rows))
     if shard is None:
         return _assemble(settings, split, out_dir, index, params, seed, exclude, started)
     shards.finish(out_dir, shard, params, mine, {"seconds": round(time.time() - started, 1)})
-    kill_point("shard-done")
+    fault_point("shard-done")
     try:
         return _merge(settings, split, out_dir, index, params, seed, exclude, started, force=False)
     except shards.ShardError as err:
@@ -319,7 +319,7 @@ def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2I
     frame = _collect(out_dir, index.patients, folds)
     empty = sorted(set(frame.patient) - set(frame[frame.kept > 0].patient))
     write_csv_atomic(out_dir / "index.csv", frame)
-    kill_point("merge")
+    fault_point("merge")
     write_json_atomic(out_dir / "dataset.json", {
         "split": split,
         "params": params,

@@ -6,16 +6,16 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mgmt2d.faults import fault_point
 
 
 @contextlib.contextmanager
@@ -32,7 +32,7 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        kill_point("atomic-write")
+        fault_point("atomic-write")
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -123,26 +123,3 @@ def write_run_config(out_dir: str | Path, name: str, config: dict[str, Any]) -> 
 
 
 # A test aid: SIGKILL this process at a named point, to prove a killed run resumes cleanly.
-KILL_ENV = "MGMT2D_KILL_AT"
-_kill_hits: Counter[str] = Counter()
-
-
-def kill_point(name: str) -> None:
-    """SIGKILL ourselves when ``MGMT2D_KILL_AT`` names this point (a test aid; see the README).
-
-    ``MGMT2D_KILL_AT=<point>`` kills the first time the point is reached, ``<point>:<k>`` the
-    k-th time (counted in this process). Unset, it costs one environment lookup. Points:
-    ``atomic-write`` (inside every atomic write: temp written, not yet renamed), ``case-done``
-    (segmentation store, after a case's marker), ``patient-done`` (stage-2 preparation and
-    inference, after a patient's files), ``shard-done`` (after a shard's done record, before
-    it assembles), ``merge`` (assembling: the index written, the final file not yet).
-    """
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _kill_hits[name] += 1
-    if _kill_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)

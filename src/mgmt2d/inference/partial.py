@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from mgmt2d.data import shards
-from mgmt2d.data.io import kill_point, write_csv_atomic, write_run_config
+from mgmt2d.data.io import write_csv_atomic, write_run_config
+from mgmt2d.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def finish_shard(output: Path, shard: shards.Shard, params: dict[str, Any], sub:
     write_csv_atomic(_part(output, shard), sub)
     write_csv_atomic(_part(output, shard, detail=True), detail)
     shards.finish(part_folder(output), shard, params, sub["BraTS21ID"].tolist(), {"seconds": seconds})
-    kill_point("shard-done")
+    fault_point("shard-done")
     try:
         merged = merge(output, force=False)
     except shards.ShardError as err:
@@ -88,7 +89,7 @@ def merge(output: Path, force: bool = True) -> str | None:
         for name in (output.name, detail_path(output).name, output.stem + "_config.json"):
             shards.clean_stale_temps(output.parent, (name,))
         write_csv_atomic(output, sub)
-        kill_point("merge")
+        fault_point("merge")
         write_csv_atomic(detail_path(output), detail)
         write_run_config(output.parent, output.stem + "_config.json", {
             **params["config"], "shards": count,

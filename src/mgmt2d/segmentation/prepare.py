@@ -56,7 +56,6 @@ from mgmt2d.data.brats import (
 from mgmt2d.data.intensity import minmax_uint8
 from mgmt2d.data.io import (
     check_writable,
-    kill_point,
     library_versions,
     save_npy_atomic,
     write_csv_atomic,
@@ -64,6 +63,7 @@ from mgmt2d.data.io import (
 )
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.data.task2 import Task2Error, format_id, task2_patient_ids
+from mgmt2d.faults import fault_point
 
 if TYPE_CHECKING:
     pass
@@ -335,7 +335,7 @@ def write_case(out_dir: Path, case: str, content: CaseSlices, seconds: float = 0
         "shapes": {p: list(content.images[p].shape) for p in PLANES},
     }
     write_json_atomic(folder / CASE_MARKER, marker)
-    kill_point("case-done")
+    fault_point("case-done")
 
 
 def process_case(case_folder: str | Path, out_dir: str | Path, params: PrepareParams) -> CaseResult:
@@ -545,7 +545,7 @@ def _assemble(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params
     index = _collect_index(out_dir, finished, folds)
     write_csv_atomic(out_dir / "index.csv", index)
     write_csv_atomic(out_dir / "folds.csv", pd.DataFrame({"case": list(folds), "fold": list(folds.values())}))
-    kill_point("merge")
+    fault_point("merge")
     broken = {c: broken[c] for c in candidates if c in broken}
     meta.update({
         "status": "complete",
@@ -637,7 +637,7 @@ def prepare(
                               time.perf_counter() - start)
     run["seconds"] = round(time.perf_counter() - start, 2)
     shards.finish(out_dir, shard, params.as_dict(), mine, {"broken": broken, "run": run})
-    kill_point("shard-done")
+    fault_point("shard-done")
     summary = PrepareSummary(out_dir, processed, resumed, broken, found["dropped"], {}, 0,
                              time.perf_counter() - start, shard=shard.label)
     try:

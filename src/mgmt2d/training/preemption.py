@@ -6,19 +6,12 @@ optimiser step, writes ``last.pt`` with its position inside the epoch and raises
 :class:`Preempted`, which :func:`mgmt2d.cli.run` turns into one line and the conventional exit
 status 128 + signal number (143 for SIGTERM, 130 for SIGINT). A second Ctrl-C interrupts at once.
 
-``MGMT2D_FAULT=POINT:N:SIGNAL[:RANK]`` (a test aid, used by tests/test_distributed.py and
-tests/test_preemption.py) makes the process send itself ``SIGNAL`` (TERM, INT or KILL) the
-``N``-th time it reaches ``POINT`` (default: on rank 0 only). The trainer's points:
-
-* ``step``: after an optimiser step (counted from the start of this process's run);
-* ``checkpoint``: ``last.pt``'s temporary file fully written, not yet renamed into place;
-* ``epoch-end``: ``last.pt`` of an epoch in place, history not yet written.
+The tests stop runs at exact points with the ``MGMT2D_FAULT`` test aid (:mod:`mgmt2d.faults`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from types import FrameType, TracebackType
@@ -26,7 +19,6 @@ from types import FrameType, TracebackType
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-FAULT_ENV = "MGMT2D_FAULT"
 
 
 class Preempted(Exception):
@@ -72,35 +64,3 @@ class StopSignals:
     @property
     def requested(self) -> bool:
         return self.signum is not None
-
-
-class FaultHook:
-    """The ``MGMT2D_FAULT`` test aid (see the module doc); inert when the variable is unset."""
-
-    def __init__(self, spec: str | None, rank: int = 0) -> None:
-        self.point: str | None = None
-        self.count = 0
-        self._seen = 0
-        if not spec:
-            return
-        parts = spec.split(":")
-        if len(parts) not in (3, 4) or not parts[1].isdigit():
-            raise ValueError(f"{FAULT_ENV}={spec!r}: expected POINT:N:SIGNAL[:RANK], e.g. step:3:TERM")
-        target = int(parts[3]) if len(parts) == 4 else 0
-        if target != rank:
-            return
-        self.point, self.count = parts[0], int(parts[1])
-        self.signum = int(getattr(signal, f"SIG{parts[2].upper()}"))
-
-    @classmethod
-    def from_env(cls, rank: int = 0) -> FaultHook:
-        return cls(os.environ.get(FAULT_ENV), rank)
-
-    def reached(self, point: str) -> None:
-        """Count ``point``; send the configured signal to this process at the N-th time."""
-        if point != self.point:
-            return
-        self._seen += 1
-        if self._seen == self.count:
-            log.warning("%s: sending %s at %s #%d", FAULT_ENV, signal.Signals(self.signum).name, point, self.count)
-            os.kill(os.getpid(), self.signum)

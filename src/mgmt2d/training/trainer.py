@@ -62,11 +62,12 @@ from torch import Tensor, nn
 
 from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
 from mgmt2d.device import autocast, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.faults import FaultHook
 from mgmt2d.training import distributed
 from mgmt2d.training.checkpoint import load_checkpoint, save_checkpoint
 from mgmt2d.training.metrics import Batch, Metrics, batch_field, batch_to_device
 from mgmt2d.training.plots import plot_history
-from mgmt2d.training.preemption import FaultHook, Preempted, StopSignals
+from mgmt2d.training.preemption import Preempted, StopSignals
 from mgmt2d.training.seeding import epoch_seed, rng_state, set_rng_state
 from mgmt2d.training.tensorboard import Preview, TensorBoardLog, remove_events
 
