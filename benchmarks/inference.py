@@ -566,7 +566,7 @@ def report_hook_cost(args: argparse.Namespace) -> None:
                 print(f"round {r + 1} {name}: {took:.2f} s  {loadavg()}", flush=True)
         assert values["none"] == values["hook"], "the hook changed the probabilities"
         args_ns = argparse.Namespace(overwrite=False, top_frames=3)
-        writer = report.writer(tmp / "report", models, device, args_ns, patients)
+        writer = report.writer(tmp / "report", models, args_ns, patients)
         took_report, values["report"] = run(writer)
         assert values["report"] == values["none"], "the report changed the probabilities"
         none, hook = statistics.median(seconds["none"]), statistics.median(seconds["hook"])

@@ -423,7 +423,7 @@ def main(args: argparse.Namespace) -> int:
     if args.report_dir is not None:   # the report of every patient, from the results computed here
         from mgmt2d.inference import report
 
-        on_patient = report.writer(args.report_dir, models, device, args, patients)
+        on_patient = report.writer(args.report_dir, models, args, patients)
     compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
                 "weights": models.files, "contract": models.contract.to_dict(),
                 "classifier_autocast": autocast_name(device, args.amp),

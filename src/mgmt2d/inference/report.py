@@ -34,7 +34,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from mgmt2d import overlay
 from mgmt2d.data import task2
@@ -73,14 +72,14 @@ def main(args: argparse.Namespace) -> int:
     check_reports(out, [patient], args.overwrite)   # before the models load
     device = resolve_device(args.device)
     models, _ = inference.models_from_args(args, settings, device)
-    write = writer(out, models, device, args, [patient])
+    write = writer(out, models, args, [patient])
     sub, _ = inference.predict([patient], input_dir, models, device, args.mri_types, args.seg_batch_size,
                                args.batch_size, args.workers, None, args.amp, on_patient=write)
     print(f"patient {patient}: MGMT_value {sub.MGMT_value.iloc[0]:.4f} -> {out / patient / INDEX}")
     return 0
 
 
-def writer(out: Path, models: inference.Models, device: torch.device, args: argparse.Namespace,
+def writer(out: Path, models: inference.Models, args: argparse.Namespace,
            patients: list[str]) -> Callable[[inference.PatientResult], None]:
     """The ``on_patient`` hook writing each patient's report under ``out``; checks up front that
     no existing report would be replaced without ``--overwrite``."""
@@ -91,7 +90,7 @@ def writer(out: Path, models: inference.Models, device: torch.device, args: argp
     config = {**vars(args), "report_dir": out, "contract": models.contract.to_dict(), "weights": models.files}
 
     def write(result: inference.PatientResult) -> None:
-        write_report(out, result, models, device, config, top)
+        write_report(out, result, models, config, top)
 
     return write
 
@@ -104,14 +103,14 @@ def check_reports(out: Path, patients: list[str], overwrite: bool) -> None:
                               f"{out}); pass --overwrite to replace them or choose another folder")
 
 
-def write_report(out: Path, result: inference.PatientResult, models: inference.Models, device: torch.device,
+def write_report(out: Path, result: inference.PatientResult, models: inference.Models,
                  config: dict[str, Any], top_frames: int = 3) -> Path:
     """Write ``out/<patient>/`` (see the module doc) atomically; returns its index.html."""
     final = Path(out) / result.patient
     Path(out).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{result.patient}.tmp", dir=out))
     try:
-        sections = [_series_section(tmp, s, models, device, top_frames) for s in result.series]
+        sections = [_series_section(tmp, s, models, top_frames) for s in result.series]
         summary = _summary(result, models, sections)
         (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str))
         write_run_config(tmp, "report_config.json", config)
@@ -129,7 +128,7 @@ def write_report(out: Path, result: inference.PatientResult, models: inference.M
 # --------------------------------------------------------------------------- per series
 
 
-def _series_section(folder: Path, s: inference.SeriesResult, models: inference.Models, device: torch.device,
+def _series_section(folder: Path, s: inference.SeriesResult, models: inference.Models,
                     top_frames: int) -> dict[str, Any]:
     """Write the series' images and NIfTI files; returns what the page and report.json say about it."""
     t = s.mri_type
