@@ -131,7 +131,9 @@ def ddp_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_torchrun_run_writes_once_and_logs_the_single_process_validation(data: Path, ddp_run: Path) -> None:
     out = run_dir(ddp_run)
-    assert {p.name for p in out.iterdir()} == OUTPUTS
+    assert {p.name for p in out.iterdir()} == OUTPUTS | {"tensorboard"}
+    events = list((out / "tensorboard").iterdir())   # one writer: rank 0's
+    assert len(events) == 1 and events[0].name.startswith("events.out.tfevents"), events
     config = json.loads((out / "train_config.json").read_text())["config"]
     assert config["world_size"] == 2 and config["batch_size"] == 4
     log = history(ddp_run)

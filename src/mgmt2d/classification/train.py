@@ -103,6 +103,7 @@ def main(args: argparse.Namespace) -> int:
 def train_one(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> None:
     """One model: one MRI type (or the pooled types) and one validation fold (this process's part)."""
     settings = load_settings(args.settings)
+    pretrained = resolve_pretrained(args.pretrained, settings, args.backbone)   # missing weights: say so first
     data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
     index = load_index(data_dir, args.mri_type)
     if index.empty:
@@ -110,7 +111,6 @@ def train_one(args: argparse.Namespace, ctx: distributed.DistContext, device: to
     train_rows, val_rows = split_by_fold(index, args.fold)
     overlap = set(train_rows.patient) & set(val_rows.patient)
     assert not overlap, f"patients in both splits: {sorted(overlap)[:5]}"
-    pretrained = resolve_pretrained(args.pretrained, settings, args.backbone)
     out_dir = settings["CLASSIFICATION_MODEL_DIR"] / args.mri_type / f"fold{args.fold}"
     config = TrainConfig.from_args(args, out_dir=str(out_dir), device=str(device))
     seed_everything(config.seed)

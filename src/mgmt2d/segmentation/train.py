@@ -80,10 +80,10 @@ def main(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> int:
     settings = load_settings(args.settings)
+    pretrained = resolve_pretrained(args.pretrained, settings, "densenet121")   # missing weights: say so first
     data_dir = settings.existing("SEGMENT_DATA_DIR")
     index = seg_dataset.load_index(data_dir)
     train_rows, val_rows = seg_dataset.split_by_fold(index, args.fold)
-    pretrained = resolve_pretrained(args.pretrained, settings, "densenet121")
     out_dir = settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold}"
     config = TrainConfig.from_args(args, out_dir=str(out_dir), device=str(device))
     seed_everything(config.seed)
