@@ -164,6 +164,20 @@ def classify_stack(volume: np.ndarray, n: int, c) -> np.ndarray:
     return out
 
 
+def synth_folders(args, tmp: Path, size: str = "full") -> list[Path]:
+    """The first ``args.patients`` synthetic Task 2 patient folders (both splits): ``--synth`` or made in ``tmp``."""
+    synth = args.synth
+    if synth is None:
+        synth = tmp / "synth"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
+                        str(args.patients), "--size", size, "--seed", str(args.seed)],
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"synthetic data: --patients {args.patients} --size {size} in {time.perf_counter() - t0:.1f} s")
+    return sorted((p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()),
+                  key=lambda p: p.name)[: args.patients]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--synth", type=Path, help="reuse a synthetic dataset (--size full) instead of generating one")
@@ -210,17 +224,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-inf-") as tmp_name:
         tmp = Path(tmp_name)
-        if args.synth is not None:
-            synth = args.synth
-        else:
-            synth = tmp / "synth"
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
-                            str(args.patients), "--size", "full", "--seed", str(args.seed)],
-                           check=True, stdout=subprocess.DEVNULL)
-            print(f"synthetic data: --patients {args.patients} --size full in {time.perf_counter() - t0:.1f} s")
-        folders = sorted((p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()),
-                         key=lambda p: p.name)[: args.patients]
+        folders = synth_folders(args, tmp)
         t0 = time.perf_counter()
         layout = save_weights(tmp / "weights", args.seed)
         models = inference.load_models(layout, list(args.mri_types), [0], device,
@@ -343,19 +347,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 # ---------------------------------------------------------------------------- --backends (issue 16)
-
-
-def synth_folders(args, tmp: Path) -> list[Path]:
-    synth = args.synth
-    if synth is None:
-        synth = tmp / "synth"
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
-                        str(args.patients), "--size", "full", "--seed", str(args.seed)],
-                       check=True, stdout=subprocess.DEVNULL)
-        print(f"synthetic data: --patients {args.patients} --size full in {time.perf_counter() - t0:.1f} s")
-    return sorted((p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()),
-                  key=lambda p: p.name)[: args.patients]
 
 
 def load_backend(name: str, layout: WeightsLayout, args, cache: Path) -> tuple[inference.Models, float]:
@@ -533,17 +524,11 @@ def report_hook_cost(args: argparse.Namespace) -> None:
     header("inference.predict without a report vs with the report hook")
     with tempfile.TemporaryDirectory(prefix="mgmt2d-bench-hook-") as tmp_name:
         tmp = Path(tmp_name)
-        synth = args.synth
-        if synth is None:
-            synth = tmp / "synth"
-            subprocess.run([sys.executable, "-m", "mgmt2d", "synth", "--out", str(synth), "--patients",
-                            str(args.patients), "--size", "small", "--seed", str(args.seed)],
-                           check=True, stdout=subprocess.DEVNULL)
         input_dir = tmp / "patients"   # both Task 2 splits (inference needs no label), as links
         input_dir.mkdir()
-        for folder in (p for split in ("test", "train") for p in (synth / "task2" / split).iterdir() if p.is_dir()):
+        for folder in synth_folders(args, tmp, "small"):
             (input_dir / folder.name).symlink_to(folder.resolve())
-        patients = sorted(p.name for p in input_dir.iterdir())[: args.patients]
+        patients = sorted(p.name for p in input_dir.iterdir())
         layout = save_weights(tmp / "weights", args.seed)
         models = inference.load_models(layout, list(args.mri_types), [0], device,
                                        overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})

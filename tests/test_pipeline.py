@@ -376,8 +376,18 @@ def _popen(argv: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_stage2_preparation_in_three_shards_equals_one_run(demo: Path, tmp_path: Path):
+def _assert_same_stage2_store(settings, tmp_path: Path) -> None:
+    """The store and folds prepared under ``tmp_path`` (see _sharded_settings) equal the demo's."""
     from test_shards import assert_same_tree
+
+    # dataset.json's "folds" says where the folds came from: a resumed reference says "existing KFOLD_PATH"
+    assert_same_tree(tmp_path / "cls/train", settings["CLASSIFICATION_DATA_DIR"] / "train", ignore=frozenset({"folds"}))
+    assert (tmp_path / "folds.csv").read_bytes() == settings["KFOLD_PATH"].read_bytes()
+    folds = json.loads((tmp_path / "cls/train/dataset.json").read_text())["folds"]
+    assert folds["source"].startswith("generated") and folds["path"] == str(tmp_path / "folds.csv")
+
+
+def test_stage2_preparation_in_three_shards_equals_one_run(demo: Path, tmp_path: Path):
 
     settings = load_settings(demo / "SETTINGS.json")
     sharded = _sharded_settings(demo, tmp_path)
@@ -394,15 +404,10 @@ def test_stage2_preparation_in_three_shards_equals_one_run(demo: Path, tmp_path:
     proc = run([*prep, "--shard", "2/3", "--seed", "7"], demo, ok=False)
     assert proc.returncode == 2 and "another configuration" in proc.stderr
     run([*prep, "--shard", "2/3"], demo)   # the last shard assembles folds, index and dataset.json
-    # dataset.json's "folds" says where the folds came from: a resumed reference says "existing KFOLD_PATH"
-    assert_same_tree(tmp_path / "cls/train", settings["CLASSIFICATION_DATA_DIR"] / "train", ignore=frozenset({"folds"}))
-    assert (tmp_path / "folds.csv").read_bytes() == settings["KFOLD_PATH"].read_bytes()
-    folds = json.loads((tmp_path / "cls/train/dataset.json").read_text())["folds"]
-    assert folds["source"].startswith("generated") and folds["path"] == str(tmp_path / "folds.csv")
+    _assert_same_stage2_store(settings, tmp_path)
 
 
 def test_stage2_preparation_killed_then_rerun_equals_one_run(demo: Path, tmp_path: Path):
-    from test_shards import assert_same_tree
 
     settings = load_settings(demo / "SETTINGS.json")
     sharded = _sharded_settings(demo, tmp_path)
@@ -413,11 +418,7 @@ def test_stage2_preparation_killed_then_rerun_equals_one_run(demo: Path, tmp_pat
     assert killed.returncode == -9
     assert len(list((tmp_path / "cls/train/done").glob("*.csv"))) == 2 and not (tmp_path / "folds.csv").exists()
     run(prep, demo)
-    # dataset.json's "folds" says where the folds came from: a resumed reference says "existing KFOLD_PATH"
-    assert_same_tree(tmp_path / "cls/train", settings["CLASSIFICATION_DATA_DIR"] / "train", ignore=frozenset({"folds"}))
-    assert (tmp_path / "folds.csv").read_bytes() == settings["KFOLD_PATH"].read_bytes()
-    folds = json.loads((tmp_path / "cls/train/dataset.json").read_text())["folds"]
-    assert folds["source"].startswith("generated") and folds["path"] == str(tmp_path / "folds.csv")
+    _assert_same_stage2_store(settings, tmp_path)
 
 
 def test_sharded_inference_assembles_the_unsharded_submission(demo: Path, tmp_path: Path):

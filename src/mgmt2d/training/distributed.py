@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from mgmt2d.device import resolve_device
-from mgmt2d.training.seeding import seed_worker
+from mgmt2d.training.seeding import loader_options
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,8 @@ def make_train_loader(
 ) -> DataLoader:
     """Shuffled training loader of this rank: micro-batches of ``batch_size / (processes x accumulate)``.
 
-    Like :func:`mgmt2d.training.seeding.make_loader`: own generator, seeded workers, pinned memory
-    on CUDA, no persistent workers; a last micro-batch of one sample is dropped (BatchNorm).
+    :func:`~mgmt2d.training.seeding.loader_options` as every engine loader; a last micro-batch of
+    one sample is dropped (BatchNorm).
     """
     ctx = ctx or context()
     micro = micro_batch_size(batch_size, accumulate, ctx.world_size)
@@ -234,11 +234,8 @@ def make_train_loader(
     if drop_last:
         log.warning("%d samples per process with micro-batch %d leave a last batch of 1: it is dropped each epoch "
                     "(BatchNorm cannot train on a single sample)", sampler.num_samples, micro)
-    return DataLoader(
-        dataset, batch_size=micro, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-        pin_memory=torch.device(device).type == "cuda", worker_init_fn=seed_worker, generator=torch.Generator(),
-        persistent_workers=False, **kwargs,
-    )
+    return DataLoader(dataset, batch_size=micro, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                      **loader_options(device), **kwargs)
 
 
 def make_eval_loader(
@@ -252,7 +249,4 @@ def make_eval_loader(
     """Validation loader of this rank: its block of the single-process batches (see module doc)."""
     ctx = ctx or context()
     sampler = BlockBatchSampler(len(dataset), batch_size, ctx.rank, ctx.world_size)  # type: ignore[arg-type]
-    return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-        worker_init_fn=seed_worker, generator=torch.Generator(), persistent_workers=False, **kwargs,
-    )
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, **loader_options(device), **kwargs)

@@ -75,18 +75,15 @@ def make_loader(
         log.warning("%d training samples with batch size %d leave a last batch of 1: it is dropped each epoch "
                     "(BatchNorm cannot train on a single sample)", n, batch_size)
         drop_last = True
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=seed_worker,
-        generator=torch.Generator(),
-        persistent_workers=False,
-        **kwargs,
-    )
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
+                      **loader_options(device), **kwargs)
+
+
+def loader_options(device: torch.device | str) -> dict[str, Any]:
+    """DataLoader settings of every engine loader: its own generator (re-seeded per epoch), seeded
+    workers, no persistent workers (exact resume), pinned memory on CUDA."""
+    return {"pin_memory": torch.device(device).type == "cuda", "worker_init_fn": seed_worker,
+            "generator": torch.Generator(), "persistent_workers": False}
 
 
 def rng_state() -> dict[str, Any]:
