@@ -12,7 +12,7 @@ model and input-contract flags) on one patient and writes ``OUT/<patient>/``:
   with the most heatmap mass in the highest and the lowest chunk (fold model 1);
 - ``<type>_slices.png``, ``<type>_chunks.png``, ``<type>_gradcam.png``;
 - ``<type>_image.nii.gz`` and ``<type>_seg.nii.gz`` (2 = WT outside ET, 4 = ET) in patient
-  space (see :mod:`mgmt2d.inference.nifti`), for ITK-SNAP or 3D Slicer;
+  space (see :mod:`mgmt2d.data.nifti`), for ITK-SNAP or 3D Slicer;
 - ``report.json`` (the numbers) and ``report_config.json`` (the resolved configuration).
 
 ``inference_on_test.py --report-dir DIR`` writes the same folder for every patient from the
@@ -40,7 +40,7 @@ from mgmt2d.data import task2
 from mgmt2d.data.io import check_writable, write_run_config
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import resolve_device
-from mgmt2d.inference import nifti
+from mgmt2d.data import nifti
 from mgmt2d.inference import predict as inference
 from mgmt2d.inference.gradcam import ChunkCam, chunk_cam
 
