@@ -13,7 +13,7 @@ noise in channel 0 and tumour masks in channels 1-2 (content does not change res
 cost). Then, alternating ``--rounds`` times:
 
 * loader: ``chunk_dataset.ChunkDataset(augment=True)`` (seq_len 35, stride 5) through
-  ``make_loader`` (shuffle, ``--workers`` workers), ``--loader-batches`` batches of
+  ``make_train_loader`` (the training loader, ``--workers`` workers), ``--loader-batches`` batches of
   ``--batch-size`` chunks; steady chunks/s excludes the first batch of each epoch iterator;
 * model: ``classifier.build_classifier()`` (eca_nfnet_l0 + BiLSTM, random init), train mode,
   AdamW, BCE-with-logits, forward + backward + step on random (B, 35, 3, S, S) chunks;
@@ -65,7 +65,8 @@ from mgmt2d.classification.chunks import n_chunks
 from mgmt2d.classification.model import build_classifier
 from mgmt2d.data.settings import KEYS
 from mgmt2d.device import resolve_device
-from mgmt2d.training.seeding import epoch_seed, make_loader
+from mgmt2d.training.distributed import make_train_loader
+from mgmt2d.training.seeding import epoch_seed
 
 REPO = Path(__file__).resolve().parents[1]
 MRI_TYPES = ("FLAIR", "T1w", "T1wCE", "T2w")
@@ -127,13 +128,14 @@ def write_prepared(root: Path, n_series: int, seed: int) -> Path:
 
 
 def time_loader(ds: chunk_dataset.ChunkDataset, batch_size: int, workers: int, n_batches: int, seed: int) -> dict:
-    loader = make_loader(ds, batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader = make_train_loader(ds, batch_size, seed, num_workers=workers)
     done = chunks = steady_chunks = 0
     steady_s = 0.0
     epoch = 0
     start = time.perf_counter()
     while done < n_batches:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
+        loader.sampler.set_epoch(epoch)
         epoch += 1
         t_prev = None
         for batch in loader:

@@ -4,7 +4,7 @@ chunk-by-chunk schedule, on synthetic full-size DICOM patients with random-init 
     python benchmarks/inference.py [--synth DIR | --patients 3] [--mri-types T1wCE]
         [--seg-slices 8] [--cls-slices 60] [--image-size 224] [--tta-zoom 1.2] [--no-verify]
 
-What runs, per patient (the steps of ``mgmt2d.inference.predict``, called one by one so each
+What runs, per patient (the steps of ``mgmt2d.inference.pipeline.predict``, called one by one so each
 is timed on its own; nothing in the library is modified):
 
   read          ``dicom.read_series`` of each series (sequential; ``predict`` overlaps it with
@@ -12,14 +12,14 @@ is timed on its own; nothing in the library is modified):
   seg_prep      ``stack.prepare_series`` (non-empty filter, float min-max) + ``segmenter.to_input``
   seg_model     ``segmenter.predict_probs`` (UNet++, one batched pass over the patient's series)
   filter_stack  ``segmenter.from_output`` + ``stack.stack_series`` (tumour filter, stacking)
-  frames        ``inference.series_frames`` (zoom TTA, resize, normalise; a padded last chunk
+  frames        ``frames.test_time_view`` (zoom TTA, resize, normalise; a padded last chunk
                 also in float, as the published code made it)
   classify      ``classifier.predict_series`` (ours) or ``predict_series_chunkwise`` (the
                 reference's schedule), on the same frames, in alternating order
 
 Everything but the classify step is shared by both schedules, so the two "whole" totals
 differ only there. Models: a random-init UNet++/DenseNet121 and eca_nfnet_l0 + BiLSTM saved as
-checkpoints in a temp weights dir and loaded with ``inference.load_models`` (one "pooled"
+checkpoints in a temp weights dir and loaded with ``inference.Predictor.from_weights`` (one "pooled"
 classifier, fold 0, so one model per type as with ``--folds 0``), run with our input contract.
 
 Slice counts (CPU time budget; UNet++ at 224 costs seconds per slice here and the
@@ -37,7 +37,7 @@ The speed-up of the classify step is bounded by the frame ratio 35 * n_chunks(n)
 is printed: it tends to 7 for long series and reaches 5 at n = 105.
 
 ``--backends eager torch onnxruntime openvino`` (issue 16) compares the inference backends
-instead (``mgmt2d.inference.backends``; "eager" is torch as loaded, no channels-last, the
+instead (``mgmt2d.engines``; "eager" is torch as loaded, no channels-last, the
 baseline; "torch" is ``--backend torch``, channels-last backbone on the CPU):
 
   micro     segmenter slices/s (``--micro-slices`` prepared slices through ``predict_probs``)
@@ -71,14 +71,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mgmt2d.classification import stack
+from mgmt2d import engines
+from mgmt2d.classification import frames, stack
 from mgmt2d.classification.chunks import chunk_index, n_chunks
 from mgmt2d.classification.model import build_classifier, predict_series, predict_series_chunkwise
 from mgmt2d.data import dicom
 from mgmt2d.data.contract import OURS
-from mgmt2d.inference import backends as engines
-from mgmt2d.inference import predict as inference
-from mgmt2d.inference.published import WeightsLayout
+from mgmt2d.data.task2 import POOLED
+from mgmt2d.data.weights import WeightsLayout
+from mgmt2d.inference import pipeline as inference
 from mgmt2d.segmentation import model as segmenter
 
 STEPS = ("read", "seg_prep", "seg_model", "filter_stack", "frames", "classify")
@@ -90,11 +91,25 @@ def loadavg() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_description() -> str:
+    """The CPU model and its vector extensions (AVX2, AVX-512, AMX ...): engines' float rounding and speed depend
+    on them (issue 25: the same conversion differed from torch by 2e-6 on an AVX2 EPYC, 1e-5 on an AMX Xeon)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "CPU model unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
+    return f"{model or 'CPU'}; flags {' '.join(vector) or 'no AVX'}"
+
+
 def header(title: str) -> None:
     print(f"== {title}")
     print(
         f"   {datetime.now().isoformat(timespec='seconds')}  {platform.node()}  {platform.machine()}  "
-        f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}",
+        f"{os.cpu_count()} CPUs  torch {torch.__version__} ({torch.get_num_threads()} threads)  {loadavg()}\n"
+        f"   {cpu_description()}",
         flush=True,
     )
 
@@ -110,13 +125,18 @@ def backbone_frames(n: int, seq_len: int = 35, stride: int = 5) -> tuple[int, in
     return n + extra, seq_len * n_chunks(n, seq_len, stride)
 
 
+def series_frames(images: np.ndarray, image_size: int, zoom: float) -> torch.Tensor:
+    """What ``inference.classify_series`` feeds the backbone: test-time view (zoom, resize), normalised."""
+    return torch.from_numpy(frames.normalise(frames.test_time_view(images, image_size, zoom)))
+
+
 def save_weights(root: Path, seed: int) -> WeightsLayout:
     torch.manual_seed(seed)
     layout = WeightsLayout("mgmt2d", root / "segmentation", root / "classification")
     seg_path = layout.segmenter(0)
     seg_path.parent.mkdir(parents=True)
     torch.save({"model": segmenter.build_segmenter().state_dict()}, seg_path)
-    path = layout.classifier(inference.POOLED, 0)
+    path = layout.classifier(POOLED, 0)
     path.parent.mkdir(parents=True)
     config = {"backbone": "eca_nfnet_l0", "lstm_hidden": 128, "seq_len": 35, "stride": 5, "image_size": 224,
               "contract": OURS.to_dict()}
@@ -227,10 +247,10 @@ def main(argv: list[str] | None = None) -> None:
         folders = synth_folders(args, tmp)
         t0 = time.perf_counter()
         layout = save_weights(tmp / "weights", args.seed)
-        models = inference.load_models(layout, list(args.mri_types), [0], device,
+        models = inference.Predictor.from_weights(layout, device, list(args.mri_types), [0],
                                        overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
         c = models.contract
-        print(f"models: random init saved + loaded with inference.load_models in {time.perf_counter() - t0:.1f} s; "
+        print(f"models: random init saved + loaded with Predictor.from_weights in {time.perf_counter() - t0:.1f} s; "
               f"contract {c.to_dict()}")
         opts = stack.StackOptions(c, seg_batch_size=args.seg_batch_size)
         t0 = time.perf_counter()
@@ -279,12 +299,12 @@ def main(argv: list[str] | None = None) -> None:
             for si, (mri_type, volume) in enumerate(zip(types, volumes)):
                 stack_u8 = classify_stack(volume, args.cls_slices, c)
                 t0 = time.perf_counter()
-                x = inference.series_frames(stack_u8, c.image_size, c.tta_zoom)
+                x = series_frames(stack_u8, c.image_size, c.tta_zoom)
                 index = chunk_index(len(x), c.seq_len, c.stride)
                 padded = None
                 if (index[-1] < 0).any():   # the published code made a padded chunk in float
                     start_f = int(index[-1, 0])
-                    padded = inference.series_frames(stack_u8[start_f:].astype(np.float64), c.image_size, c.tta_zoom)
+                    padded = series_frames(stack_u8[start_f:].astype(np.float64), c.image_size, c.tta_zoom)
                 t["frames"] += time.perf_counter() - t0
                 ours_f, ref_f = backbone_frames(len(x), c.seq_len, c.stride)
                 frame_counts[0] += ours_f
@@ -349,12 +369,12 @@ def main(argv: list[str] | None = None) -> None:
 # ---------------------------------------------------------------------------- --backends (issue 16)
 
 
-def load_backend(name: str, layout: WeightsLayout, args, cache: Path) -> tuple[inference.Models, float]:
+def load_backend(name: str, layout: WeightsLayout, args, cache: Path) -> tuple[inference.Predictor, float]:
     """load_models under one backend ("eager": torch as loaded, no backend applied); (models, seconds)."""
     device = torch.device("cpu")
     opts = None if name == "eager" else engines.resolve_backend(name, device, args.threads, cache)
     t0 = time.perf_counter()
-    models = inference.load_models(layout, list(args.mri_types), [0], device, backend=opts,
+    models = inference.Predictor.from_weights(layout, device, list(args.mri_types), [0], backend=opts,
                                    overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
     return models, time.perf_counter() - t0
 
@@ -398,7 +418,7 @@ def compare_backends(args) -> None:
         _, scaled, _ = stack.prepare_series(volume, meta.positive_fraction, c)
         mid = max(len(scaled) // 2 - args.micro_slices // 2, 0)
         seg_in = segmenter.to_input(scaled[mid:mid + args.micro_slices], c.seg_image_size, c.seg_zoom)
-        frames_in = inference.series_frames(classify_stack(volume, args.micro_frames, c), c.image_size, c.tta_zoom)
+        frames_in = series_frames(classify_stack(volume, args.micro_frames, c), c.image_size, c.tta_zoom)
         probs, micro = {}, {}
         seg_cl = engines.channels_last_inputs(copy.deepcopy(models["eager"].segmenter))
         for name in names:
@@ -448,11 +468,11 @@ def compare_backends(args) -> None:
                 for volume in volumes:
                     stack_u8 = classify_stack(volume, args.cls_slices, c)
                     t0 = time.perf_counter()
-                    x = inference.series_frames(stack_u8, c.image_size, c.tta_zoom)
+                    x = series_frames(stack_u8, c.image_size, c.tta_zoom)
                     index = chunk_index(len(x), c.seq_len, c.stride)
                     padded = None
                     if (index[-1] < 0).any():
-                        padded = inference.series_frames(stack_u8[int(index[-1, 0]):].astype(np.float64),
+                        padded = series_frames(stack_u8[int(index[-1, 0]):].astype(np.float64),
                                                          c.image_size, c.tta_zoom)
                     t["frames"] += time.perf_counter() - t0
                     t0 = time.perf_counter()
@@ -530,15 +550,15 @@ def report_hook_cost(args: argparse.Namespace) -> None:
             (input_dir / folder.name).symlink_to(folder.resolve())
         patients = sorted(p.name for p in input_dir.iterdir())
         layout = save_weights(tmp / "weights", args.seed)
-        models = inference.load_models(layout, list(args.mri_types), [0], device,
+        models = inference.Predictor.from_weights(layout, device, list(args.mri_types), [0],
                                        overrides={"seg_image_size": args.image_size, "tta_zoom": args.tta_zoom})
         print(f"{len(patients)} patients ({input_dir}), types {' '.join(args.mri_types)}, "
               f"contract {models.contract.to_dict()}", flush=True)
 
         def run(hook) -> tuple[float, list[float]]:
             t0 = time.perf_counter()
-            sub, _ = inference.predict(patients, input_dir, models, device, list(args.mri_types),
-                                       args.seg_batch_size, args.batch_size, 1, None, True, None, hook)
+            sub, _ = models.predict(patients, input_dir, inference.PredictOptions(
+                list(args.mri_types), args.seg_batch_size, args.batch_size, workers=1), hook)
             return time.perf_counter() - t0, sub.MGMT_value.tolist()
 
         run(None)   # untimed warm-up

@@ -9,7 +9,7 @@ prepare_segmentation_data.py) from the real BraTS sample (``../shared/data/brats
 FLAIR + T1ce) or from synthetic BraTS-geometry data (``python -m mgmt2d synth --size full``),
 then alternates, ``--rounds`` times:
 
-* loader: ``make_loader`` over ``seg_dataset.SegmentationSliceDataset`` with
+* loader: ``make_train_loader`` over ``seg_dataset.SegmentationSliceDataset`` with
   ``augment.train_transform()`` (the training loader: shuffle, ``--workers`` workers, new
   workers every epoch), ``--loader-batches`` batches of ``--batch-size``; the main process
   only consumes batches. Steady rate = slices after the first batch of each epoch iterator /
@@ -45,8 +45,9 @@ from mgmt2d.segmentation import dataset as seg_dataset
 from mgmt2d.segmentation import model as segmenter
 from mgmt2d.segmentation import prepare as segdata
 from mgmt2d.training import augment
+from mgmt2d.training.distributed import make_train_loader
 from mgmt2d.training.metrics import dice_loss
-from mgmt2d.training.seeding import epoch_seed, make_loader
+from mgmt2d.training.seeding import epoch_seed
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "brats2015-sample"
@@ -89,7 +90,7 @@ def build_store(args: argparse.Namespace, tmp: Path) -> Path:
         modalities = tuple(args.modalities or segdata.MODALITIES)
     store = tmp / "segmentation_data"
     params = segdata.PrepareParams(modalities=modalities, keep_task2_overlap=True)
-    summary = segdata.prepare(task1, store, params, dicom_dir=None, workers=args.workers, progress=False)
+    summary = segdata.prepare(task1, store, params, segdata.RunOptions(workers=args.workers, progress=False))
     print(f"store: {summary.n_slices} slices from {len(summary.processed)} case(s) ({', '.join(modalities)}) "
           f"prepared in {summary.seconds:.1f} s with {args.workers} worker(s) -> {store}")
     return store
@@ -101,7 +102,7 @@ def time_loader(dataset: seg_dataset.SegmentationSliceDataset, batch_size: int, 
 
     Returns slices/s with and without the first batch of each epoch (worker start-up).
     """
-    loader = make_loader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    loader = make_train_loader(dataset, batch_size, seed, num_workers=workers)
     if len(loader) == 0:
         raise SystemExit(f"error: {len(dataset)} slices is less than one batch of {batch_size}")
     done = slices = steady_slices = 0
@@ -110,6 +111,7 @@ def time_loader(dataset: seg_dataset.SegmentationSliceDataset, batch_size: int, 
     epoch = 0
     while done < n_batches:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
+        loader.sampler.set_epoch(epoch)
         epoch += 1
         t_prev = None
         for image, mask in loader:

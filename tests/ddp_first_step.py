@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 
 from mgmt2d.classification.model import build_classifier
 from mgmt2d.training import distributed
+from mgmt2d.training.config import TrainConfig
 from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics
 from mgmt2d.training.seeding import seed_everything
-from mgmt2d.training.trainer import TrainConfig, Trainer
+from mgmt2d.training.trainer import Trainer
 
 
 class Chunks(Dataset):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from mgmt2d.classification.model import build_classifier, predict_series
+from mgmt2d import engines as backends
+from mgmt2d.classification.model import backbone_with_backend, build_classifier, predict_series
 from mgmt2d.cli import user_message
+from mgmt2d.data.io import file_sha256
 from mgmt2d.dev.synth import make_phantom, render
-from mgmt2d.inference import backends
 from mgmt2d.segmentation import model as segmenter
 
 SEG_SIZE = 64     # UNet++ needs multiples of 32
@@ -64,9 +65,32 @@ def test_engine_segmenter_probabilities_equal_torch(engine, seg_model, cache):
     want = segmenter.predict_probs(seg_model, inputs, cpu, batch_size=2)   # batches 2, 2, 1: dynamic batch
     got = segmenter.predict_probs(backend, inputs, cpu, batch_size=2)
     assert got.shape == want.shape
-    assert np.abs(got - want).max() <= 1e-5
+    assert backends.probe_problem("segmenter", want, got) is None   # the rule the engine is accepted by
+    assert np.abs(got - want).max() <= backends.PROBE.seg_abs
     masks = segmenter.predict_probs(backend, inputs, cpu, batch_size=4, threshold=0.5)
-    np.testing.assert_array_equal(masks, want > 0.5)
+    decided = np.abs(want - 0.5) > backends.PROBE.mask_margin   # float rounding cannot flip these pixels
+    np.testing.assert_array_equal(masks[decided], (want > 0.5)[decided])
+
+
+def test_probe_judges_an_engine_by_what_changes_a_result():
+    """Masks must agree except within the stated margin of 0.5; probabilities within fp32-rounding tolerance."""
+    rng = np.random.default_rng(0)
+    want = rng.random((2, 2, 8, 8)).astype(np.float32)
+    want[0, 0, 0, 1] = 0.5 + 3 * backends.PROBE.mask_margin          # decided
+    noise = np.float32(1.01e-5)                                       # what an AVX-512/AMX CPU gave (issue 25)
+    assert backends.probe_problem("segmenter", want, want + noise) is None
+    want[0, 0, 0, 0] = 0.5 + 2e-5                                     # undecided: within the margin of 0.5
+    flipped = want.copy()
+    flipped[0, 0, 0, 0] = 0.5 - 2e-5                                  # flips, by float rounding: accepted
+    assert backends.probe_problem("segmenter", want, flipped) is None
+    flipped[0, 0, 0, 1] = 0.49                                        # flips a decided pixel: refused
+    assert "1 mask pixel" in backends.probe_problem("segmenter", want, flipped)
+    assert "differs from torch" in backends.probe_problem("segmenter", want, want + 10 * backends.PROBE.seg_abs)
+    assert backends.probe_problem("segmenter", want, np.full_like(want, np.nan)) is not None
+    emb = rng.standard_normal((3, 16)).astype(np.float32)
+    assert backends.probe_problem("backbone", emb, emb * (1 + 1e-6)) is None
+    assert "differs from torch" in backends.probe_problem("backbone", emb, emb + 1e-2)
+    assert "output shape" in backends.probe_problem("backbone", emb, emb[:2])
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -99,7 +123,7 @@ def test_torch_backend_runs_the_backbone_channels_last_with_the_same_embeddings(
         want = model.backbone(frames)
     keys = list(model.state_dict())
     cpu = backends.resolve_backend("torch", torch.device("cpu"), threads=1)
-    out = backends.classifier_backend(model, "unused.pt", FRAME_SIZE, cpu, torch.device("cpu"))
+    out = backbone_with_backend(model, "unused.pt", FRAME_SIZE, cpu, torch.device("cpu"))
     assert out is model and list(model.state_dict()) == keys   # same module, same layer names
     with torch.inference_mode():
         got = model.backbone(frames)
@@ -142,7 +166,7 @@ def test_cache_is_reused_and_a_corrupt_or_stale_entry_is_rebuilt(tmp_path, caplo
     mid = len(data) // 2
     data[mid:mid + 64] = bytes(255 - b for b in data[mid:mid + 64])
     model_file.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="mgmt2d.inference.backends"):
+    with caplog.at_level(logging.WARNING, logger="mgmt2d.engines"):
         rebuilt = make()
     assert rebuilt.cache_status == "rebuilt" and "model.onnx is missing or altered" in caplog.text
     check(rebuilt)
@@ -159,9 +183,9 @@ def test_cache_is_reused_and_a_corrupt_or_stale_entry_is_rebuilt(tmp_path, caplo
 
     # A manifest that checks out but a model that does not match torch (altered and re-hashed): rebuilt.
     other = _tiny_net(5)
-    backends._export_onnx(other, torch.zeros(1, *shape), entry)
+    backends.OnnxRuntimeBackend.convert(other, torch.zeros(1, *shape), entry)
     manifest = json.loads((entry / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = backends._sha256(model_file)
+    manifest["files"]["model.onnx"] = file_sha256(model_file)
     (entry / "manifest.json").write_text(json.dumps(manifest))
     again = make()
     assert again.cache_status == "rebuilt"
@@ -188,7 +212,7 @@ def test_auto_prefers_the_fixed_engine_order_on_cpu_and_torch_on_cuda(monkeypatc
         monkeypatch.setattr(backends, "engine_installed", lambda name, engine=engine: name == engine)
         assert backends.resolve_backend("auto", torch.device("cpu")).name == engine
     monkeypatch.setattr(backends, "engine_installed", lambda name: True)
-    assert backends.resolve_backend("auto", torch.device("cpu")).name == backends.AUTO_PREFERENCE[0]
+    assert backends.resolve_backend("auto", torch.device("cpu")).name == next(iter(backends.ENGINES))
     monkeypatch.setattr(backends, "engine_installed", lambda name: False)
     assert backends.resolve_backend("auto", torch.device("cpu")).name == "torch"
 

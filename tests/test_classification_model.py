@@ -15,13 +15,12 @@ from mgmt2d.classification.model import (
     MGMTClassifier,
     build_classifier,
     load_backbone_weights,
-    load_classifier_weights,
     load_trained_classifier,
     normalised_zero_frame,
     predict_series,
     predict_series_chunkwise,
 )
-from mgmt2d.training.checkpoint import CheckpointError
+from mgmt2d.training.checkpoint import CheckpointError, load_strict, read_state_dict
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference_state_dicts.json"
 SIZE = 64
@@ -73,13 +72,13 @@ def test_state_dict_round_trip(small_model: MGMTClassifier, tmp_path: Path) -> N
     for path in (raw, wrapped):
         torch.manual_seed(123)  # a different random init
         fresh = build_classifier(seq_len=SEQ).eval()
-        load_classifier_weights(fresh, path)
+        load_strict(fresh, read_state_dict(path), path, "the stage-2 classifier")
         with torch.no_grad():
             assert torch.equal(fresh(x), expected)
     # strict: a head for another sequence length must not load
     other = build_classifier(seq_len=SEQ + 1)
     with pytest.raises(CheckpointError, match="does not fit"):   # one line naming the file
-        load_classifier_weights(other, raw)
+        load_strict(other, read_state_dict(raw), raw, "the stage-2 classifier")
 
 
 def test_trained_classifier_is_built_from_its_checkpoint_config(small_model: MGMTClassifier, tmp_path: Path) -> None:

@@ -37,11 +37,7 @@ def prepared_split(root: Path, patients: int = 4) -> Path:
 def parse(settings: Path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     classification_train.add_arguments(parser)
-    return parser.parse_args([
-        "--settings", str(settings), "--device", "cpu", "--pretrained", "none", "--workers", "0", "--no-progress",
-        "--backbone", "test_resnet", "--image-size", "16", "--seq-len", "4", "--stride", "2", "--lstm-hidden", "4",
-        "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4", *extra,
-    ])
+    return parser.parse_args([*_argv(settings), *extra])
 
 
 def test_mri_type_all_trains_the_four_per_type_models(tmp_path: Path):
@@ -69,3 +65,43 @@ def test_mri_type_pooled_trains_one_model_on_every_type(tmp_path: Path):
     assert config["plateau_on"] == "val_loss" and config["plateau_factor"] == [0.5, 0.5]
     history = pd.read_csv(tmp_path / "models/pooled/fold0/history.csv")
     assert len(history) == 1
+
+
+def test_any_timm_backbone_trains_from_its_imagenet_weights_in_pretrained_dir(tmp_path: Path):
+    """--backbone NAME --pretrained imagenet: the registry finds NAME's weights, once download_models.py stored them
+    (here stored from a fake hub: the real fetch needs the internet). Without them: one line naming the fix."""
+    import torch
+
+    from mgmt2d import cli, pretrained
+    from mgmt2d.tools import download
+
+    settings = prepared_split(tmp_path)
+    raw = json.loads(settings.read_text())
+    raw["PRETRAINED_DIR"] = "pretrained"
+    settings.write_text(json.dumps(raw))
+    argv = _argv(settings, "imagenet")
+    parser = argparse.ArgumentParser()
+    classification_train.add_arguments(parser)
+    assert cli.run(classification_train.main, parser, argv) == 2   # not fetched yet: refused, not a random start
+
+    source = pretrained.source("test_resnet")            # any timm model: the classifier module's family
+    torch.manual_seed(5)
+    weights = source.build().state_dict()
+    result = download.save_pretrained(tmp_path / "pretrained", "test_resnet",
+                                      lambda cache: pretrained.FetchedWeights(weights, {"hf_hub_id": "fake"}))
+    assert result.status == "saved" and result.path.name == "test_resnet_imagenet.safetensors"
+    parser = argparse.ArgumentParser()
+    classification_train.add_arguments(parser)
+    assert cli.run(classification_train.main, parser, argv) == 0
+    config = json.loads((tmp_path / "models/FLAIR/fold0/train_config.json").read_text())["config"]
+    assert config["backbone"] == "test_resnet" and config["pretrained"] == str(result.path)
+    first = torch.load(tmp_path / "models/FLAIR/fold0/last.pt", weights_only=True)["model"]
+    key = next(k for k in weights if k.endswith("conv1.weight"))
+    # one epoch at lr 1e-6 moves a weight by at most ~1e-6: the backbone started from the stored weights
+    assert torch.allclose(first[f"backbone.{key}"], weights[key], atol=1e-4)
+
+
+def _argv(settings: Path, pretrained: str = "none") -> list[str]:
+    return ["--settings", str(settings), "--device", "cpu", "--pretrained", pretrained, "--workers", "0",
+            "--no-progress", "--backbone", "test_resnet", "--image-size", "16", "--seq-len", "4", "--stride", "2",
+            "--lstm-hidden", "4", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4"]

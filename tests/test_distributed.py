@@ -27,7 +27,7 @@ from helpers_training import (
 from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification.model import build_classifier
 from mgmt2d.training import distributed
-from mgmt2d.training.checkpoint import load_model_weights
+from mgmt2d.training.checkpoint import load_strict, read_state_dict
 from mgmt2d.training.distributed import (
     BlockBatchSampler,
     DistContext,
@@ -35,8 +35,8 @@ from mgmt2d.training.distributed import (
     make_eval_loader,
     micro_batch_size,
 )
+from mgmt2d.training.loop import evaluate
 from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics
-from mgmt2d.training.trainer import evaluate
 
 DDP = ("--batch-size", "4")  # global batch 4: 2 per process, 2 optimiser steps per epoch
 OUTPUTS = {"best.pt", "last.pt", "history.csv", "curves.png", "train_config.json", "val_patients.csv"}
@@ -141,7 +141,8 @@ def test_torchrun_run_writes_once_and_logs_the_single_process_validation(data: P
     # The best checkpoint evaluated by one process on the same validation set gives the logged numbers.
     best = torch.load(out / "best.pt", weights_only=True)
     row = log[log.epoch == best["early_stopping"]["best_epoch"]].iloc[0]
-    model = load_model_weights(build_classifier("test_nfnet", lstm_hidden=4, seq_len=4), out / "best.pt")
+    model = build_classifier("test_nfnet", lstm_hidden=4, seq_len=4)
+    load_strict(model, read_state_dict(out / "best.pt"), out / "best.pt", "the classifier")
     _, val_rows = split_by_fold(load_index(data / "train", "FLAIR"), 0)
     val = ChunkDataset(val_rows, data / "train", 16, 4, 4, augment=False)
     metrics = ClassificationMetrics()

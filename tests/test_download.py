@@ -22,10 +22,17 @@ from typing import Any
 import pytest
 import torch
 
+from mgmt2d import pretrained
+from mgmt2d.data.io import file_sha256
 from mgmt2d.data.settings import KEYS, load_settings
 from mgmt2d.tools import download as dl
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _main(argv: list[str]) -> int:
+    """download_models.py's main on a command line (its exit status for missing files: 1)."""
+    return dl.main(dl.build_parser().parse_args(argv))
 
 
 # --------------------------------------------------------------------------------------
@@ -280,18 +287,18 @@ def test_cli_downloads_then_offline_check(tmp_path: Path, server: _Server, paylo
     settings = _settings_file(tmp_path)
     manifest = _manifest(tmp_path / "manifest.json", server.base, payload)
     args = ["--settings", str(settings), "--manifest", str(manifest), "--trained-only", "--no-progress"]
-    assert dl.main(args) == 0
+    assert _main(args) == 0
     seg = tmp_path / "models" / "segmentation" / "fold0.pth"
     clf = tmp_path / "models" / "classification" / "T1wCE" / "fold0.pth"
     assert seg.read_bytes() == payload and clf.read_bytes() == payload[::-1]
 
     requests = len(server.log)
-    assert dl.main(args) == 0  # second run: everything verified, nothing requested
+    assert _main(args) == 0  # second run: everything verified, nothing requested
     assert len(server.log) == requests
-    assert dl.main(args + ["--offline-check"]) == 0
+    assert _main(args + ["--offline-check"]) == 0
     clf.write_bytes(b"corrupt")
     capsys.readouterr()
-    assert dl.main(args + ["--offline-check"]) == 1
+    assert _main(args + ["--offline-check"]) == 1
     err = capsys.readouterr().err
     assert "clf" in err and "sha256 mismatch" in err and "seg" not in err.split("missing or unverified", 1)[1]
 
@@ -300,7 +307,7 @@ def test_cli_offline_lists_missing_and_exits_1(tmp_path: Path, payload: bytes,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     settings = _settings_file(tmp_path)
     manifest = _manifest(tmp_path / "manifest.json", f"http://127.0.0.1:{_closed_port()}", payload)
-    code = dl.main(["--settings", str(settings), "--manifest", str(manifest), "--trained-only", "--no-progress"])
+    code = _main(["--settings", str(settings), "--manifest", str(manifest), "--trained-only", "--no-progress"])
     assert code == 1
     err = capsys.readouterr().err
     assert "2 of 2 file(s) missing" in err
@@ -354,13 +361,13 @@ def test_resolve_destination(tmp_path: Path) -> None:
 def random_weights() -> dict[str, dict[str, torch.Tensor]]:
     """Random-init state dicts of both target modules: what a fake hub hands back."""
     torch.manual_seed(0)
-    return {name: dl._PRETRAINED[name].build().state_dict() for name in dl.PRETRAINED_NAMES}
+    return {name: pretrained.source(name).build().state_dict() for name in dl.PRETRAINED_NAMES}
 
 
 def _fake_fetcher(state: dict[str, torch.Tensor], calls: list[Path]) -> Any:
-    def fetch(cache_dir: Path) -> dl.FetchedWeights:
+    def fetch(cache_dir: Path) -> pretrained.FetchedWeights:
         calls.append(cache_dir)
-        return dl.FetchedWeights(state, {"hf_hub_id": "fake/repo"})
+        return pretrained.FetchedWeights(state, {"hf_hub_id": "fake/repo"})
 
     return fetch
 
@@ -375,18 +382,18 @@ def test_save_pretrained_with_fake_fetcher(tmp_path: Path, name: str,
     result = dl.save_pretrained(tmp_path, name, _fake_fetcher(state, calls))
     assert result.status == "saved" and calls == [tmp_path / "hub"]
 
-    path = dl.require_pretrained(tmp_path, name)
-    assert path == dl.pretrained_path(tmp_path, name) == tmp_path / f"{name}_imagenet.safetensors"
+    path = pretrained.require(tmp_path, name)
+    assert path == pretrained.weights_path(tmp_path, name) == tmp_path / f"{name}_imagenet.safetensors"
     index = json.loads((tmp_path / "pretrained.json").read_text())
     entry = index["weights"][name]
-    assert entry["file"] == path.name and entry["sha256"] == dl.file_sha256(path)
+    assert entry["file"] == path.name and entry["sha256"] == file_sha256(path)
     assert entry["tensors"] == len(state) and entry["source"] == {"hf_hub_id": "fake/repo"}
     assert dl.verify_pretrained(tmp_path, name) is None
 
     loaded = load_file(path)
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
-    target = dl._PRETRAINED[name].build()
-    target.load_state_dict(dl.load_pretrained_state_dict(tmp_path, name, verify=True))  # strict
+    target = pretrained.source(name).build()
+    target.load_state_dict(load_file(path))  # strict
 
     # verified: a second call fetches nothing
     assert dl.save_pretrained(tmp_path, name, _fake_fetcher(state, calls)).status == "present"
@@ -394,8 +401,7 @@ def test_save_pretrained_with_fake_fetcher(tmp_path: Path, name: str,
 
     path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
     assert "sha256 mismatch" in (dl.verify_pretrained(tmp_path, name) or "")
-    with pytest.raises(dl.PretrainedError, match="sha256 mismatch"):
-        dl.load_pretrained_state_dict(tmp_path, name, verify=True)
+    assert "sha256 mismatch" in (dl.check_pretrained(tmp_path, [name])[0].message)
 
 
 def test_both_backbones_share_one_index(tmp_path: Path, random_weights: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -413,7 +419,7 @@ def test_timm_loads_the_stored_file_through_its_own_file_source(
     import timm
 
     dl.save_pretrained(tmp_path, "eca_nfnet_l0", _fake_fetcher(random_weights["eca_nfnet_l0"], []))
-    path = dl.pretrained_path(tmp_path, "eca_nfnet_l0")
+    path = pretrained.weights_path(tmp_path, "eca_nfnet_l0")
     model = timm.create_model("eca_nfnet_l0", pretrained=True, num_classes=0,
                               pretrained_cfg_overlay={"file": str(path)})
     stem = "stem.conv1.weight"
@@ -427,12 +433,12 @@ def test_wrong_state_dict_is_refused_and_nothing_written(
     state.pop("stem.conv1.weight")
     with pytest.raises(dl.PretrainedError, match="do not fit"):
         dl.save_pretrained(tmp_path, "eca_nfnet_l0", _fake_fetcher(state, []))
-    assert not dl.pretrained_path(tmp_path, "eca_nfnet_l0").exists()
+    assert not pretrained.weights_path(tmp_path, "eca_nfnet_l0").exists()
     assert not (tmp_path / "pretrained.json").exists()
 
 
 def test_failing_hub_is_reported_not_raised(tmp_path: Path) -> None:
-    def unreachable(cache_dir: Path) -> dl.FetchedWeights:
+    def unreachable(cache_dir: Path) -> pretrained.FetchedWeights:
         raise ConnectionError("huggingface.co unreachable\nmore detail")
 
     results = dl.fetch_pretrained(tmp_path, ["densenet121"], fetchers={"densenet121": unreachable})
@@ -441,14 +447,14 @@ def test_failing_hub_is_reported_not_raised(tmp_path: Path) -> None:
 
 
 def test_require_pretrained_error_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(dl.MissingWeightsError) as info:
-        dl.require_pretrained(tmp_path, "densenet121")
+    with pytest.raises(pretrained.MissingWeightsError) as info:
+        pretrained.require(tmp_path, "densenet121")
     assert str(info.value) == (
         f"ImageNet weights for densenet121 not found in {tmp_path}: "
         "run `python download_models.py` (needs internet)"
     )
     with pytest.raises(ValueError, match="unknown pretrained backbone"):
-        dl.pretrained_path(tmp_path, "resnet50")
+        pretrained.weights_path(tmp_path, "not_a_backbone")
 
 
 def test_real_fetchers_call_the_hub_with_the_cache_dir(
@@ -459,7 +465,7 @@ def test_real_fetchers_call_the_hub_with_the_cache_dir(
     import timm
     import timm.models._hub as timm_hub
     from huggingface_hub.errors import EntryNotFoundError
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     torch.manual_seed(1)
     full_nfnet = timm.create_model("eca_nfnet_l0", pretrained=False).state_dict()  # with its 1000-class head
@@ -483,18 +489,18 @@ def test_real_fetchers_call_the_hub_with_the_cache_dir(
     monkeypatch.setattr(timm_hub, "hf_hub_download", fake_hf_hub_download)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_hf_hub_download)
 
-    pretrained = tmp_path / "pretrained"
-    results = dl.fetch_pretrained(pretrained)
+    out = tmp_path / "pretrained"
+    results = dl.fetch_pretrained(out)
     assert [r.status for r in results] == ["saved", "saved"], [r.message for r in results]
-    assert {c[2] for c in calls} == {pretrained / "hub"}
+    assert {c[2] for c in calls} == {out / "hub"}
     assert {c[0] for c in calls} == set(files)
 
-    nfnet = dl.load_pretrained_state_dict(pretrained, "eca_nfnet_l0")
+    nfnet = load_file(pretrained.weights_path(out, "eca_nfnet_l0"))
     assert "head.fc.weight" not in nfnet and len(nfnet) == len(random_weights["eca_nfnet_l0"])
     assert torch.equal(nfnet["stem.conv1.weight"], full_nfnet["stem.conv1.weight"])
-    densenet = dl.load_pretrained_state_dict(pretrained, "densenet121")
+    densenet = load_file(pretrained.weights_path(out, "densenet121"))
     assert all(torch.equal(densenet[k], v) for k, v in random_weights["densenet121"].items())
-    index = json.loads((pretrained / "pretrained.json").read_text())
+    index = json.loads((out / "pretrained.json").read_text())
     assert index["weights"]["densenet121"]["source"]["hf_repo_id"] == "smp-hub/densenet121.imagenet"
     assert index["weights"]["eca_nfnet_l0"]["source"]["hf_hub_id"] == "timm/eca_nfnet_l0.ra2_in1k"
 
@@ -513,16 +519,16 @@ def test_cli_pretrained_with_fake_hub_then_offline(
     args = ["--settings", str(settings), "--pretrained-only", "--no-progress"]
 
     monkeypatch.setattr(dl, "hub_unreachable", lambda **_: "https://huggingface.co unreachable: no route")
-    assert dl.main(args) == 1
+    assert _main(args) == 1
     err = capsys.readouterr().err
     assert "eca_nfnet_l0:" in err and "densenet121:" in err and "unreachable" in err
-    assert dl.main(args + ["--offline-check"]) == 1
+    assert _main(args + ["--offline-check"]) == 1
 
     monkeypatch.setattr(dl, "hub_unreachable", lambda **_: None)
     for name in dl.PRETRAINED_NAMES:
-        spec = dataclasses.replace(dl._PRETRAINED[name], fetch=_fake_fetcher(random_weights[name], []))
-        monkeypatch.setitem(dl._PRETRAINED, name, spec)
-    assert dl.main(args) == 0
-    assert dl.main(args + ["--offline-check"]) == 0
+        spec = dataclasses.replace(pretrained.source(name), fetch=_fake_fetcher(random_weights[name], []))
+        monkeypatch.setitem(pretrained._SOURCES, name, spec)
+    assert _main(args) == 0
+    assert _main(args + ["--offline-check"]) == 0
     out = capsys.readouterr().out
     assert "all 2 file(s) present and verified" in out

@@ -21,9 +21,11 @@ from torch import nn
 from mgmt2d import cli
 from mgmt2d.data import brats
 from mgmt2d.data.dicom import read_series
+from mgmt2d.training.config import TrainConfig
+from mgmt2d.training.distributed import make_eval_loader, make_train_loader
 from mgmt2d.training.metrics import SegmentationLoss, SegmentationMetrics
-from mgmt2d.training.seeding import make_loader, seed_everything
-from mgmt2d.training.trainer import TrainConfig, Trainer
+from mgmt2d.training.seeding import seed_everything
+from mgmt2d.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("DICOM_DATA_DIR", "TASK1_DIR", "CLASSIFICATION_RAW_JPG", "SEGMENT_DATA_DIR", "CLASSIFICATION_DATA_DIR",
@@ -228,16 +230,16 @@ class _Slices(torch.utils.data.Dataset):
 
 
 def test_training_never_hands_batchnorm_a_batch_of_one(tmp_path: Path, caplog):
-    train = make_loader(_Slices(9), batch_size=4, shuffle=True)   # 9 = 2 * 4 + 1
+    train = make_train_loader(_Slices(9), 4, seed=0)   # 9 = 2 * 4 + 1
     assert train.drop_last and len(train) == 2
     assert "last batch of 1" in caplog.text
-    assert not make_loader(_Slices(9), batch_size=4, shuffle=False).drop_last   # validation keeps all
-    assert not make_loader(_Slices(10), batch_size=4, shuffle=True).drop_last
+    assert not make_eval_loader(_Slices(9), 4).drop_last   # validation keeps all
+    assert not make_train_loader(_Slices(10), 4, seed=0).drop_last
     seed_everything(0)
     model = _BatchNormNet()
     config = TrainConfig(epochs=1, warmup_epochs=0, lr=1e-2, device="cpu", amp=False, out_dir=str(tmp_path / "r"),
                                 seed=1, progress=False)
-    val = make_loader(_Slices(4), batch_size=4, shuffle=False)
+    val = make_eval_loader(_Slices(4), 4)
     result = Trainer(model, train, val, SegmentationLoss(), SegmentationMetrics(), config,
                             freeze_module=model.encoder).fit()
     assert len(result.history) == 1

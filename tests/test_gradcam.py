@@ -10,7 +10,7 @@ from mgmt2d.classification.model import build_classifier
 from mgmt2d.classification.stack import StackedSeries
 from mgmt2d.data.contract import InputContract
 from mgmt2d.inference.gradcam import ChunkLogit, chunk_cam, target_layer
-from mgmt2d.inference.predict import classify_series
+from mgmt2d.inference.pipeline import classify_series
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_chunk_cam_under_an_engine_backend_uses_the_torch_backbone(model, tmp_pa
     pytest.importorskip("onnxruntime")
     import copy
 
-    from mgmt2d.inference.backends import make_backend
+    from mgmt2d.engines import make_backend
 
     contract = InputContract(image_size=32, seq_len=4, stride=4, tta_zoom=1.2)
     stacked = stacked_series()

@@ -11,8 +11,9 @@ from mgmt2d.classification import frames
 from mgmt2d.classification.model import build_classifier, predict_series, predict_series_chunkwise
 from mgmt2d.classification.stack import StackedSeries
 from mgmt2d.data.contract import InputContract
-from mgmt2d.inference import predict as inference
-from mgmt2d.inference.published import WeightsLayout
+from mgmt2d.data.weights import WeightsLayout
+from mgmt2d.inference import pipeline as inference
+from mgmt2d.inference.predict import submission_patients
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_padded_chunk_is_made_in_float_like_the_published_code(models):
     st = _stacked(7)   # chunks [0-3], [2-5], [4-6 + pad]
     c = _contract()
     got = inference.classify_series(models[:1], st, c, batch_size=8, autocast_dtype=None)
-    as_uint8 = inference.series_frames(st.images, 32, 1.2)
-    as_float = inference.series_frames(st.images.astype(np.float64), 32, 1.2)
+    as_uint8 = torch.from_numpy(frames.normalise(frames.test_time_view(st.images, 32, 1.2)))
+    as_float = torch.from_numpy(frames.normalise(frames.test_time_view(st.images.astype(np.float64), 32, 1.2)))
     assert not torch.equal(as_uint8, as_float)
     chunkwise = predict_series_chunkwise(models[0], as_uint8, 4, 2, padded_chunk_frames=as_float[4:])
     np.testing.assert_allclose(got, chunkwise, atol=1e-6)
@@ -79,9 +80,9 @@ def test_submission_patients_keep_sample_order_and_spelling(tmp_path: Path):
     (tmp_path / "test" / "00012").mkdir(parents=True)
     sample = tmp_path / "sample_submission.csv"
     pd.DataFrame({"BraTS21ID": ["12", "7"], "MGMT_value": 0.5}).to_csv(sample, index=False)
-    ids, spelled = inference.submission_patients(tmp_path / "test", sample)
+    ids, spelled = submission_patients(tmp_path / "test", sample)
     assert ids == ["00012", "00007"] and spelled == ["12", "7"]
-    ids, spelled = inference.submission_patients(tmp_path / "test", None)
+    ids, spelled = submission_patients(tmp_path / "test", None)
     assert ids == spelled == ["00012"]
 
 
@@ -90,6 +91,6 @@ def test_classifier_checkpoint_prefers_type_then_pooled(tmp_path: Path):
         (tmp_path / name / "fold0").mkdir(parents=True)
         (tmp_path / name / "fold0" / "best.pt").write_bytes(b"x")
     layout = WeightsLayout("mgmt2d", tmp_path / "seg", tmp_path)
-    assert inference.classifier_checkpoint(layout, "FLAIR", 0) == tmp_path / "FLAIR/fold0/best.pt"
-    assert inference.classifier_checkpoint(layout, "T2w", 0) == tmp_path / "pooled/fold0/best.pt"
-    assert inference.classifier_checkpoint(layout, "T2w", 1) is None
+    assert layout.classifier_checkpoint("FLAIR", 0) == tmp_path / "FLAIR/fold0/best.pt"
+    assert layout.classifier_checkpoint("T2w", 0) == tmp_path / "pooled/fold0/best.pt"
+    assert layout.classifier_checkpoint("T2w", 1) is None

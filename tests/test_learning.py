@@ -13,7 +13,7 @@ masks carries it.
 The check (marked ``slow``: ``make test-slow``, run by CI after ``make test``) trains
 on the synthetic Task 2 *train* patients (fold 0 of them picks the best epoch) and scores the
 best checkpoint on the synthetic Task 2 *test* patients, which neither training nor model
-selection saw, through the inference path itself (``inference.predict.classify_series``, zoom TTA
+selection saw, through the inference path itself (``inference.pipeline.classify_series``, zoom TTA
 1.2). Measured on this 2-core CPU: see ``LEARN_*`` below and the README.
 """
 
@@ -41,7 +41,7 @@ from mgmt2d.data.contract import contract_of
 from mgmt2d.dev import synth
 from mgmt2d.dev.synth_stack import prepare_from_synth, stack_with_truth, true_masks
 from mgmt2d.inference.gradcam import chunk_cam
-from mgmt2d.inference.predict import classify_series
+from mgmt2d.inference.pipeline import classify_series
 
 REPO = Path(__file__).resolve().parents[1]
 

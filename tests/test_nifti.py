@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mgmt2d.data import dicom
-from mgmt2d.dev import synth
 from mgmt2d.data.nifti import nifti_bytes, series_affine, task2_labels, to_nifti_array
+from mgmt2d.dev import synth
 
 
 def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:

@@ -21,9 +21,9 @@ import pandas as pd
 import pydicom
 import pytest
 
+from mgmt2d import engines as backends
 from mgmt2d.data import task2
 from mgmt2d.data.settings import load_settings
-from mgmt2d.inference import backends
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,17 +196,23 @@ ENGINES = [e for e in ("onnxruntime", "openvino") if backends.engine_installed(e
 
 
 def test_engine_backends_give_the_torch_submission(demo: Path, tmp_path: Path):
-    """inference_on_test.py with each CPU engine: the same kept slices, probabilities within float tolerance."""
+    """inference_on_test.py with each CPU engine, judged by what changes a result (issue 25, item 9): the same
+    kept slices; the same stacked slices but for mask pixels that float rounding flips at the 0.5 threshold;
+    where the stacked slices are the same, the same probabilities to float rounding."""
     if not ENGINES:
         pytest.skip("no CPU engine installed (requirements-cpu.txt)")
-    settings = demo / "SETTINGS.json"
-    outs = {}
+    raw = json.loads((demo / "SETTINGS.json").read_text())
+    outs, keep = {}, {}
     for backend in ("torch", *ENGINES):
-        out = tmp_path / backend / "sub.csv"
-        run(["inference_on_test.py", "--settings", str(settings), "--output", str(out), "--device", "cpu",
-             "--workers", "1", "--backend", backend, "--threads", "1", "--engine-cache", str(tmp_path / "cache")],
-            demo)
-        outs[backend] = out
+        keep[backend] = tmp_path / backend / "temp"   # --keep-intermediate: TEMP_DATA_DIR/inference/<id>_<type>.npy
+        settings = tmp_path / backend / "SETTINGS.json"
+        settings.parent.mkdir()
+        settings.write_text(json.dumps({**{k: str((demo / v).resolve()) for k, v in raw.items()},
+                                        "TEMP_DATA_DIR": str(keep[backend])}))
+        outs[backend] = tmp_path / backend / "sub.csv"
+        run(["inference_on_test.py", "--settings", str(settings), "--output", str(outs[backend]), "--device", "cpu",
+             "--workers", "1", "--backend", backend, "--threads", "1", "--engine-cache", str(tmp_path / "cache"),
+             "--keep-intermediate"], demo)
     detail = {b: pd.read_csv(o.with_name("sub_per_type.csv"), dtype={"BraTS21ID": str}, keep_default_na=False)
               for b, o in outs.items()}
     subs = {b: pd.read_csv(o, dtype={"BraTS21ID": str}) for b, o in outs.items()}
@@ -214,18 +220,35 @@ def test_engine_backends_give_the_torch_submission(demo: Path, tmp_path: Path):
     for engine in ENGINES:
         for col in ("BraTS21ID", "type", "kept", "total", "chunks", "note", "kept_files"):
             assert detail[engine][col].tolist() == detail["torch"][col].tolist(), (engine, col)
-        np.testing.assert_allclose(pd.to_numeric(detail[engine].prob), pd.to_numeric(detail["torch"].prob),
-                                   atol=1e-5)   # '' (NaN) where a series kept no slice, in both
+        exact, same_patients = 0, set(detail["torch"].BraTS21ID)
+        for want, got in zip(detail["torch"].itertuples(), detail[engine].itertuples()):
+            if want.kept == 0:
+                assert got.prob == want.prob == ""
+                continue
+            name = f"inference/{want.BraTS21ID}_{want.type}.npy"
+            a, b = np.load(keep["torch"] / name), np.load(keep[engine] / name)
+            np.testing.assert_array_equal(a[..., 0], b[..., 0])        # the slices themselves
+            flipped = float((a[..., 1:] != b[..., 1:]).mean())          # WT/ET: thresholded probabilities
+            assert flipped <= 1e-3, (name, flipped)
+            if flipped == 0:   # same classifier input: probabilities to fp32 rounding of the embeddings
+                assert abs(float(got.prob) - float(want.prob)) <= 1e-5, name
+                exact += 1
+            else:              # a few mask pixels at 0.5 moved the classifier's input: a small, bounded change
+                assert abs(float(got.prob) - float(want.prob)) <= 1e-2, name
+                same_patients.discard(want.BraTS21ID)
+        assert exact >= 1, "no series with the same stacked slices: the comparison of probabilities is empty"
         assert subs[engine].BraTS21ID.tolist() == subs["torch"].BraTS21ID.tolist()
-        np.testing.assert_allclose(subs[engine].MGMT_value, subs["torch"].MGMT_value, atol=1e-5)
+        for want, got in zip(subs["torch"].itertuples(), subs[engine].itertuples()):
+            assert abs(got.MGMT_value - want.MGMT_value) <= (1e-5 if want.BraTS21ID in same_patients else 1e-2)
         config = json.loads(outs[engine].with_name("sub_config.json").read_text())["config"]
         assert config["backend"] == engine and config["threads"] == 1
-    # A second run finds the cached conversions and still agrees.
+    # A second run finds the cached conversions and gives that engine's submission again.
     again = tmp_path / "again" / "sub.csv"
-    proc = run(["inference_on_test.py", "--settings", str(settings), "--output", str(again), "--device", "cpu",
-                "--workers", "1", "--backend", ENGINES[0], "--engine-cache", str(tmp_path / "cache")], demo)
+    proc = run(["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--output", str(again), "--device",
+                "cpu", "--workers", "1", "--backend", ENGINES[0], "--threads", "1", "--engine-cache",
+                str(tmp_path / "cache")], demo)
     assert proc.stderr.count("cached conversion") == 2 and "converting" not in proc.stderr
-    np.testing.assert_allclose(pd.read_csv(again).MGMT_value, subs["torch"].MGMT_value, atol=1e-5)
+    np.testing.assert_allclose(pd.read_csv(again).MGMT_value, subs[ENGINES[0]].MGMT_value, atol=1e-6)
 
 
 def test_engine_backend_in_prepare_classification_and_evaluate_segmentation(demo: Path, tmp_path: Path):

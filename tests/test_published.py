@@ -21,12 +21,12 @@ import pytest
 import torch
 
 from mgmt2d.classification.model import build_classifier
-from mgmt2d.data import dicom
+from mgmt2d.data import dicom, weights
 from mgmt2d.data.contract import OURS, REFERENCE, InputContract, contract_of
 from mgmt2d.dev import synth
-from mgmt2d.inference import predict as inference
-from mgmt2d.inference import published
+from mgmt2d.inference.pipeline import PredictOptions, Predictor
 from mgmt2d.segmentation import model as segmenter
+from mgmt2d.tools import published
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def _touch(path: Path) -> Path:
 def test_detect_layout_ours_and_the_published_one(tmp_path: Path):
     ours = tmp_path / "ours"
     _touch(ours / "segmentation/fold0/best.pt")
-    layout = published.detect_layout(ours)
+    layout = weights.detect_layout(ours)
     assert layout.kind == "mgmt2d" and layout.segmenter().is_file()
     assert layout.classifier("T1w", 2) == ours / "classification/T1w/fold2/best.pt"
 
@@ -51,15 +51,15 @@ def test_detect_layout_ours_and_the_published_one(tmp_path: Path):
     for f in published.T4E:
         _touch(t4e / f.path)
     for where in (t4e, t4e / "models"):   # its root or its models/ folder
-        layout = published.detect_layout(where)
+        layout = weights.detect_layout(where)
         assert layout.kind == "t4e"
         assert layout.segmenter() == t4e / "models/densenet121_2d_segment/Fold0_densenet121_2d_segment.pth"
         assert layout.classifier("FLAIR", 0).is_file()
         assert layout.classifier("T1wCE", 0).name == "T1wCE_Fold0_eca_nfnet_l0_2d_classification.pth"
-    settings_style = published.model_dirs_layout(t4e / published.SEGMENTER_DIR, t4e / published.CLASSIFIER_DIR)
+    settings_style = weights.model_dirs_layout(t4e / weights.SEGMENTER_DIR, t4e / weights.CLASSIFIER_DIR)
     assert settings_style.kind == "t4e" and settings_style.classifier("T2w", 0).is_file()
     with pytest.raises(FileNotFoundError, match="--published t4e"):
-        published.detect_layout(tmp_path / "empty")
+        weights.detect_layout(tmp_path / "empty")
 
 
 # ------------------------------------------------------------------ lock file
@@ -250,14 +250,11 @@ def test_our_inference_equals_the_published_pipeline(synth_task2: Path, slice_or
     c = REFERENCE.with_overrides(seg_image_size=64, image_size=32, seq_len=6, stride=2)
     classifier = build_classifier(seq_len=c.seq_len).eval()
     seg = _BrightIsTumour()
-    models = inference.Models(
-        seg, {"T1wCE": [classifier], "FLAIR": [classifier]}, c.with_overrides(slice_order=slice_order)
-    )
+    models = Predictor(seg, {"T1wCE": [classifier], "FLAIR": [classifier]}, c.with_overrides(slice_order=slice_order))
     input_dir = synth_task2 / "train"
     patients = sorted(p.name for p in input_dir.iterdir())
     keep = input_dir.parent / f"keep-{slice_order}"
-    sub, detail = inference.predict(patients, input_dir, models, torch.device("cpu"), ["T1wCE", "FLAIR"],
-                                    batch_size=16, keep_dir=keep)
+    sub, detail = models.predict(patients, input_dir, PredictOptions(["T1wCE", "FLAIR"], batch_size=16, keep_dir=keep))
     compared = 0
     for row in detail.itertuples():
         names, stacked, probs = reference_series(input_dir / row.BraTS21ID / row.type, seg, classifier, c)
@@ -282,10 +279,10 @@ def test_models_that_disagree_on_their_contract_are_refused(tmp_path: Path):
     torch.save(model.state_dict(), _touch(root / "classification/T1w/fold0/best.pt"))   # raw: the reference's
     torch.save({"model": model.state_dict(), "config": {"contract": OURS.to_dict()}},
                _touch(root / "classification/T2w/fold0/best.pt"))
-    layout = published.detect_layout(root)
+    layout = weights.detect_layout(root)
     with pytest.raises(Exception, match="slice_order"):
-        inference.load_models(layout, ["T1w", "T2w"], [0], torch.device("cpu"))
-    models = inference.load_models(layout, ["T1w"], [0], torch.device("cpu"), overrides={"slice_order": "position"})
+        Predictor.from_weights(layout, "cpu", ["T1w", "T2w"], [0])
+    models = Predictor.from_weights(layout, "cpu", ["T1w"], [0], overrides={"slice_order": "position"})
     assert models.contract == REFERENCE.with_overrides(slice_order="position")
 
 
@@ -343,4 +340,4 @@ def test_a_model_trained_on_jpg_is_refused_by_dicom_inference(tmp_path: Path):
     torch.save({"model": build_classifier().state_dict(), "config": {"contract": jpg.to_dict()}},
                _touch(root / "classification/T1w/fold0/best.pt"))
     with pytest.raises(Exception, match="trained on JPG slices"):
-        inference.load_models(published.detect_layout(root), ["T1w"], [0], torch.device("cpu"))
+        Predictor.from_weights(weights.detect_layout(root), "cpu", ["T1w"], [0])

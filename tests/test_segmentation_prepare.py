@@ -15,10 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
+from mgmt2d import cli
 from mgmt2d.data import intensity
 from mgmt2d.segmentation import dataset as seg_dataset
 from mgmt2d.segmentation import prepare as segdata
-from mgmt2d.segmentation.prepare import PrepareParams, SegDataError
+from mgmt2d.segmentation import store as slice_store
+from mgmt2d.segmentation.prepare import PrepareParams
+from mgmt2d.segmentation.store import SegDataError
 from mgmt2d.training import augment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,8 +117,8 @@ def test_plane_extraction_axes():
 def test_mask_encoding_round_trips():
     wt = np.array([[0, 1, 1, 0]], np.uint8)
     et = np.array([[0, 0, 1, 1]], np.uint8)  # ET outside WT survives too
-    code = segdata.encode_masks(wt, et)
-    decoded = segdata.decode_masks(code)
+    code = slice_store.encode_masks(wt, et)
+    decoded = slice_store.decode_masks(code)
     assert decoded.shape == (2, 1, 4)
     np.testing.assert_array_equal(decoded[0], wt)
     np.testing.assert_array_equal(decoded[1], et)
@@ -210,7 +213,7 @@ PARAMS = PrepareParams(modalities=("t1", "t1ce", "t2", "flair"), n_folds=3, seed
 
 def _prepare(synth: dict[str, Path], out: Path, params: PrepareParams = PARAMS, **kw) -> segdata.PrepareSummary:
     kw.setdefault("progress", False)
-    return segdata.prepare(synth["task1"], out, params, dicom_dir=synth["task2"], **kw)
+    return segdata.prepare(synth["task1"], out, params, segdata.RunOptions(dicom_dir=synth["task2"], **kw))
 
 
 def test_build_case_slices_rows_point_at_the_right_pixels():
@@ -225,12 +228,12 @@ def test_build_case_slices_rows_point_at_the_right_pixels():
         plane = row["plane"]
         img = content.images[plane][row["image_row"]]
         np.testing.assert_array_equal(img, segdata.plane_slices(scaled[row["modality"]], plane)[row["slice"]])
-        mask = segdata.decode_masks(content.masks[plane][row["mask_row"]])
+        mask = slice_store.decode_masks(content.masks[plane][row["mask_row"]])
         np.testing.assert_array_equal(mask[0], segdata.plane_slices(masks[0], plane)[row["slice"]])
         np.testing.assert_array_equal(mask[1], segdata.plane_slices(masks[1], plane)[row["slice"]])
         assert row["tumour_ratio"] > 0.01
     # mask rows are shared between modalities that kept the same slice
-    for plane in segdata.PLANES:
+    for plane in slice_store.PLANES:
         n_unique = len({r["slice"] for r in content.rows if r["plane"] == plane})
         assert len(content.masks[plane]) == n_unique
 
@@ -275,7 +278,8 @@ def test_broken_case_is_listed_not_fatal(synth, tmp_path: Path):
     task1 = tmp_path / "task1"
     make_task1(task1, ["00001", "00004"])
     (task1 / "BraTS2021_00004" / "BraTS2021_00004_flair.nii.gz").write_bytes(b"not a gzip")
-    summary = segdata.prepare(task1, tmp_path / "seg", PrepareParams(modalities=("flair",)), progress=False)
+    summary = segdata.prepare(task1, tmp_path / "seg", PrepareParams(modalities=("flair",)),
+                              segdata.RunOptions(progress=False))
     assert list(summary.broken) == ["00004"] and summary.processed == ["00001"]
     meta = json.loads((tmp_path / "seg" / "dataset.json").read_text())
     assert "00004" in meta["broken"] and meta["source"]["task2_filter"].startswith("not applied")
@@ -291,14 +295,14 @@ def test_rerun_resumes_and_redoes_an_interrupted_case(synth, tmp_path: Path):
     done_case, cut_case = finished[0], finished[1]
     stamp = {p: p.stat().st_mtime_ns for p in (out / "cases" / done_case).iterdir()}
     # simulate a run killed while writing cut_case: no marker, a stray temp file
-    (out / "cases" / cut_case / segdata.CASE_MARKER).unlink()
+    (out / "cases" / cut_case / slice_store.CASE_MARKER).unlink()
     stray = out / "cases" / cut_case / ".axial_images.npy.abc.tmp"
     stray.write_bytes(b"partial")
     second = _prepare(synth, out, params)
     assert second.processed == [cut_case]
     assert sorted(second.resumed) == [c for c in finished if c != cut_case]
     assert {p: p.stat().st_mtime_ns for p in (out / "cases" / done_case).iterdir()} == stamp
-    assert not stray.exists() and segdata.is_case_done(out, cut_case)
+    assert not stray.exists() and slice_store.is_case_done(out, cut_case)
     pd.testing.assert_frame_equal(pd.read_csv(out / "index.csv", dtype={"case": str}), index_before)
 
 
@@ -380,7 +384,7 @@ def test_dataset_shapes_and_values(store: Path):
     assert raw_mask[0].sum() == row["tumour_pixels"]
     # a DataLoader batches slices of every plane (all resized to one size)
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
-    assert batch[0].shape == (len(ds), 3, 32, 32) and set(val["plane"]) == set(segdata.PLANES)
+    assert batch[0].shape == (len(ds), 3, 32, 32) and set(val["plane"]) == set(slice_store.PLANES)
 
 
 def test_augmentation_is_reproducible_per_epoch_and_sample(store: Path):
@@ -434,10 +438,10 @@ def test_augmentation_runs_at_native_size_before_resize(store: Path):
 def test_real_sample_end_to_end(brats_sample_dir: Path, tmp_path: Path):
     out = tmp_path / "seg"
     params = PrepareParams(modalities=("flair", "t1ce"))
-    summary = segdata.prepare(brats_sample_dir, out, params, workers=2, progress=False)
+    summary = segdata.prepare(brats_sample_dir, out, params, segdata.RunOptions(workers=2, progress=False))
     assert sorted(summary.processed) == ["90003", "90004", "90005", "90006"] and not summary.broken
     index = seg_dataset.load_index(out)
-    assert set(index["modality"]) == {"flair", "t1ce"} and set(index["plane"]) == set(segdata.PLANES)
+    assert set(index["modality"]) == {"flair", "t1ce"} and set(index["plane"]) == set(slice_store.PLANES)
     shapes = index.groupby("plane")[["height", "width"]].first()
     assert shapes.loc["axial"].tolist() == [240, 240] and shapes.loc["sagittal"].tolist() == [240, 155]
     assert (index["tumour_ratio"] > 0.01).all()
@@ -462,17 +466,20 @@ def test_cli_refuses_other_parameters_in_one_line(synth, tmp_path: Path, capsys:
     settings = {k: str(tmp_path / k.lower()) for k in SETTINGS_KEYS}
     settings.update(TASK1_DIR=str(synth["task1"]), DICOM_DATA_DIR=str(synth["task2"]), SEGMENT_DATA_DIR="seg")
     (tmp_path / "SETTINGS.json").write_text(json.dumps(settings))
-    parser = argparse.ArgumentParser()
-    segdata.add_arguments(parser)
     base = ["--settings", str(tmp_path / "SETTINGS.json"), "--modalities", "t1ce", "--workers", "1", "--no-progress"]
-    assert segdata.main(parser.parse_args(base)) == 0
+    def run(argv: list[str]) -> int:   # through the one user-error boundary, as the script
+        parser = argparse.ArgumentParser()
+        segdata.add_arguments(parser)
+        return cli.run(segdata.main, parser, argv)
+
+    assert run(base) == 0
     assert "0 already finished" in capsys.readouterr().out
-    assert segdata.main(parser.parse_args(base)) == 0
+    assert run(base) == 0
     assert "7 already finished" in capsys.readouterr().out
-    assert segdata.main(parser.parse_args(base + ["--seed", "9"])) == 2
+    assert run(base + ["--seed", "9"]) == 2
     err = capsys.readouterr().err
     assert "seed: 42 -> 9" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert segdata.main(parser.parse_args(base + ["--keep-rate", "0"])) == 2
+    assert run(base + ["--keep-rate", "0"]) == 2
     assert "--keep-rate" in capsys.readouterr().err
 
 
@@ -510,9 +517,10 @@ def test_synthetic_dataset_through_the_cli(synth_small, tmp_path: Path):
     ds = seg_dataset.SegmentationSliceDataset(tmp_path / "seg", index, image_size=64)
     image, mask = ds[len(ds) - 1]
     assert image.shape == (3, 64, 64) and mask.shape == (2, 64, 64) and mask[0].sum() > 0
-    assert ds.raw(0)[0].shape == tuple(g for k, g in enumerate(grid) if k != segdata.PLANES[index.loc[0, "plane"]])
+    assert ds.raw(0)[0].shape == tuple(g for k, g in enumerate(grid) if k != slice_store.PLANES[index.loc[0, "plane"]])
     # --keep-task2-overlap keeps them all
     params = PrepareParams(modalities=("flair",), n_folds=2, keep_task2_overlap=True)
-    summary = segdata.prepare(data / "task1", tmp_path / "seg_all", params, dicom_dir=data / "task2", progress=False)
+    summary = segdata.prepare(data / "task1", tmp_path / "seg_all", params,
+                              segdata.RunOptions(dicom_dir=data / "task2", progress=False))
     assert not summary.dropped_task2
     assert sorted(seg_dataset.load_index(tmp_path / "seg_all")["case"].unique()) == sorted(info["task1_ids"])

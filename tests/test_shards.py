@@ -87,7 +87,8 @@ ARGS = ["--modalities", "flair", "t1ce", "--n-folds", "2", "--seed", "3", "--kee
 
 
 def _prepare(task1: dict[str, Path], out: Path, **kw) -> segdata.PrepareSummary:
-    return segdata.prepare(task1["task1"], out, PARAMS, dicom_dir=task1["task2"], progress=False, **kw)
+    return segdata.prepare(task1["task1"], out, PARAMS, segdata.RunOptions(dicom_dir=task1["task2"], progress=False,
+                                                                           **kw))
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_merge_refuses_a_missing_shard_naming_it(task1, tmp_path: Path):
                          (["--shard", "2/3", "--overwrite"], "other shards' work")):
         proc = _cli(settings, *extra)
         assert proc.returncode == 2 and words in proc.stderr, (extra, proc.stderr)
-    assert not shards.is_done(out, Shard(2, 3)) and not (out / "index.csv").exists()
+    assert 2 not in {s.index for s in shards.read_records(out, "done")} and not (out / "index.csv").exists()
 
 
 @pytest.mark.parametrize("kill_at", ["atomic-write:4", "case-done:2", "merge"])

@@ -14,10 +14,12 @@ from torch.utils.data import Dataset
 
 from mgmt2d.classification.train import validation_preview as chunk_preview
 from mgmt2d.segmentation.train import validation_preview as slice_preview
+from mgmt2d.training.config import TrainConfig
+from mgmt2d.training.distributed import make_eval_loader, make_train_loader
 from mgmt2d.training.metrics import SegmentationLoss, SegmentationMetrics
-from mgmt2d.training.seeding import make_loader, seed_everything
+from mgmt2d.training.seeding import seed_everything
 from mgmt2d.training.tensorboard import TENSORBOARD_DIR, scalar_tags
-from mgmt2d.training.trainer import LAST, TrainConfig, Trainer
+from mgmt2d.training.trainer import LAST, Trainer
 
 
 class TinySeg(nn.Module):
@@ -58,7 +60,7 @@ def trainer(out: Path, epochs: int, resume: bool = False) -> Trainer:
     config = TrainConfig(epochs=epochs, lr=1e-2, device="cpu", amp=False, out_dir=str(out), seed=3,
                          progress=False, resume=resume, image_every=1)
     val = Slices(6, 1)
-    return Trainer(model, make_loader(Slices(8, 0), 4, True), make_loader(val, 4, False), SegmentationLoss(),
+    return Trainer(model, make_train_loader(Slices(8, 0), 4, seed=0), make_eval_loader(val, 4), SegmentationLoss(),
                    SegmentationMetrics(), config, freeze_module=model.encoder, preview=slice_preview(val, n=2))
 
 

@@ -15,7 +15,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from mgmt2d.training.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from mgmt2d.training.checkpoint import CheckpointError, load_checkpoint, load_strict, read_state_dict, save_checkpoint
+from mgmt2d.training.config import TrainConfig, add_train_arguments
+from mgmt2d.training.distributed import DistContext, make_eval_loader, make_train_loader
+from mgmt2d.training.loop import evaluate
 from mgmt2d.training.metrics import (
     ClassificationLoss,
     ClassificationMetrics,
@@ -24,8 +27,8 @@ from mgmt2d.training.metrics import (
     dice_loss,
     iou_score,
 )
-from mgmt2d.training.seeding import epoch_seed, make_loader, rng_state, seed_everything, set_rng_state
-from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments, evaluate
+from mgmt2d.training.seeding import epoch_seed, rng_state, seed_everything, set_rng_state
+from mgmt2d.training.trainer import Trainer
 
 
 class TinySeg(nn.Module):
@@ -96,8 +99,9 @@ def seg_trainer(out: Path, model: nn.Module | None = None, num_workers: int = 0,
     settings = {"epochs": 2, "lr": 1e-2, "device": "cpu", "amp": False, "out_dir": str(out), "seed": 7,
                 "progress": False, **cfg}
     config = TrainConfig(**settings)
-    train = make_loader(SegData(12, augment=True), batch_size=4, shuffle=True, num_workers=num_workers)
-    val = make_loader(SegData(6, augment=False, seed=1), batch_size=4, shuffle=False)
+    one = DistContext()   # a single process's loaders, whatever distributed.context() says
+    train = make_train_loader(SegData(12, augment=True), 4, config.seed, num_workers=num_workers, ctx=one)
+    val = make_eval_loader(SegData(6, augment=False, seed=1), 4, ctx=one)
     return Trainer(model, train, val, SegmentationLoss(), SegmentationMetrics(), config,
                    freeze_module=model.encoder, extra_config={"fold": 0})
 
@@ -144,13 +148,14 @@ def test_best_checkpoint_reproduces_recorded_val_loss(tmp_path: Path) -> None:
     ckpt = load_checkpoint(tmp_path / "best.pt")
     assert ckpt["epoch"] == result.best_epoch
     recorded = result.history[result.best_epoch - 1]
-    model = load_model_weights(TinySeg(), tmp_path / "best.pt")
-    val = make_loader(SegData(6, augment=False, seed=1), batch_size=4, shuffle=False)
+    model = TinySeg()
+    load_strict(model, read_state_dict(tmp_path / "best.pt"), tmp_path / "best.pt", "TinySeg")
+    val = make_eval_loader(SegData(6, augment=False, seed=1), 4)
     got = evaluate(model, val, SegmentationLoss(), SegmentationMetrics())
     assert got["loss"] == pytest.approx(recorded["val_loss"], rel=1e-6, abs=1e-7)
     assert got["iou"] == pytest.approx(recorded["val_iou"], rel=1e-6, abs=1e-7)
     with pytest.raises(CheckpointError, match="does not fit"):  # strict: a different architecture does not load
-        load_model_weights(TinyClf(), tmp_path / "best.pt")
+        load_strict(TinyClf(), read_state_dict(tmp_path / "best.pt"), tmp_path / "best.pt", "TinyClf")
 
 
 def test_warmup_freezes_encoder_then_fresh_optimiser(tmp_path: Path) -> None:
@@ -185,18 +190,18 @@ def test_warmup_freezes_encoder_then_fresh_optimiser(tmp_path: Path) -> None:
 
 def test_trainer_argument_checks(tmp_path: Path) -> None:
     model = TinySeg()
-    loader = make_loader(SegData(4), 2, False)
+    loader = make_eval_loader(SegData(4), 2)
     with pytest.raises(ValueError, match="freeze_module"):
-        Trainer(model, loader, make_loader(SegData(4), 2, False), SegmentationLoss(), SegmentationMetrics(),
+        Trainer(model, loader, make_eval_loader(SegData(4), 2), SegmentationLoss(), SegmentationMetrics(),
                 TrainConfig(warmup_epochs=1, device="cpu", out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="held-out"):
         Trainer(model, loader, loader, SegmentationLoss(), SegmentationMetrics(),
                 TrainConfig(device="cpu", out_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="held-out"):
-        Trainer(model, loader, make_loader(loader.dataset, 3, False), SegmentationLoss(), SegmentationMetrics(),
+        Trainer(model, loader, make_eval_loader(loader.dataset, 3), SegmentationLoss(), SegmentationMetrics(),
                 TrainConfig(device="cpu", out_dir=str(tmp_path)))
     # AMP is only ever active on CUDA
-    trainer = Trainer(model, loader, make_loader(SegData(4), 2, False), SegmentationLoss(), SegmentationMetrics(),
+    trainer = Trainer(model, loader, make_eval_loader(SegData(4), 2), SegmentationLoss(), SegmentationMetrics(),
                       TrainConfig(amp=True, device="cpu", out_dir=str(tmp_path)))
     assert not trainer.use_amp and not trainer.scaler.is_enabled() and trainer.config["amp_active"] is False
 
@@ -247,8 +252,8 @@ def test_outputs_written_every_epoch_atomically(tmp_path: Path) -> None:
 def test_classification_run_monitors_patient_auc(tmp_path: Path) -> None:
     seed_everything(0)
     model = TinyClf()
-    train = make_loader(ClfData(0), batch_size=5, shuffle=True)
-    val = make_loader(ClfData(1), batch_size=5, shuffle=False)
+    train = make_train_loader(ClfData(0), 5, seed=0)
+    val = make_eval_loader(ClfData(1), 5)
     cfg = TrainConfig(epochs=2, warmup_epochs=1, lr=1e-2, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
                       monitor="patient_auc", device="cpu", out_dir=str(tmp_path), progress=False)
     assert (cfg.monitor, cfg.mode) == ("val_patient_auc", "max")
@@ -353,7 +358,7 @@ def scripted_run(tmp_path: Path, train: list[float], val: list[float], **cfg: An
     ref: list[Trainer] = []
     settings = {"epochs": len(train), "lr": 1.0, "device": "cpu", "amp": False, "out_dir": str(tmp_path),
                 "progress": False, "patience": 100, **cfg}
-    trainer = Trainer(model, make_loader(SegData(4), 4, False), make_loader(SegData(4, seed=1), 4, False),
+    trainer = Trainer(model, make_eval_loader(SegData(4), 4), make_eval_loader(SegData(4, seed=1), 4),
                       ScriptedLoss(train, val, ref), SegmentationMetrics(), TrainConfig(**settings),
                       freeze_module=model.encoder)
     ref.append(trainer)

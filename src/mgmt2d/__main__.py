@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
-from mgmt2d.cli import user_message
+from mgmt2d.cli import run
 
 # command -> (module, help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,26 +22,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mgmt2d", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    modules = {}
     argv = sys.argv[1:] if argv is None else argv
+    modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text)
         # Only the chosen command's module is imported (keeps `info` free of torch).
         if argv and argv[0] == name:
             modules[name] = importlib.import_module(module_name)
             modules[name].add_arguments(sp)
-    args = parser.parse_args(argv)
+            sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show the traceback of an error (or set MGMT2D_DEBUG=1)")
+
+    def command(args: argparse.Namespace) -> int:
+        return modules[args.command].main(args)
+
     # `info` reports skipped files in its JSON; its stderr stays for the one-line error.
-    level = logging.WARNING if args.command == "info" else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(modules[args.command].main(args) or 0)
-    except Exception as err:   # a user's mistake: one line and exit 2, as the stage scripts (cli.run)
-        message = user_message(err)
-        if message is None or os.environ.get("MGMT2D_DEBUG", "") not in ("", "0"):
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    level = logging.WARNING if argv[:1] == ["info"] else logging.INFO
+    return run(command, parser, argv, log_level=level)
 
 
 if __name__ == "__main__":

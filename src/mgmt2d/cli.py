@@ -1,4 +1,4 @@
-"""Small pieces every stage script shares: resolving --pretrained, one-line errors."""
+"""The one user-error boundary of every command: parse, log, and turn a user's mistake into one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,34 +7,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from mgmt2d.data.settings import Settings, SettingsError
+from mgmt2d.data.settings import SettingsError
 from mgmt2d.training.preemption import Preempted
-
-
-def add_pretrained_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--pretrained", default="imagenet",
-        help=f"imagenet (the {what} ImageNet weights in PRETRAINED_DIR), none (random init), or a weights file",
-    )
-
-
-def resolve_pretrained(value: str, settings: Settings, name: str) -> Path | None:
-    """--pretrained imagenet|none|PATH -> a local weights file or None; never a silent random start."""
-    if value == "none":
-        return None
-    if value == "imagenet":
-        from mgmt2d.tools.download import MissingWeightsError, require_pretrained
-
-        try:
-            return require_pretrained(settings["PRETRAINED_DIR"], name)
-        except MissingWeightsError as err:
-            raise SettingsError(str(err)) from None
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise SettingsError(f"--pretrained {value}: no such file (use imagenet, none or a weights file)")
-    return path
 
 
 def user_message(err: BaseException) -> str | None:
@@ -56,12 +31,17 @@ def user_message(err: BaseException) -> str | None:
 
 
 def run(
-    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: list[str] | None = None,
+    log_level: int = logging.INFO,
 ) -> int:
-    """Parse, set up logging, and turn user errors into one line on stderr with exit code 2."""
+    """Parse, set up logging, and turn user errors into one line on stderr with exit code 2.
+
+    ``--debug`` (or ``MGMT2D_DEBUG=1``) shows the traceback instead; a bug (an error that is not
+    the user's, see :func:`user_message`) always keeps its traceback.
+    """
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set MGMT2D_DEBUG=1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(main(args) or 0)
     except Preempted as err:  # SIGTERM/SIGINT in training: last.pt written; 143 / 130 as a killed program

@@ -10,14 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from mgmt2d.classification import frames
-from mgmt2d.classification.chunks import chunk_index
+from mgmt2d.classification.chunks import SEQ_LEN, STRIDE, chunk_index
+from mgmt2d.data.task2 import POOLED
 from mgmt2d.training.augment import train_transform
-
-SEQ_LEN = 35
-STRIDE = 5
-
-
-POOLED = "pooled"  # one model on the series of every MRI type (the published code trained one per type)
 
 
 def load_index(data_dir: Path, mri_type: str = POOLED) -> pd.DataFrame:

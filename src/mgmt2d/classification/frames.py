@@ -61,6 +61,27 @@ def zoom(frames: np.ndarray, scale: float) -> np.ndarray:
     return from_channels(image, len(frames))
 
 
+def test_time_view(frames: np.ndarray, image_size: int, zoom_factor: float) -> np.ndarray:
+    """(T, H, W, 3) stacked frames as the classifier sees them at test time, before normalisation:
+    zoomed in about the centre (TTA), then resized. uint8 frames stay uint8 (OpenCV rounds after
+    each step), float frames stay float."""
+    return resize(zoom(frames, zoom_factor), image_size)
+
+
+def chunk_frames(frames: np.ndarray, index: np.ndarray, image_size: int, zoom_factor: float) -> np.ndarray:
+    """The real frames of one chunk (a row of ``chunks.chunk_index``, -1 = padding) as seen at test time.
+
+    A padded (short) chunk's frames are made in float, as the published inference made them:
+    its zero frames turned that chunk into a float64 array before the zoom and resize, while
+    full chunks stayed uint8.
+    """
+    real = index[index >= 0]
+    source = frames[real]
+    if len(real) < len(index):
+        source = source.astype(np.float64)
+    return test_time_view(source, image_size, zoom_factor)
+
+
 def normalise(frames: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) in [0, 255] (uint8 or float) -> (T, 3, H, W) float32 with ImageNet mean/std."""
     return np.ascontiguousarray(imagenet_normalise(frames).transpose(0, 3, 1, 2))

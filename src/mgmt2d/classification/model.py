@@ -28,8 +28,12 @@ import timm
 import torch
 from torch import nn
 
+from mgmt2d import pretrained
 from mgmt2d.classification.chunks import SEQ_LEN, STRIDE, chunk_index
 from mgmt2d.data.intensity import imagenet_normalise
+from mgmt2d.data.io import file_sha256
+from mgmt2d.device import autocast
+from mgmt2d.engines import BackendOptions, make_backend
 from mgmt2d.training.checkpoint import (
     checkpoint_config,
     load_strict,
@@ -41,7 +45,7 @@ from mgmt2d.training.checkpoint import (
 log = logging.getLogger(__name__)
 
 
-DEFAULT_BACKBONE = "eca_nfnet_l0"
+DEFAULT_BACKBONE = "eca_nfnet_l0"   # the reference's; --backbone takes any timm model name
 LSTM_HIDDEN = 128
 
 
@@ -104,11 +108,6 @@ class MGMTClassifier(nn.Module):
         emb = self.backbone(x.reshape(b * t, *x.shape[2:]))
         return self.forward_embeddings(emb.reshape(b, t, -1))
 
-    def freeze_backbone(self, frozen: bool = True) -> None:
-        """Stop (or restart) gradient updates of the backbone: the first epochs train LSTM + head only."""
-        for p in self.backbone.parameters():
-            p.requires_grad_(not frozen)
-
 
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -149,14 +148,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> list[str]:
     return ignored
 
 
-def load_classifier_weights(model: MGMTClassifier, path: str | Path) -> MGMTClassifier:
-    """Load trained classifier weights (raw state dict or checkpoint with a "model" key), strict."""
-    load_strict(model, read_state_dict(path), path, "the stage-2 classifier")
-    return model
-
-
 def load_trained_classifier(
-    path: str | Path, device: torch.device | str, channels_last: bool = False, backbone: str = "eca_nfnet_l0"
+    path: str | Path, device: torch.device | str, channels_last: bool = False, backbone: str = DEFAULT_BACKBONE
 ) -> tuple[MGMTClassifier, dict]:
     """A trained classifier ready for inference, built from the config saved in its checkpoint.
 
@@ -165,10 +158,36 @@ def load_trained_classifier(
     """
     obj = read_weights_file(path)
     config = checkpoint_config(obj)
-    model = build_classifier(config.get("backbone", backbone), int(config.get("lstm_hidden", 128)),
-                             int(config.get("seq_len", 35)))
+    model = build_classifier(config.get("backbone", backbone), int(config.get("lstm_hidden", LSTM_HIDDEN)),
+                             int(config.get("seq_len", SEQ_LEN)))
     load_strict(model, unwrap_state_dict(obj, path), path, "the stage-2 classifier (CNN + BiLSTM)")
     return prepare_for_inference(model, device, channels_last), config
+
+
+def _timm_source(name: str) -> pretrained.PretrainedSource | None:
+    """Any timm model with pretrained weights: built without its classifier (``num_classes=0``), as the
+    classifier uses it; fetched by timm's own hub loader."""
+    if not timm.is_model(name) or not timm.is_model_pretrained(name):
+        return None
+
+    def build() -> nn.Module:
+        return timm.create_model(name, pretrained=False, num_classes=0)
+
+    def fetch(cache_dir: Path) -> pretrained.FetchedWeights:
+        model = timm.create_model(name, pretrained=True, num_classes=0, cache_dir=cache_dir)
+        cfg = dict(model.pretrained_cfg)
+        return pretrained.FetchedWeights(model.state_dict(), {
+            "library": f"timm {timm.__version__}",
+            "call": f"timm.create_model('{name}', pretrained=True, num_classes=0, cache_dir=...)",
+            "hf_hub_id": cfg.get("hf_hub_id"), "url": cfg.get("url"), "tag": cfg.get("tag"),
+        })
+
+    return pretrained.PretrainedSource(name, f"timm.create_model('{name}', pretrained=False, num_classes=0)",
+                                       build, fetch)
+
+
+pretrained.register_family(_timm_source)
+pretrained.register(_timm_source(DEFAULT_BACKBONE), default=True)
 
 
 def normalised_zero_frame(
@@ -192,15 +211,31 @@ def prepare_for_inference(
     return model
 
 
+def backbone_with_backend(model: MGMTClassifier, checkpoint: str | Path, image_size: int, opts: BackendOptions,
+                          device: torch.device) -> MGMTClassifier:
+    """Put ``model.backbone`` under ``opts``' backend (``mgmt2d.engines``; the BiLSTM and head stay in torch).
+
+    On CUDA torch is left as loaded (:func:`prepare_for_inference` handles channels-last there);
+    on the CPU torch runs the backbone channels-last, an engine a conversion cached by the
+    checkpoint's SHA-256. Returns ``model``.
+    """
+    if opts.name == "torch" and torch.device(device).type != "cpu":
+        return model
+    digest = None if opts.name == "torch" else file_sha256(checkpoint)
+    model.backbone = make_backend(opts.name, model.backbone, (3, image_size, image_size), opts.cache_dir, digest,
+                                  opts.threads, opts.precision, role="backbone")
+    return model
+
+
 @contextlib.contextmanager
 def _eval_inference(model: nn.Module, device: torch.device, autocast_dtype: torch.dtype | None) -> Iterator[None]:
-    """Eval mode + inference_mode (+ autocast) for the block; the previous train/eval mode is restored."""
+    """Eval mode + inference_mode (+ autocast when ``autocast_dtype`` is set, the policy of ``mgmt2d.device``)
+    for the block; the previous train/eval mode is restored."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            with torch.autocast(device_type=device.type, dtype=autocast_dtype or torch.float16,
-                                enabled=autocast_dtype is not None):
+            with autocast(device, autocast_dtype is not None):
                 yield
     finally:
         model.train(was_training)

@@ -14,8 +14,8 @@ import argparse
 import json
 import logging
 import shutil
-import sys
 import time
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, shards, task2
-from mgmt2d.data.contract import NONEMPTY_TESTS, PIXEL_VALUES, SLICE_ORDERS, InputContract
+from mgmt2d.data.contract import OURS, add_contract_arguments, contract_overrides
 from mgmt2d.data.io import (
     check_writable,
     library_versions,
@@ -39,8 +39,8 @@ from mgmt2d.data.io import (
 )
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, autocast_name, resolve_device
+from mgmt2d.engines import add_backend_arguments, backend_from_args
 from mgmt2d.faults import fault_point
-from mgmt2d.inference.backends import add_backend_arguments, backend_from_args, segmenter_backend
 from mgmt2d.segmentation import model as segmenter
 
 log = logging.getLogger(__name__)
@@ -189,42 +189,57 @@ def _patient_rows(
     return rows
 
 
-def prepare(
-    settings: Settings,
-    split: str,
-    model: torch.nn.Module | None,
-    device: torch.device,
-    opts: StackOptions,
-    input_format: str = "dicom",
-    workers: int = 1,
-    overwrite: bool = False,
-    seed: int = 42,
-    exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE,
-    params: dict[str, Any] | None = None,
-    shard: shards.Shard | None = None,
-    merge_only: bool = False,
-) -> pd.DataFrame | None:
+@dataclass
+class PrepareOptions:
+    """How one split is prepared, besides the data and the segmenter (see :func:`prepare`)."""
+
+    input_format: str = "dicom"
+    workers: int = 1
+    overwrite: bool = False
+    seed: int = 42                                   # fold assignment
+    exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE
+    params: dict[str, Any] = field(default_factory=dict)   # recorded; a resume or a shard must match them
+    shard: shards.Shard | None = None
+    merge_only: bool = False                         # only assemble finished shards (no model needed)
+
+
+def prepare(settings: Settings, split: str, model: torch.nn.Module | None, device: torch.device,
+            stack: StackOptions, options: PrepareOptions | None = None) -> pd.DataFrame | None:
     """Prepare one split; resumable; returns the index (None for a shard that could not assemble yet).
 
-    ``shard`` prepares only that shard's patients (:mod:`mgmt2d.data.shards`); the last shard
-    to finish, or ``merge_only`` (no model needed), writes the folds (KFOLD_PATH), index.csv
-    and dataset.json over every patient, as an unsharded run does at its end.
+    ``options.shard`` prepares only that shard's patients (:mod:`mgmt2d.data.shards`); the last
+    shard to finish, or ``merge_only``, writes the folds (KFOLD_PATH), index.csv and
+    dataset.json over every patient, as an unsharded run does at its end.
     """
+    o = options or PrepareOptions()
     dicom_dir = settings.existing("DICOM_DATA_DIR")
     out_dir = settings["CLASSIFICATION_DATA_DIR"] / split
-    params = dict(params or {})
-    index = task2.index_split(dicom_dir, split, exclude=exclude)
+    params = dict(o.params)
+    index = task2.index_split(dicom_dir, split, exclude=o.exclude)
     started = time.time()
-    if merge_only:
-        return _merge(settings, split, out_dir, index, params, seed, exclude, started, force=True)
-    _claim_output(out_dir, params, overwrite, shard)
-    mine = index.patients if shard is None else shard.select(index.patients)
+
+    def assemble(recorded: dict[str, Any], done: dict) -> pd.DataFrame:
+        if o.shard is None and not o.merge_only:
+            return _assemble(settings, split, out_dir, index, params, o, started)
+        shards.clean_stale_temps(out_dir, ("prepare_config.json",))
+        write_run_config(out_dir, "prepare_config.json", recorded)
+        frame = _assemble(settings, split, out_dir, index, recorded, o, started)
+        log.info("assembled %d shard(s) into %s", len(done), out_dir)
+        return frame
+
+    if o.merge_only:
+        frame = shards.merge(out_dir, params, assemble, force=True)
+        if frame is None:
+            log.info("another process is assembling %s (run --merge if it was killed)", out_dir)
+        return frame
+    _claim_output(out_dir, params, o.overwrite, o.shard)
+    mine = index.patients if o.shard is None else o.shard.select(index.patients)
     labels = dict(zip(index.series.patient, index.series.label))
     (out_dir / "done").mkdir(parents=True, exist_ok=True)
-    if shard is None:
+    if o.shard is None:
         write_run_config(out_dir, "prepare_config.json", params)
     else:
-        shards.start(out_dir, shard, params, {"workers": workers, "device": str(device)}, mine)
+        shards.start(out_dir, o.shard, params, {"workers": o.workers, "device": str(device)}, mine)
 
     todo = [p for p in mine if not (out_dir / "done" / f"{p}.csv").exists()]
     if len(todo) < len(mine):
@@ -232,14 +247,14 @@ def prepare(
     series = index.series[index.series.patient.isin(set(todo))]
     if todo and model is None:
         raise ValueError("a segmentation model is needed to prepare patients")
-    if input_format == "jpg":
+    if o.input_format == "jpg":
         jpg_root = settings.existing("CLASSIFICATION_RAW_JPG")
         folders = [jpg_root / p / t for p, t in zip(series.patient, series.mri_type)]
         reader = _read_jpg_many(folders)
     else:
         folders = [Path(p) for p in series.path]
-        reader = dicom.read_series_many(folders, workers=max(workers, 1), order=opts.contract.slice_order,
-                                        rescale=opts.contract.pixel_values == "modality")
+        reader = dicom.read_series_many(folders, workers=max(o.workers, 1), order=stack.contract.slice_order,
+                                        rescale=stack.contract.pixel_values == "modality")
 
     types_by_patient = series.groupby("patient", sort=False)["mri_type"].apply(list).to_dict()
     with tqdm(total=len(todo), desc=f"prepare {split}", unit="patient") as bar:
@@ -248,12 +263,12 @@ def prepare(
             items = [(t, folder, volume) for t, (folder, volume, _) in read]
             good = [(t, volume, meta) for t, (_, volume, meta) in read if not isinstance(volume, Exception)]
             results_list = segment_and_stack_many(
-                model, [v for _, v, _ in good], device, opts,
+                model, [v for _, v, _ in good], device, stack,
                 [None if m is None else m.positive_fraction for _, _, m in good],
             ) if good else []
             ok_types = [t for t, _, _ in good]
             results = dict(zip(ok_types, results_list))
-            if input_format == "jpg":
+            if o.input_format == "jpg":
                 own = {t: v for t, _, v in items if not isinstance(v, Exception)}
                 results = {t: with_own_pixels(r, own[t]) for t, r in results.items()}
             _clean_patient_temps(out_dir, patient)
@@ -265,15 +280,13 @@ def prepare(
             fault_point("patient-done")
             bar.update(1)
             bar.set_postfix(kept=sum(r["kept"] for r in rows))
-    if shard is None:
-        return _assemble(settings, split, out_dir, index, params, seed, exclude, started)
-    shards.finish(out_dir, shard, params, mine, {"seconds": round(time.time() - started, 1)})
-    fault_point("shard-done")
-    try:
-        return _merge(settings, split, out_dir, index, params, seed, exclude, started, force=False)
-    except shards.ShardError as err:
-        log.info("shard %s of %s finished; not assembled yet: %s", shard.label, out_dir, err)
-        return None
+    if o.shard is None:
+        return assemble(params, {})
+    frame, note = shards.finish_and_merge(out_dir, o.shard, params, mine,
+                                          {"seconds": round(time.time() - started, 1)}, assemble)
+    if note:
+        log.info("shard %s of %s finished; %s", o.shard.label, out_dir, note)
+    return frame
 
 
 def _clean_patient_temps(out_dir: Path, patient: str) -> None:
@@ -284,28 +297,8 @@ def _clean_patient_temps(out_dir: Path, patient: str) -> None:
                 stale.unlink(missing_ok=True)
 
 
-def _merge(settings: Settings, split: str, out_dir: Path, index: task2.Task2Index, params: dict[str, Any],
-           seed: int, exclude: tuple[str, ...], started: float, force: bool) -> pd.DataFrame | None:
-    """Assemble a sharded split once every shard is done (refused, naming a missing shard, before)."""
-    count, recorded, _done = shards.completed(out_dir)
-    if recorded != json.loads(json.dumps(params, default=str)):
-        raise shards.ShardError(
-            f"the shards in {out_dir} ran with other options than this merge "
-            f"({shards.describe_differences(recorded, params)}); merge with the shards' options"
-        )
-    with shards.merge_lock(out_dir, force=force) as mine:
-        if not mine:
-            log.info("another process is assembling %s (run --merge if it was killed)", out_dir)
-            return None
-        shards.clean_stale_temps(out_dir, ("prepare_config.json", "index.csv", "dataset.json"))
-        write_run_config(out_dir, "prepare_config.json", recorded)
-        frame = _assemble(settings, split, out_dir, index, recorded, seed, exclude, started)
-    log.info("assembled %d shard(s) into %s", count, out_dir)
-    return frame
-
-
 def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2Index, params: dict[str, Any],
-              seed: int, exclude: tuple[str, ...], started: float) -> pd.DataFrame:
+              options: PrepareOptions, started: float) -> pd.DataFrame:
     """Folds (train split: KFOLD_PATH, computed over all patients), then index.csv, then dataset.json."""
     folds: dict[str, int] = {}
     folds_info: dict[str, Any] | None = None
@@ -313,7 +306,7 @@ def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2I
         dicom_dir = settings.existing("DICOM_DATA_DIR")
         shards.clean_stale_temps(settings["KFOLD_PATH"].parent, (settings["KFOLD_PATH"].name,))
         folds, folds_info = ensure_folds(
-            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), seed, exclude
+            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), options.seed, options.exclude
         )
     shards.clean_stale_temps(out_dir, ("index.csv", "dataset.json"))
     frame = _collect(out_dir, index.patients, folds)
@@ -364,11 +357,7 @@ RUN_ONLY = frozenset({"backend", "threads", "engine_cache", "engine_precision"})
 def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool, shard: shards.Shard | None = None) -> None:
     """Resume only a run with the same parameters; clear ours only when told to (never from a shard)."""
     meta = out_dir / "prepare_config.json"
-    if overwrite and shard is not None:
-        raise SettingsError(
-            f"--overwrite with --shard would delete the other shards' work in {out_dir}; clear the folder once "
-            "(or run once with --overwrite and without --shard), then start the shards"
-        )
+    shards.claim(out_dir, params, shard, overwrite)
     if overwrite and out_dir.exists():
         if not meta.exists() and not shards.shards_dir(out_dir).is_dir() and any(out_dir.iterdir()):
             raise SettingsError(
@@ -384,7 +373,6 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool, shard:
                 f"{out_dir} was prepared with other values of {', '.join(changed)}; "
                 "pass --overwrite to redo it or point CLASSIFICATION_DATA_DIR elsewhere"
             )
-    shards.check_consistent(out_dir, params, shard)
 
 
 # ------------------------------------------------------------------------- command line
@@ -397,33 +385,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg-model", type=Path, help="stage-1 checkpoint (default SEGMENT_MODEL_DIR/fold0/best.pt)")
     add_device_argument(parser)
     add_backend_arguments(parser)   # the segmenter's (issue 16)
-    parser.add_argument("--image-size", type=int, default=224, help="segmenter input size (reference 224)")
-    parser.add_argument(
-        "--slice-order",
-        choices=list(SLICE_ORDERS),
-        default="position",
-        help="position: anatomical (ours, default); filename: trailing number of the file name (reference)",
-    )
-    parser.add_argument(
-        "--pixel-values",
-        choices=list(PIXEL_VALUES),
-        default="modality",
-        help="modality: rescale slope/intercept, MONOCHROME1 inverted (default); stored: raw values (reference)",
-    )
-    parser.add_argument(
-        "--nonempty-test",
-        choices=list(NONEMPTY_TESTS),
-        default="above_series_min",
-        help="tissue for the near-empty test: above the series minimum (default) or stored value > 0 (reference)",
-    )
+    add_contract_arguments(parser, OURS)
+    parser.add_argument("--image-size", type=int, default=OURS.seg_image_size, dest="seg_image_size",
+                        help=f"segmenter input size (reference {OURS.seg_image_size})")
     parser.add_argument("--seg-batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
     parser.add_argument("--overwrite", action="store_true", help="redo this split from scratch")
     parser.add_argument("--seed", type=int, default=42, help="fold assignment seed")
-    parser.add_argument(
-        "--min-area-ratio", type=float, default=0.025, help="WT/brain contour area ratio (reference 0.025)"
-    )
-    parser.add_argument("--max-wt-contours", type=int, default=5, help="max WT contours per slice (reference 5)")
+    parser.add_argument("--min-area-ratio", type=float, default=OURS.min_area_ratio,
+                        help=f"WT/brain contour area ratio (reference {OURS.min_area_ratio})")
+    parser.add_argument("--max-wt-contours", type=int, default=OURS.max_wt_contours,
+                        help=f"max WT contours per slice (reference {OURS.max_wt_contours})")
     parser.add_argument(
         "--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)"
     )
@@ -433,41 +405,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.settings)
-        seg_model = args.seg_model or settings["SEGMENT_MODEL_DIR"] / "fold0" / "best.pt"
-        if not Path(seg_model).is_file():
-            raise SettingsError(
-                f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model"
-            )
-        device = resolve_device(args.device)
-        backend = backend_from_args(args, device)
-        contract = InputContract(
-            slice_order=args.slice_order, pixel_values=args.pixel_values, seg_image_size=args.image_size,
-            min_area_ratio=args.min_area_ratio, max_wt_contours=args.max_wt_contours, input_format=args.input_format,
-            nonempty_test=args.nonempty_test,
-        )
-        opts = StackOptions(contract=contract, seg_batch_size=args.seg_batch_size, amp=args.seg_amp)
-        params = {
-            "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
-            "contract": contract.to_dict(), "seg_amp": args.seg_amp,
-            "segmenter_autocast": autocast_name(device, args.seg_amp),
-            "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
-            **backend.to_dict(),
-        }
-        shard = shards.shard_of(args)
-        if args.merge and args.overwrite:
-            raise SettingsError("--merge only assembles finished shards: run it without --overwrite")
-        check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
-        model = None if args.merge else segmenter_backend(
-            segmenter.load_segmenter(seg_model, device), seg_model, args.image_size, backend)
-        frame = prepare(
-            settings, args.split, model, device, opts, args.input_format, args.workers,
-            args.overwrite, args.seed, tuple(args.exclude), params, shard=shard, merge_only=args.merge,
-        )
-    except (SettingsError, task2.Task2Error, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    settings = load_settings(args.settings)
+    seg_model = args.seg_model or settings["SEGMENT_MODEL_DIR"] / "fold0" / "best.pt"
+    if not Path(seg_model).is_file():
+        raise SettingsError(f"segmentation model {seg_model} not found; run train_segmentation.py or pass --seg-model")
+    device = resolve_device(args.device)
+    backend = backend_from_args(args, device)
+    contract = OURS.with_overrides(**contract_overrides(args))
+    opts = StackOptions(contract=contract, seg_batch_size=args.seg_batch_size, amp=args.seg_amp)
+    params = {
+        "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
+        "contract": contract.to_dict(), "seg_amp": args.seg_amp,
+        "segmenter_autocast": autocast_name(device, args.seg_amp),
+        "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
+        **backend.to_dict(),
+    }
+    shard = shards.shard_of(args)
+    check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
+    model = None if args.merge else segmenter.with_backend(
+        segmenter.load_segmenter(seg_model, device), seg_model, contract.seg_image_size, backend)
+    frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
+        args.input_format, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard, args.merge))
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
     if frame is None:
         print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "

@@ -19,18 +19,19 @@ import numpy as np
 import torch
 
 from mgmt2d import overlay
-from mgmt2d.classification.dataset import POOLED, ChunkDataset, load_index, split_by_fold
-from mgmt2d.classification.model import build_classifier
-from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
+from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
+from mgmt2d.classification.model import DEFAULT_BACKBONE, build_classifier
 from mgmt2d.data.contract import InputContract
 from mgmt2d.data.io import write_csv_atomic
 from mgmt2d.data.settings import add_settings_argument, load_settings
-from mgmt2d.data.task2 import MRI_TYPES
+from mgmt2d.data.task2 import MRI_TYPES, POOLED
 from mgmt2d.device import add_device_argument
+from mgmt2d.pretrained import add_pretrained_argument, resolve_pretrained
 from mgmt2d.training import distributed
+from mgmt2d.training.config import TrainConfig, add_train_arguments
 from mgmt2d.training.metrics import ClassificationLoss, ClassificationMetrics
 from mgmt2d.training.seeding import seed_everything
-from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments
+from mgmt2d.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 ALL = "all"
@@ -46,13 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=35, help="slices per chunk (reference 35)")
     parser.add_argument("--stride", type=int, default=5, help="chunk stride (reference 5)")
     parser.add_argument("--lstm-hidden", type=int, default=128, help="reference weights use 128")
-    parser.add_argument("--backbone", default="eca_nfnet_l0", help="timm model name")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        help=f"timm model name (reference {DEFAULT_BACKBONE}); with --pretrained imagenet its weights "
+                             "must be in PRETRAINED_DIR (download_models.py --backbone NAME)")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="GLOBAL batch per optimiser step, over all torchrun processes and --accumulate steps")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (KFOLD_PATH)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
-    add_pretrained_argument(parser, "eca_nfnet_l0")
+    add_pretrained_argument(parser, "--backbone's")
     add_train_arguments(
         parser, epochs=80, warmup_epochs=5, lr=1e-6, patience=10, plateau_factor=(0.67, 0.1), plateau_patience=(3, 10),
         monitor="val_loss",
@@ -103,7 +106,8 @@ def main(args: argparse.Namespace) -> int:
 def train_one(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> None:
     """One model: one MRI type (or the pooled types) and one validation fold (this process's part)."""
     settings = load_settings(args.settings)
-    pretrained = resolve_pretrained(args.pretrained, settings, args.backbone)   # missing weights: say so first
+    # missing weights: say so first
+    pretrained = resolve_pretrained(args.pretrained, settings["PRETRAINED_DIR"], args.backbone)
     data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
     index = load_index(data_dir, args.mri_type)
     if index.empty:

@@ -25,6 +25,7 @@ Everything else is one rule for every model (see ``mgmt2d.classification.stack``
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -95,3 +96,45 @@ def contract_of(config: Mapping[str, Any] | None) -> InputContract:
         return InputContract.from_dict(config["contract"])
     sizes = {k: config[k] for k in ("image_size", "seq_len", "stride") if k in config}
     return replace(OURS, **sizes)
+
+
+def shared_contract(contracts: Mapping[Any, InputContract]) -> InputContract:
+    """The one contract of several checkpoints (keys name them); refused, naming two that differ."""
+    distinct = list(dict.fromkeys(contracts.values()))
+    if not distinct:
+        raise ValueError("no checkpoint, hence no input contract")
+    if len(distinct) > 1:
+        (a, ca), (b, cb) = [next((k, c) for k, c in contracts.items() if c == d) for d in distinct[:2]]
+        diff = sorted(k for k, v in ca.to_dict().items() if cb.to_dict()[k] != v)
+        raise ValueError(f"{a} and {b} were trained on inputs made differently ({', '.join(diff)}); "
+                         "run them in separate inference runs")
+    return distinct[0]
+
+
+def add_contract_arguments(parser: argparse.ArgumentParser, defaults: InputContract | None) -> None:
+    """The input-contract flags, in one group: how a series becomes slices.
+
+    ``defaults`` set the values a preparation uses (``OURS``); None adds them as overrides
+    (inference: None keeps what the checkpoints record), with ``--tta-zoom`` as well.
+    Read them back with :func:`contract_overrides`.
+    """
+    d = defaults
+    group = parser.add_argument_group(
+        "input contract", "how series become slices" + ("" if d else "; default: what the classifier checkpoints "
+                                                        "record (published weights: the reference's)"))
+    group.add_argument("--slice-order", choices=list(SLICE_ORDERS), default=d and d.slice_order,
+                       help="position: anatomical (ours); filename: trailing number of the file name (reference)")
+    group.add_argument("--pixel-values", choices=list(PIXEL_VALUES), default=d and d.pixel_values,
+                       help="modality: rescale slope/intercept, MONOCHROME1 inverted (ours); stored: raw (reference)")
+    group.add_argument("--nonempty-test", choices=list(NONEMPTY_TESTS), default=d and d.nonempty_test,
+                       help="tissue for the near-empty test: above the series minimum (ours) or stored value > 0 "
+                            "(reference)")
+    if d is None:
+        group.add_argument("--tta-zoom", type=float, help="test-time zoom-in (reference 1.2; 1.0 disables)")
+
+
+def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The contract fields a command line sets: every flag named as an :class:`InputContract` field
+    (``--slice-order`` -> ``slice_order``, ...) whose value is not None."""
+    names = {f.name for f in fields(InputContract)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -66,6 +67,12 @@ def check_writable(folder: str | Path, what: str = "output") -> Path:
 
 class OutputNotWritable(ValueError):
     """An output folder that cannot be created or written; checked before the first model call."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (weights, downloads, cache keys), read in chunks so large checkpoints never sit in memory."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -16,6 +16,11 @@ Records in ``<folder>/shards/`` (each written atomically; a shard writes only it
 
 A shard whose compared configuration differs from a shard already recorded is refused, and so
 is a merge while a done record is missing (naming the shard) or when the records disagree.
+
+The life cycle, the same for both preparations and for inference: :func:`claim` the output
+folder (before any work), :func:`start` (the start record), the shard's own work,
+:func:`finish_and_merge` (the done record, then the merge when this shard is the last), or
+:func:`merge` alone (``--merge``). The caller only says how to assemble its shared outputs.
 """
 
 from __future__ import annotations
@@ -26,13 +31,14 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mgmt2d.data.io import write_json_atomic
+from mgmt2d.faults import fault_point
 
 SHARDS_DIR = "shards"
 LOCK = "merge.lock"
@@ -90,11 +96,29 @@ def add_shard_arguments(parser: Any, what: str = "patients") -> None:
                         help="only assemble the outputs of finished shards (refused while one is missing)")
 
 
-def shard_of(args: Any) -> Shard | None:
-    """The parsed ``--shard`` of a command line (None without it), checked against ``--merge``."""
+def shard_of(args: Any, overwrite_clears: bool = True) -> Shard | None:
+    """The parsed ``--shard`` of a command line (None without it), checked against ``--merge``.
+
+    ``overwrite_clears``: ``--overwrite`` deletes the output (the preparations), so it makes no
+    sense with ``--merge``, which only assembles finished shards.
+    """
     if args.merge and args.shard:
         raise ShardError("--merge assembles the finished shards: run it without --shard")
+    if args.merge and overwrite_clears and getattr(args, "overwrite", False):
+        raise ShardError("--merge only assembles finished shards: run it without --overwrite")
     return parse_shard(args.shard) if args.shard else None
+
+
+def claim(folder: str | Path, params: dict[str, Any], shard: Shard | None, overwrite: bool) -> None:
+    """Before any work: refuse ``--overwrite`` for a shard (it would delete the other shards' work) and a
+    run whose compared ``params`` differ from a shard already recorded in ``folder``."""
+    if overwrite and shard is not None:
+        raise ShardError(
+            f"--overwrite with --shard would delete the other shards' work in {folder}; clear the folder once "
+            "(or run once with --overwrite and without --shard), then start the shards"
+        )
+    if not overwrite:
+        check_consistent(folder, params, shard)
 
 
 def shards_dir(folder: str | Path) -> Path:
@@ -175,10 +199,6 @@ def finish(folder: str | Path, shard: Shard, params: dict[str, Any], patients: S
     })
 
 
-def is_done(folder: str | Path, shard: Shard) -> bool:
-    return _record_path(Path(folder), shard, "done").is_file()
-
-
 def completed(folder: str | Path) -> tuple[int, dict[str, Any], dict[Shard, dict[str, Any]]]:
     """(N, the shared params, done records) once every shard of N is done and they agree.
 
@@ -210,6 +230,45 @@ def completed(folder: str | Path) -> tuple[int, dict[str, Any], dict[Shard, dict
                 f"({describe_differences(params or {}, record.get('params', {}))}); re-run it with the same options"
             )
     return count, params or {}, done
+
+
+def merge(folder: str | Path, params: dict[str, Any] | None,
+          assemble: Callable[[dict[str, Any], dict[Shard, dict[str, Any]]], Any], force: bool = True) -> Any:
+    """Assemble the shared outputs of ``folder`` once every shard is done: ``assemble(params, done records)``
+    runs under the merge lock and its result is returned; None when another process holds the lock.
+
+    Refused (:class:`ShardError`, naming a missing shard) before every shard is done, and when
+    ``params`` (this run's; None: take the recorded ones) differ from the shards'. ``force`` (an
+    explicit ``--merge``) takes over any lock.
+    """
+    _count, recorded, done = completed(folder)
+    if params is not None and recorded != _roundtrip(params):
+        raise ShardError(
+            f"the shards in {folder} ran with other options than this merge "
+            f"({describe_differences(recorded, _roundtrip(params))}); merge with the shards' options"
+        )
+    with merge_lock(folder, force=force) as mine:
+        if not mine:
+            return None
+        return assemble(recorded, done)
+
+
+def finish_and_merge(folder: str | Path, shard: Shard, params: dict[str, Any], patients: Sequence[str],
+                     extra: dict[str, Any], assemble: Callable[[dict[str, Any], dict[Shard, dict[str, Any]]], Any],
+                     ) -> tuple[Any, str]:
+    """Write this shard's done record, then assemble when it is the last to finish.
+
+    Returns (what ``assemble`` returned or None, a note saying what happened to the shared outputs).
+    """
+    finish(folder, shard, params, patients, extra)
+    fault_point("shard-done")
+    try:
+        result = merge(folder, params, assemble, force=False)
+    except ShardError as err:
+        return None, f"not assembled yet: {err}"
+    if result is None:
+        return None, f"another process is assembling {folder} (run --merge if it was killed)"
+    return result, ""
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 MRI_TYPES: tuple[str, ...] = ("FLAIR", "T1w", "T1wCE", "T2w")
+POOLED = "pooled"   # train_classification.py --mri-type pooled: one model on the series of every MRI type
 DEFAULT_EXCLUDE: tuple[str, ...] = ("00109", "00123", "00709")
 log = logging.getLogger(__name__)
 

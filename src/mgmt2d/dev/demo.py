@@ -69,12 +69,9 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out.resolve()
     if out.exists() and any(out.iterdir()):
         if not args.overwrite:
-            print(f"error: {out} is not empty; pass --overwrite to redo the demo there (make demo does)",
-                  file=sys.stderr)
-            return 2
+            raise FileExistsError(f"{out} is not empty; pass --overwrite to redo the demo there (make demo does)")
         if not (out / "demo.json").is_file():
-            print(f"error: {out} was not made by the demo; refusing to delete it", file=sys.stderr)
-            return 2
+            raise FileExistsError(f"{out} was not made by the demo; refusing to delete it")
         import shutil
 
         shutil.rmtree(out)

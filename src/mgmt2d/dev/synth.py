@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from mgmt2d.data.io import atomic_path, write_csv_atomic, write_json_atomic
+from mgmt2d.data.task2 import MRI_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ __all__ = [
     "write_task1_case",
 ]
 
-MRI_TYPES: tuple[str, ...] = ("FLAIR", "T1w", "T1wCE", "T2w")
 TASK1_MODALITIES: dict[str, str] = {"t1": "T1w", "t1ce": "T1wCE", "t2": "T2w", "flair": "FLAIR"}
 PLANES: tuple[str, ...] = ("axial", "sagittal", "coronal")
 

@@ -97,16 +97,13 @@ def chunk_input(stacked: StackedSeries, contract: InputContract, chunk: int) -> 
                                                                                       np.ndarray]:
     """(frames (T, 3, S, S) normalised, uint8 frames (T, S, S, 3), series slice per frame) of one chunk.
 
-    Made as inference makes them (``predict.series_frames``): zoom TTA, resize, normalise; a
+    Made as inference makes them (``frames.chunk_frames``): zoom TTA, resize, normalise; a
     padded last chunk in float with black padding frames.
     """
     c = contract
     index = chunk_index(stacked.kept, c.seq_len, c.stride)[chunk]
     real = index[index >= 0]
-    source = stacked.images[real]
-    if len(real) < len(index):
-        source = source.astype(np.float64)   # the published code made a padded chunk in float
-    shown = frame_ops.resize(frame_ops.zoom(source, c.tta_zoom), c.image_size)
+    shown = frame_ops.chunk_frames(stacked.images, index, c.image_size, c.tta_zoom)
     x = torch.from_numpy(frame_ops.normalise(shown))
     if len(real) < len(index):
         pad = normalised_zero_frame(c.image_size, c.image_size, x.dtype)

@@ -49,6 +49,7 @@ def select(shard: shards.Shard, patients: list[str], spelled: list[str]) -> tupl
 def start_shard(output: Path, shard: shards.Shard, params: dict[str, Any], config: dict[str, Any],
                 patients: list[str]) -> None:
     """Refuse a shard run with other options than the shards before it, then record its start."""
+    shards.claim(part_folder(output), params, shard, overwrite=False)
     shards.start(part_folder(output), shard, params, config, patients)
 
 
@@ -57,44 +58,38 @@ def finish_shard(output: Path, shard: shards.Shard, params: dict[str, Any], sub:
     """Write this shard's parts, then its done record; assemble when it is the last. Returns what happened."""
     write_csv_atomic(_part(output, shard), sub)
     write_csv_atomic(_part(output, shard, detail=True), detail)
-    shards.finish(part_folder(output), shard, params, sub["BraTS21ID"].tolist(), {"seconds": seconds})
-    fault_point("shard-done")
-    try:
-        merged = merge(output, force=False)
-    except shards.ShardError as err:
-        return f"shard {shard.label}: {len(sub)} patients -> {_part(output, shard)}; not assembled yet: {err}"
-    return merged or f"shard {shard.label} done; another process is assembling {output}"
+    merged, note = shards.finish_and_merge(part_folder(output), shard, params, sub["BraTS21ID"].tolist(),
+                                           {"seconds": seconds}, lambda p, done: _assemble(output, p, done))
+    return merged or f"shard {shard.label}: {len(sub)} patients -> {_part(output, shard)}; {note}"
 
 
-def merge(output: Path, force: bool = True) -> str | None:
-    """Assemble ``output`` from every finished shard (refused, naming a missing one, before).
+def merge(output: Path) -> str:
+    """``--merge``: assemble ``output`` from every finished shard (refused, naming a missing one, before)."""
+    return shards.merge(part_folder(output), None, lambda p, done: _assemble(output, p, done), force=True)
 
-    None when another process holds the merge lock.
-    """
-    folder = part_folder(output)
-    count, params, done = shards.completed(folder)
-    with shards.merge_lock(folder, force=force) as mine:
-        if not mine:
-            return None
-        order = {str(p): k for k, p in enumerate(params["spelled"])}
-        patient_order = {str(p): k for k, p in enumerate(params["patients"])}
-        parts = [shards.Shard(i, count) for i in range(1, count + 1)]
-        sub = pd.concat([_read(_part(output, s)) for s in parts], ignore_index=True)
-        detail = pd.concat([_read(_part(output, s, detail=True)) for s in parts], ignore_index=True)
-        if sorted(sub["BraTS21ID"], key=order.__getitem__) != list(params["spelled"]):
-            raise shards.ShardError(f"the parts in {folder} do not cover the submission's patients once each; "
-                                    "re-run the shards with the same sample submission")
-        sub = sub.sort_values("BraTS21ID", key=lambda c: c.map(order), kind="stable")
-        detail = detail.sort_values("BraTS21ID", key=lambda c: c.map(patient_order), kind="stable")
-        for name in (output.name, detail_path(output).name, output.stem + "_config.json"):
-            shards.clean_stale_temps(output.parent, (name,))
-        write_csv_atomic(output, sub)
-        fault_point("merge")
-        write_csv_atomic(detail_path(output), detail)
-        write_run_config(output.parent, output.stem + "_config.json", {
-            **params["config"], "shards": count,
-            "seconds": {s.label: r.get("seconds") for s, r in sorted(done.items(), key=lambda x: x[0].index)},
-        })
+
+def _assemble(output: Path, params: dict[str, Any], done: dict[shards.Shard, dict[str, Any]]) -> str:
+    """The submission, its per-type detail and config from the parts, rows in the sample's order."""
+    folder, count = part_folder(output), len(done)
+    order = {str(p): k for k, p in enumerate(params["spelled"])}
+    patient_order = {str(p): k for k, p in enumerate(params["patients"])}
+    parts = [shards.Shard(i, count) for i in range(1, count + 1)]
+    sub = pd.concat([_read(_part(output, s)) for s in parts], ignore_index=True)
+    detail = pd.concat([_read(_part(output, s, detail=True)) for s in parts], ignore_index=True)
+    if sorted(sub["BraTS21ID"], key=order.__getitem__) != list(params["spelled"]):
+        raise shards.ShardError(f"the parts in {folder} do not cover the submission's patients once each; "
+                                "re-run the shards with the same sample submission")
+    sub = sub.sort_values("BraTS21ID", key=lambda c: c.map(order), kind="stable")
+    detail = detail.sort_values("BraTS21ID", key=lambda c: c.map(patient_order), kind="stable")
+    for name in (output.name, detail_path(output).name, output.stem + "_config.json"):
+        shards.clean_stale_temps(output.parent, (name,))
+    write_csv_atomic(output, sub)
+    fault_point("merge")
+    write_csv_atomic(detail_path(output), detail)
+    write_run_config(output.parent, output.stem + "_config.json", {
+        **params["config"], "shards": count,
+        "seconds": {s.label: r.get("seconds") for s, r in sorted(done.items(), key=lambda x: x[0].index)},
+    })
     log.info("assembled %d shard(s) into %s", count, output)
     return f"{len(sub)} patients -> {output} (assembled from {count} shards in {folder})"
 

@@ -2,7 +2,7 @@
 
     python -m mgmt2d report --settings S --patient 00123 [--input DIR] [--out DIR] [--weights-dir W]
 
-Runs :func:`mgmt2d.inference.predict.predict` (the code of inference_on_test.py, with its
+Runs :func:`mgmt2d.inference.pipeline.predict` (the code of inference_on_test.py, with its
 model and input-contract flags) on one patient and writes ``OUT/<patient>/``:
 
 - ``index.html``: the patient probability, per-type probabilities, the fold models used and
@@ -36,12 +36,12 @@ import cv2
 import numpy as np
 
 from mgmt2d import overlay
-from mgmt2d.data import task2
+from mgmt2d.classification.chunks import chunk_index
+from mgmt2d.data import nifti, task2
 from mgmt2d.data.io import check_writable, write_run_config
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import resolve_device
-from mgmt2d.data import nifti
-from mgmt2d.inference import predict as inference
+from mgmt2d.inference import pipeline
 from mgmt2d.inference.gradcam import ChunkCam, chunk_cam
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ CAM_TILE = 160       # Grad-CAM tile width (px)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    inference.add_model_arguments(parser)
+    pipeline.add_predictor_arguments(parser)
     parser.add_argument("--patient", required=True, help="BraTS21ID of the patient (folder under --input)")
     parser.add_argument("--out", type=Path, help="report folder (default: 'report' beside TEST_PREDICTION_FILE)")
     parser.add_argument("--top-frames", type=int, default=3, help="Grad-CAM frames shown per explained chunk")
@@ -62,25 +62,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.settings)
-    input_dir = inference.input_folder(args, settings)
+    input_dir = pipeline.input_folder(args, settings)
     if args.top_frames < 1:
         raise SettingsError(f"--top-frames {args.top_frames}: show at least 1 frame per explained chunk")
     patient = task2.format_id(args.patient)
-    if not inference.patient_series(input_dir, patient, list(task2.MRI_TYPES)):
+    if not pipeline.patient_series(input_dir, patient, list(task2.MRI_TYPES)):
         raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/<type>/)")
     out = args.out or settings["TEST_PREDICTION_FILE"].parent / "report"
     check_reports(out, [patient], args.overwrite)   # before the models load
     device = resolve_device(args.device)
-    models, _ = inference.models_from_args(args, settings, device)
+    models, _ = pipeline.Predictor.from_args(args, settings, device)
     write = writer(out, models, args, [patient])
-    sub, _ = inference.predict([patient], input_dir, models, device, args.mri_types, args.seg_batch_size,
-                               args.batch_size, args.workers, None, args.amp, on_patient=write)
+    sub, _ = models.predict([patient], input_dir, pipeline.options_from_args(args), on_patient=write)
     print(f"patient {patient}: MGMT_value {sub.MGMT_value.iloc[0]:.4f} -> {out / patient / INDEX}")
     return 0
 
 
-def writer(out: Path, models: inference.Models, args: argparse.Namespace,
-           patients: list[str]) -> Callable[[inference.PatientResult], None]:
+def writer(out: Path, models: pipeline.Predictor, args: argparse.Namespace,
+           patients: list[str]) -> Callable[[pipeline.PatientResult], None]:
     """The ``on_patient`` hook writing each patient's report under ``out``; checks up front that
     no existing report would be replaced without ``--overwrite``."""
     out = Path(out)
@@ -89,7 +88,7 @@ def writer(out: Path, models: inference.Models, args: argparse.Namespace,
     top = int(getattr(args, "top_frames", 3))
     config = {**vars(args), "report_dir": out, "contract": models.contract.to_dict(), "weights": models.files}
 
-    def write(result: inference.PatientResult) -> None:
+    def write(result: pipeline.PatientResult) -> None:
         write_report(out, result, models, config, top)
 
     return write
@@ -103,7 +102,7 @@ def check_reports(out: Path, patients: list[str], overwrite: bool) -> None:
                               f"{out}); pass --overwrite to replace them or choose another folder")
 
 
-def write_report(out: Path, result: inference.PatientResult, models: inference.Models,
+def write_report(out: Path, result: pipeline.PatientResult, models: pipeline.Predictor,
                  config: dict[str, Any], top_frames: int = 3) -> Path:
     """Write ``out/<patient>/`` (see the module doc) atomically; returns its index.html."""
     final = Path(out) / result.patient
@@ -128,7 +127,7 @@ def write_report(out: Path, result: inference.PatientResult, models: inference.M
 # --------------------------------------------------------------------------- per series
 
 
-def _series_section(folder: Path, s: inference.SeriesResult, models: inference.Models,
+def _series_section(folder: Path, s: pipeline.SeriesResult, models: pipeline.Predictor,
                     top_frames: int) -> dict[str, Any]:
     """Write the series' images and NIfTI files; returns what the page and report.json say about it."""
     t = s.mri_type
@@ -188,8 +187,6 @@ def _montage(volume: np.ndarray, st) -> np.ndarray:
 
 def _chunk_starts(st, contract) -> np.ndarray:
     """Series slice of each chunk's first frame."""
-    from mgmt2d.classification.chunks import chunk_index
-
     index = chunk_index(st.kept, contract.seq_len, contract.stride)
     return st.slice_index[index[:, 0]]
 
@@ -212,7 +209,7 @@ def _chunk_plot(path: Path, starts: np.ndarray, probs: np.ndarray, mean: float, 
     plt.close(fig)
 
 
-def _explain(model, s: inference.SeriesResult, models: inference.Models, top_frames: int) -> list[ChunkCam]:
+def _explain(model, s: pipeline.SeriesResult, models: pipeline.Predictor, top_frames: int) -> list[ChunkCam]:
     """Grad-CAM of the highest and the lowest chunk (once when they are the same chunk)."""
     order = np.argsort(s.chunk_probs, kind="stable")
     chunks = [int(order[-1])] + ([int(order[0])] if len(order) > 1 else [])
@@ -243,7 +240,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 # --------------------------------------------------------------------------- page
 
 
-def _summary(result: inference.PatientResult, models: inference.Models, sections: list[dict]) -> dict[str, Any]:
+def _summary(result: pipeline.PatientResult, models: pipeline.Predictor, sections: list[dict]) -> dict[str, Any]:
     return {
         "patient": result.patient, "MGMT_value": result.prob, "fallback": result.fallback,
         "types": {s["type"]: {k: v for k, v in s.items() if k not in ("images",)} for s in sections},
@@ -251,7 +248,7 @@ def _summary(result: inference.PatientResult, models: inference.Models, sections
     }
 
 
-def _page(result: inference.PatientResult, models: inference.Models, sections: list[dict]) -> str:
+def _page(result: pipeline.PatientResult, models: pipeline.Predictor, sections: list[dict]) -> str:
     e = html.escape
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -263,7 +260,7 @@ def _page(result: inference.PatientResult, models: inference.Models, sections: l
     ]
     if result.fallback:
         parts.append(f"<p><b>No usable slice in any MRI type: the probability is the fallback "
-                     f"{inference.FALLBACK}.</b> Why, per type, below.</p>")
+                     f"{pipeline.FALLBACK}.</b> Why, per type, below.</p>")
     parts.append("<h2>Per MRI type</h2><table><tr><th>type</th><th>probability</th><th>kept / total slices</th>"
                  "<th>chunks</th><th>note</th></tr>")
     for s in sections:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from mgmt2d.data.intensity import normalise_gray
 from mgmt2d.data.task2 import format_id
-from mgmt2d.segmentation.prepare import DEFAULT_SEED, SegDataError, decode_masks
+from mgmt2d.segmentation.store import SegDataError, decode_masks
 from mgmt2d.training import augment
 
 
@@ -80,7 +80,7 @@ class SegmentationSliceDataset(Dataset):
         rows: pd.DataFrame,
         image_size: int = 224,
         transform: Any | None = None,
-        seed: int = DEFAULT_SEED,
+        seed: int = 42,
         max_open: int = 64,
     ) -> None:
         missing = {"case", "image_file", "image_row", "mask_file", "mask_row"} - set(rows.columns)

@@ -23,13 +23,7 @@ from mgmt2d.data.intensity import minmax_uint8
 from mgmt2d.data.io import atomic_path, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument, resolve_device
-from mgmt2d.inference.backends import (
-    BackendError,
-    BackendOptions,
-    add_backend_arguments,
-    backend_from_args,
-    segmenter_backend,
-)
+from mgmt2d.engines import BackendOptions, add_backend_arguments, backend_from_args
 from mgmt2d.segmentation import model as segmenter
 from mgmt2d.training.checkpoint import checkpoint_config, read_weights_file
 
@@ -97,7 +91,7 @@ def evaluate(
     if image_size is None:
         image_size = _checkpoint_image_size(model_path) or 224
     if backend is not None:
-        model = segmenter_backend(model, model_path, image_size, backend)
+        model = segmenter.with_backend(model, model_path, image_size, backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     case_dirs = [c for c in brats.list_cases(task1_dir) if cases is None or brats.case_id(c) in cases]
@@ -154,23 +148,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.settings)
-        model_path = args.model or settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold or 0}" / "best.pt"
-        task1_dir = args.task1_dir or settings.existing("TASK1_DIR")
-        cases = fold_cases(settings["SEGMENT_DATA_DIR"] / "folds.csv", args.fold) if args.fold is not None else None
-        if not model_path.is_file():
-            raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
-        modalities = brats.parse_modalities(args.modalities)
-        device = resolve_device(args.device)
-        backend = backend_from_args(args, device)
-        write_run_config(args.out, "evaluate_config.json",
-                         {**vars(args), "model": str(model_path), **backend.to_dict()})
-        metrics = evaluate(model_path, task1_dir, args.out, modalities, device, args.image_size, args.batch_size,
-                           cases, brats.parse_label_map(args.label_map), backend)
-    except (SettingsError, brats.BratsCaseError, BackendError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    settings = load_settings(args.settings)
+    model_path = args.model or settings["SEGMENT_MODEL_DIR"] / f"fold{args.fold or 0}" / "best.pt"
+    task1_dir = args.task1_dir or settings.existing("TASK1_DIR")
+    cases = fold_cases(settings["SEGMENT_DATA_DIR"] / "folds.csv", args.fold) if args.fold is not None else None
+    if not model_path.is_file():
+        raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
+    modalities = brats.parse_modalities(args.modalities)
+    device = resolve_device(args.device)
+    backend = backend_from_args(args, device)
+    write_run_config(args.out, "evaluate_config.json", {**vars(args), "model": str(model_path), **backend.to_dict()})
+    metrics = evaluate(model_path, task1_dir, args.out, modalities, device, args.image_size, args.batch_size,
+                       cases, brats.parse_label_map(args.label_map), backend)
     if metrics.empty:
         print("error: no case could be evaluated", file=sys.stderr)
         return 1

@@ -14,8 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mgmt2d import pretrained
 from mgmt2d.data.intensity import normalise_gray
+from mgmt2d.data.io import file_sha256
 from mgmt2d.device import autocast
+from mgmt2d.engines import BackendOptions, make_backend
 from mgmt2d.training.checkpoint import load_strict, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,18 @@ def load_segmenter(path: str | Path, device: torch.device | str = "cpu") -> nn.M
     return model.to(device).eval()
 
 
+def with_backend(model: nn.Module, checkpoint: str | Path, image_size: int, opts: BackendOptions) -> nn.Module:
+    """The segmenter loaded from ``checkpoint``, run as ``opts`` says (``mgmt2d.engines``) on (N, 3, S, S) inputs.
+
+    torch runs the module as it is (channels-last gained nothing for UNet++ on the CPU); an
+    engine converts it, its cache keyed by the checkpoint's SHA-256.
+    """
+    if opts.name == "torch":
+        return make_backend("torch", model, (3, image_size, image_size), role="segmenter")
+    return make_backend(opts.name, model, (3, image_size, image_size), opts.cache_dir, file_sha256(checkpoint),
+                        opts.threads, opts.precision, role="segmenter")
+
+
 def load_pretrained(model: nn.Module, weights: str | Path) -> str:
     """Initialise from ``weights``, strictly: a whole UNet++ (like the published stage-1 init file) or an encoder.
 
@@ -53,6 +68,44 @@ def load_pretrained(model: nn.Module, weights: str | Path) -> str:
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     load_strict(model.encoder, state, weights, "DenseNet121 encoder weights")
     return "encoder"
+
+
+# ---------------------------------------------------------------- ImageNet weights of the encoder
+
+
+def _build_encoder() -> nn.Module:
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    return get_encoder(ENCODER, in_channels=3, depth=5, weights=None)
+
+
+def _fetch_encoder(cache_dir: Path) -> pretrained.FetchedWeights:
+    """smp's own weight source for the encoder (its Hugging Face repo and pinned revision), needs the internet.
+
+    smp 0.6.0's ``get_encoder`` has no cache-dir argument, so the same two ``hf_hub_download``
+    calls it makes are made here with ``cache_dir``; smp's encoder then loads the file (it
+    renames old torchvision keys) and its state dict is what gets stored.
+    """
+    import huggingface_hub
+    from safetensors.torch import load_file
+    from segmentation_models_pytorch import __version__ as smp_version
+    from segmentation_models_pytorch.encoders import encoders
+
+    hub = encoders[ENCODER]["pretrained_settings"]["imagenet"]
+    repo_id, revision = hub["repo_id"], hub["revision"]
+    huggingface_hub.hf_hub_download(repo_id, filename="config.json", revision=revision, cache_dir=cache_dir)
+    weights = huggingface_hub.hf_hub_download(repo_id, filename="model.safetensors", revision=revision,
+                                              cache_dir=cache_dir)
+    encoder = _build_encoder()
+    encoder.load_state_dict(load_file(weights, device="cpu"))
+    source = {"library": f"segmentation-models-pytorch {smp_version}", "hf_repo_id": repo_id, "revision": revision,
+              "filename": "model.safetensors"}
+    return pretrained.FetchedWeights(encoder.state_dict(), source)
+
+
+pretrained.register(pretrained.PretrainedSource(
+    ENCODER, f"segmentation_models_pytorch.UnetPlusPlus(encoder_name='{ENCODER}').encoder", _build_encoder,
+    _fetch_encoder), default=True)
 
 
 # ---------------------------------------------------------------- input / output transforms

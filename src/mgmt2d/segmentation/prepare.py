@@ -1,26 +1,9 @@
-"""Stage-1 data: BraTS Task 1 volumes -> a compact store of 2D tumour slices (read by
-:mod:`mgmt2d.segmentation.dataset`).
+"""prepare_segmentation_data.py: BraTS Task 1 volumes -> the stage-1 slice store (its layout:
+:mod:`mgmt2d.segmentation.store`; read by :mod:`mgmt2d.segmentation.dataset`).
 
-Why a store and not one file per slice: the reference wrote hundreds of thousands of
-``.npy`` files. Here each case gets a handful of memory-mappable arrays (one per plane),
-so the training loader reads a single slice without loading a case, and a killed run is
-resumed case by case.
-
-Store layout (``SEGMENT_DATA_DIR``)::
-
-    dataset.json                       parameters, counts, skipped/broken cases, versions
-    index.csv                          one row per slice (all cases, with their fold)
-    folds.csv                          case,fold
-    cases/<case_id>/<plane>_images.npy uint8 (N, H, W): the kept slices of every modality
-    cases/<case_id>/<plane>_masks.npy  uint8 (M, H, W): bit 0 = WT, bit 1 = ET
-    cases/<case_id>/index.csv          the case's rows (without fold)
-    cases/<case_id>/case.json          done marker, written last
-
-Planes keep the NIfTI array order (no transpose): sagittal = axis 0 -> (Y, Z),
-coronal = axis 1 -> (X, Z), axial = axis 2 -> (X, Y); for BraTS 240x155, 240x155 and
-240x240, which is why arrays are per plane rather than padded. A mask row is shared by
-every modality that kept the same slice (``mask_row`` in the index), which keeps the
-masks from dominating the store.
+Each modality is min-max scaled to uint8; slices of the three planes are kept by their tumour
+ratio and sampled (every T-th); cases stream one per worker and resume case by case;
+``--shard I/N`` splits the cases over processes (:mod:`mgmt2d.data.shards`).
 """
 
 from __future__ import annotations
@@ -31,13 +14,12 @@ import logging
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,42 +43,34 @@ from mgmt2d.data.io import (
     write_csv_atomic,
     write_json_atomic,
 )
-from mgmt2d.data.settings import SettingsError, add_settings_argument, load_settings
-from mgmt2d.data.task2 import Task2Error, format_id, task2_patient_ids
+from mgmt2d.data.settings import add_settings_argument, load_settings
+from mgmt2d.data.task2 import format_id, task2_patient_ids
 from mgmt2d.faults import fault_point
-
-if TYPE_CHECKING:
-    pass
+from mgmt2d.segmentation.store import (
+    CASE_COLUMNS,
+    CASE_INDEX,
+    CASE_MARKER,
+    INDEX_COLUMNS,
+    PLANES,
+    STORE_FORMAT,
+    STORE_LAYOUT,
+    SegDataError,
+    case_dir_of,
+    case_store_paths,
+    encode_masks,
+    is_case_done,
+    read_case_marker,
+)
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
-PLANES: dict[str, int] = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_KEEP_RATE = 0.1
 DEFAULT_MIN_TUMOUR_RATIO = 0.01
 RATIO_OF = ("slice", "brain")   # denominator of the tumour ratio: whole slice (published) or brain area
 DEFAULT_RATIO_OF = "slice"
 DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 42
-CASE_MARKER = "case.json"
-CASE_INDEX = "index.csv"
 OWNED = ("cases", "index.csv", "folds.csv", "dataset.json", shards.SHARDS_DIR)  # what --overwrite may remove
-STORE_LAYOUT = {
-    "cases/<case>/<plane>_images.npy": "uint8 (N, H, W); row image_row of the index",
-    "cases/<case>/<plane>_masks.npy": "uint8 (M, H, W); bit 0 = WT, bit 1 = ET; row mask_row",
-    "planes": "sagittal = axis 0 (Y, Z), coronal = axis 1 (X, Z), axial = axis 2 (X, Y); no transpose",
-    "index.csv": "one row per slice, with fold; paths relative to this folder",
-}
-INDEX_COLUMNS = [
-    "case", "modality", "plane", "slice", "fold", "tumour_ratio", "tumour_pixels",
-    "brain_pixels", "height", "width", "image_file", "image_row", "mask_file", "mask_row",
-]
-
-
-class SegDataError(ValueError):
-    """A store problem the user must fix; the message is one line and names the fix."""
-
-
 # --------------------------------------------------------------------------- pure parts
 
 
@@ -150,17 +124,6 @@ def sample_slices(kept: np.ndarray, keep_rate: float = DEFAULT_KEEP_RATE) -> np.
     """Every T-th kept slice, starting with the first: neighbours are near-duplicates."""
     kept = np.asarray(kept)
     return kept[:: sampling_step(len(kept), keep_rate)]
-
-
-def encode_masks(wt: np.ndarray, et: np.ndarray) -> np.ndarray:
-    """WT/ET -> one uint8 array, bit 0 = WT, bit 1 = ET (exact; half the bytes of two channels)."""
-    return ((np.asarray(wt) > 0).astype(np.uint8) | ((np.asarray(et) > 0).astype(np.uint8) << 1))
-
-
-def decode_masks(code: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_masks`: (..., H, W) -> uint8 (..., 2, H, W) [WT, ET]."""
-    code = np.asarray(code)
-    return np.stack([code & 1, (code >> 1) & 1], axis=-3).astype(np.uint8)
 
 
 def assign_folds(case_ids: Iterable[str], n_folds: int = DEFAULT_N_FOLDS, seed: int = DEFAULT_SEED) -> dict[str, int]:
@@ -226,15 +189,6 @@ class CaseSlices:
     masks: dict[str, np.ndarray]    # plane -> uint8 (M, H, W) encoded WT/ET
     rows: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
-
-
-def case_store_paths(case: str) -> dict[str, str]:
-    """Store-relative file names of one case's arrays (the keys of ``image_file``/``mask_file``)."""
-    out = {}
-    for plane in PLANES:
-        out[f"{plane}_images"] = f"cases/{case}/{plane}_images.npy"
-        out[f"{plane}_masks"] = f"cases/{case}/{plane}_masks.npy"
-    return out
 
 
 def build_case_slices(
@@ -309,15 +263,6 @@ class CaseResult:
     seconds: float = 0.0
 
 
-def case_dir_of(out_dir: Path, case: str) -> Path:
-    return Path(out_dir) / "cases" / case
-
-
-def is_case_done(out_dir: Path, case: str) -> bool:
-    """A case is finished once its marker (written last) exists."""
-    return (case_dir_of(out_dir, case) / CASE_MARKER).is_file()
-
-
 def write_case(out_dir: Path, case: str, content: CaseSlices, seconds: float = 0.0) -> None:
     """Write arrays, then the case index, then the done marker; each file atomically."""
     folder = case_dir_of(out_dir, case)
@@ -327,7 +272,7 @@ def write_case(out_dir: Path, case: str, content: CaseSlices, seconds: float = 0
     for plane in PLANES:
         save_npy_atomic(folder / f"{plane}_images.npy", content.images[plane])
         save_npy_atomic(folder / f"{plane}_masks.npy", content.masks[plane])
-    frame = pd.DataFrame(content.rows, columns=[c for c in INDEX_COLUMNS if c != "fold"])
+    frame = pd.DataFrame(content.rows, columns=CASE_COLUMNS)
     write_csv_atomic(folder / CASE_INDEX, frame)
     marker = {
         "case": case, "n_slices": len(content.rows), "warnings": content.warnings,
@@ -360,10 +305,6 @@ def process_case(case_folder: str | Path, out_dir: str | Path, params: PreparePa
 
 def _process_task(task: tuple[str, str, PrepareParams]) -> CaseResult:
     return process_case(*task)
-
-
-def read_case_marker(out_dir: Path, case: str) -> dict[str, Any]:
-    return json.loads((case_dir_of(out_dir, case) / CASE_MARKER).read_text())
 
 
 # --------------------------------------------------------------------------- the store
@@ -414,11 +355,7 @@ def open_store(out_dir: Path, params: PrepareParams, overwrite: bool, shard: sha
     """
     out_dir = Path(out_dir)
     meta_path = out_dir / "dataset.json"
-    if overwrite and shard is not None:
-        raise SegDataError(
-            f"--overwrite with --shard would delete the other shards' work in {out_dir}; clear the folder once "
-            "(or run once with --overwrite and without --shard), then start the shards"
-        )
+    shards.claim(out_dir, params.as_dict(), shard, overwrite)
     if overwrite:
         for name in OWNED:
             target = out_dir / name
@@ -452,11 +389,6 @@ def open_store(out_dir: Path, params: PrepareParams, overwrite: bool, shard: sha
             f"{out_dir} holds segmentation data without dataset.json; "
             "pass --overwrite to replace it, or point SEGMENT_DATA_DIR at another folder"
         )
-    if not overwrite:
-        try:
-            shards.check_consistent(out_dir, params.as_dict(), shard)
-        except shards.ShardError as err:
-            raise SegDataError(str(err)) from None
     check_writable(out_dir, "segmentation store")
 
 
@@ -581,40 +513,58 @@ def _store_meta(task1_dir: Path, dicom_dir: str | Path | None, params: PreparePa
     }
 
 
-def prepare(
-    task1_dir: str | Path,
-    out_dir: str | Path,
-    params: PrepareParams,
-    dicom_dir: str | Path | None = None,
-    workers: int = 1,
-    overwrite: bool = False,
-    progress: bool = True,
-    shard: shards.Shard | None = None,
-    merge_only: bool = False,
-) -> PrepareSummary:
-    """Build (or resume) the segmentation store; see the module docstring for the layout.
+@dataclass
+class RunOptions:
+    """How :func:`prepare` runs (what it makes is :class:`PrepareParams`)."""
 
-    ``dicom_dir`` is DICOM_DATA_DIR when it exists: its patients are dropped from Task 1
+    dicom_dir: str | Path | None = None   # DICOM_DATA_DIR: its patients are dropped from Task 1 (leakage)
+    workers: int = 1
+    overwrite: bool = False
+    progress: bool = True
+    shard: shards.Shard | None = None
+    merge_only: bool = False              # only assemble finished shards
+
+
+def prepare(task1_dir: str | Path, out_dir: str | Path, params: PrepareParams,
+            options: RunOptions | None = None) -> PrepareSummary:
+    """Build (or resume) the segmentation store (layout: :mod:`mgmt2d.segmentation.store`).
+
+    ``options.dicom_dir`` is DICOM_DATA_DIR when it exists: its patients are dropped from Task 1
     unless ``params.keep_task2_overlap``. Cases are streamed (one per worker, order kept);
-    finished cases are skipped, so re-running resumes. ``shard`` prepares only that shard's
-    cases (:mod:`mgmt2d.data.shards`); the last shard to finish, or ``merge_only``, writes
-    the index, folds and dataset.json over every case.
+    finished cases are skipped, so re-running resumes. ``options.shard`` prepares only that
+    shard's cases (:mod:`mgmt2d.data.shards`); the last shard to finish, or ``merge_only``,
+    writes the index, folds and dataset.json over every case.
     """
+    o = options or RunOptions()
     start = time.perf_counter()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     task1_dir, out_dir = Path(task1_dir), Path(out_dir)
-    found = _candidates(task1_dir, params, dicom_dir)
+    found = _candidates(task1_dir, params, o.dicom_dir)
     candidates, folders = found["candidates"], found["folders"]
-    meta = _store_meta(task1_dir, dicom_dir, params, found["leakage"])
-    if merge_only:
-        return _merge(out_dir, meta, found, params, start)
+    meta = _store_meta(task1_dir, o.dicom_dir, params, found["leakage"])
 
-    open_store(out_dir, params, overwrite, shard)
-    mine = candidates if shard is None else shard.select(candidates)
-    if shard is None:
+    def assemble_shards(_recorded: dict[str, Any], done: dict) -> PrepareSummary:
+        broken: dict[str, str] = {}
+        for record in done.values():
+            broken.update(record.get("broken", {}))
+        run = {"merged_shards": len(done), "shards": {s.label: r.get("run", {}) for s, r in sorted(
+            done.items(), key=lambda item: item[0].index)}, "merge_seconds": round(time.perf_counter() - start, 2)}
+        warnings, n_slices = _assemble(out_dir, meta, found, params, broken, run)
+        return PrepareSummary(out_dir, [], [], broken, found["dropped"], warnings, n_slices,
+                              time.perf_counter() - start,
+                              note=f"assembled {len(done)} shard(s): index.csv, folds.csv, dataset.json")
+
+    if o.merge_only:
+        merged = shards.merge(out_dir, params.as_dict(), assemble_shards, force=True)
+        return merged or PrepareSummary(out_dir, [], [], {}, found["dropped"], {}, 0, time.perf_counter() - start,
+                                        note=f"another process is assembling {out_dir}")
+
+    open_store(out_dir, params, o.overwrite, o.shard)
+    mine = candidates if o.shard is None else o.shard.select(candidates)
+    if o.shard is None:
         write_json_atomic(out_dir / "dataset.json", meta)
     else:
-        shards.start(out_dir, shard, params.as_dict(), {**meta["source"], "workers": workers}, mine)
+        shards.start(out_dir, o.shard, params.as_dict(), {**meta["source"], "workers": o.workers}, mine)
 
     resumed = [c for c in mine if is_case_done(out_dir, c)]
     done = set(resumed)
@@ -622,56 +572,26 @@ def prepare(
     if resumed:
         log.info("resuming: %d of %d case(s) already finished, skipped", len(resumed), len(mine))
     tasks = [(str(folders[c]), str(out_dir), params) for c in todo]
-    workers = max(1, min(int(workers), len(tasks)))
-    results = _process(tasks, workers, progress)
+    workers = max(1, min(int(o.workers), len(tasks)))
+    results = _process(tasks, workers, o.progress)
 
     broken = {r.case: r.error for r in results if r.status == "broken"}
     for cid, reason in broken.items():
         log.warning("broken case %s: %s", cid, reason)
     processed = [r.case for r in results if r.status == "done"]
-    run = {"started": started_at, "workers": workers, "processed": len(processed), "resumed": len(resumed)}
-    if shard is None:
-        run["seconds"] = round(time.perf_counter() - start, 2)
+    run = {"started": started_at, "workers": workers, "processed": len(processed), "resumed": len(resumed),
+           "seconds": round(time.perf_counter() - start, 2)}
+    if o.shard is None:
         warnings, n_slices = _assemble(out_dir, meta, found, params, broken, run)
         return PrepareSummary(out_dir, processed, resumed, broken, found["dropped"], warnings, n_slices,
                               time.perf_counter() - start)
-    run["seconds"] = round(time.perf_counter() - start, 2)
-    shards.finish(out_dir, shard, params.as_dict(), mine, {"broken": broken, "run": run})
-    fault_point("shard-done")
+    merged, note = shards.finish_and_merge(out_dir, o.shard, params.as_dict(), mine, {"broken": broken, "run": run},
+                                           assemble_shards)
     summary = PrepareSummary(out_dir, processed, resumed, broken, found["dropped"], {}, 0,
-                             time.perf_counter() - start, shard=shard.label)
-    try:
-        merged = _merge(out_dir, meta, found, params, start, force=False)
-    except shards.ShardError as err:
-        summary.note = f"not assembled yet: {err}"
-        return summary
-    summary.note = merged.note
-    summary.n_slices, summary.warnings = merged.n_slices, merged.warnings
+                             time.perf_counter() - start, shard=o.shard.label, note=note)
+    if merged is not None:
+        summary.note, summary.n_slices, summary.warnings = merged.note, merged.n_slices, merged.warnings
     return summary
-
-
-def _merge(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params: PrepareParams, start: float,
-           force: bool = True) -> PrepareSummary:
-    """Assemble a sharded store once every shard is done (refused, naming a missing shard, before)."""
-    count, recorded, done = shards.completed(out_dir)
-    if recorded != json.loads(json.dumps(params.as_dict())):
-        raise shards.ShardError(
-            f"the shards in {out_dir} ran with other parameters than this merge "
-            f"({shards.describe_differences(recorded, params.as_dict())}); merge with the shards' options"
-        )
-    broken: dict[str, str] = {}
-    for record in done.values():
-        broken.update(record.get("broken", {}))
-    run = {"merged_shards": count, "shards": {s.label: r.get("run", {}) for s, r in sorted(
-        done.items(), key=lambda item: item[0].index)}}
-    with shards.merge_lock(out_dir, force=force) as mine:
-        if not mine:
-            return PrepareSummary(out_dir, [], [], {}, found["dropped"], {}, 0, time.perf_counter() - start,
-                                  note="another process is assembling the store (run --merge if it was killed)")
-        run["merge_seconds"] = round(time.perf_counter() - start, 2)
-        warnings, n_slices = _assemble(out_dir, meta, found, params, broken, run)
-    return PrepareSummary(out_dir, [], [], broken, found["dropped"], warnings, n_slices, time.perf_counter() - start,
-                          note=f"assembled {count} shard(s): index.csv, folds.csv, dataset.json")
 
 
 # --------------------------------------------------------------------------- command line
@@ -710,27 +630,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run prepare from parsed arguments; user errors become one line on stderr, exit 2."""
-    try:
-        settings = load_settings(args.settings)
-        params = PrepareParams(
-            modalities=tuple(args.modalities), n_folds=args.n_folds, seed=args.seed,
-            keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio, tumour_ratio_of=args.tumour_ratio_of,
-            keep_task2_overlap=args.keep_task2_overlap, label_map=parse_label_map(args.label_map),
-        )
-        task1 = settings.existing("TASK1_DIR")
-        if args.workers < 1:
-            raise SegDataError(f"--workers must be at least 1 (got {args.workers})")
-        if args.merge and args.overwrite:
-            raise SegDataError("--merge only assembles finished shards: run it without --overwrite")
-        summary = prepare(
-            task1, settings["SEGMENT_DATA_DIR"], params,
-            dicom_dir=settings["DICOM_DATA_DIR"],
-            workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress,
-            shard=shards.shard_of(args), merge_only=args.merge,
-        )
-    except (SettingsError, SegDataError, BratsCaseError, Task2Error, shards.ShardError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """Run prepare from parsed arguments (user errors raise: one line and exit 2 through ``mgmt2d.cli.run``)."""
+    settings = load_settings(args.settings)
+    params = PrepareParams(
+        modalities=tuple(args.modalities), n_folds=args.n_folds, seed=args.seed,
+        keep_rate=args.keep_rate, min_tumour_ratio=args.min_tumour_ratio, tumour_ratio_of=args.tumour_ratio_of,
+        keep_task2_overlap=args.keep_task2_overlap, label_map=parse_label_map(args.label_map),
+    )
+    task1 = settings.existing("TASK1_DIR")
+    if args.workers < 1:
+        raise SegDataError(f"--workers must be at least 1 (got {args.workers})")
+    summary = prepare(task1, settings["SEGMENT_DATA_DIR"], params, RunOptions(
+        settings["DICOM_DATA_DIR"], args.workers, args.overwrite, not args.no_progress, shards.shard_of(args),
+        args.merge))
     print(summary.report())
     return 0

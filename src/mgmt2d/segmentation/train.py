@@ -13,15 +13,16 @@ import numpy as np
 import torch
 
 from mgmt2d import overlay
-from mgmt2d.cli import add_pretrained_argument, resolve_pretrained
 from mgmt2d.data.settings import add_settings_argument, load_settings
 from mgmt2d.device import add_device_argument
+from mgmt2d.pretrained import add_pretrained_argument, resolve_pretrained
 from mgmt2d.segmentation import dataset as seg_dataset
 from mgmt2d.segmentation import model as segmenter
 from mgmt2d.training import augment, distributed
+from mgmt2d.training.config import TrainConfig, add_train_arguments
 from mgmt2d.training.metrics import SegmentationLoss, SegmentationMetrics
 from mgmt2d.training.seeding import seed_everything
-from mgmt2d.training.trainer import TrainConfig, Trainer, add_train_arguments
+from mgmt2d.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SyncBatchNorm over the torchrun processes (BatchNorm statistics of the global batch)")
     parser.add_argument("--fold", type=int, default=0, help="validation fold (reference: 0)")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
-    add_pretrained_argument(parser, "densenet121")
+    add_pretrained_argument(parser, segmenter.ENCODER)
     add_train_arguments(
         parser,
         epochs=500,
@@ -80,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
 
 def train(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> int:
     settings = load_settings(args.settings)
-    pretrained = resolve_pretrained(args.pretrained, settings, "densenet121")   # missing weights: say so first
+    # missing weights: say so first
+    pretrained = resolve_pretrained(args.pretrained, settings["PRETRAINED_DIR"], segmenter.ENCODER)
     data_dir = settings.existing("SEGMENT_DATA_DIR")
     index = seg_dataset.load_index(data_dir)
     train_rows, val_rows = seg_dataset.split_by_fold(index, args.fold)

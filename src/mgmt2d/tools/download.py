@@ -2,11 +2,13 @@
 
 Two kinds of weights:
 
-* ImageNet weights of the two backbones, fetched through the libraries' own hub mechanism
-  (timm's ``create_model(pretrained=True, cache_dir=...)`` and the Hugging Face repository
-  that segmentation-models-pytorch names for its ``densenet121`` encoder), with the hub
-  cache kept under ``PRETRAINED_DIR/hub``. The backbone state dicts are then stored in one
-  stable format that the segmenter and classifier load without any hub:
+* ImageNet weights of the backbones, fetched through the libraries' own hub mechanism as each
+  model module declares it in the registry of :mod:`mgmt2d.pretrained` (timm's
+  ``create_model(pretrained=True, cache_dir=...)`` for any timm backbone, the Hugging Face
+  repository that segmentation-models-pytorch names for its ``densenet121`` encoder), with the
+  hub cache kept under ``PRETRAINED_DIR/hub``. The backbone state dicts are then stored in one
+  stable format that the segmenter and classifier load without any hub (the reference's two
+  by default, another timm backbone with ``--backbone NAME``):
 
       PRETRAINED_DIR/eca_nfnet_l0_imagenet.safetensors
           state dict of ``timm.create_model("eca_nfnet_l0", pretrained=False, num_classes=0)``
@@ -17,7 +19,7 @@ Two kinds of weights:
       PRETRAINED_DIR/pretrained.json
           what each file is, its SHA-256, size and source
 
-  Both load with ``safetensors.torch.load_file`` (or :func:`load_pretrained_state_dict`)
+  Both load with ``safetensors.torch.load_file``
   and ``module.load_state_dict(state_dict)`` with ``strict=True``.
 
 * Trained checkpoints listed in ``models/manifest.json`` (name, url, sha256, destination):
@@ -29,7 +31,6 @@ Two kinds of weights:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os
@@ -44,45 +45,21 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from mgmt2d.data.io import atomic_path, write_json_atomic
-from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
+from mgmt2d import pretrained
+from mgmt2d.classification.model import DEFAULT_BACKBONE
+from mgmt2d.data.io import atomic_path, file_sha256, write_json_atomic
+from mgmt2d.data.settings import Settings, add_settings_argument, load_settings
+from mgmt2d.pretrained import FetchedWeights
+from mgmt2d.segmentation.model import ENCODER
+from mgmt2d.tools.published import main_published
 
-__all__ = [
-    "PRETRAINED_NAMES",
-    "PRETRAINED_INDEX",
-    "MODEL_DIR_KEYS",
-    "FetchedWeights",
-    "ManifestEntry",
-    "ManifestError",
-    "MissingWeightsError",
-    "PretrainedError",
-    "Result",
-    "build_parser",
-    "check_manifest",
-    "check_pretrained",
-    "download_file",
-    "fetch_manifest",
-    "fetch_pretrained",
-    "file_sha256",
-    "hub_unreachable",
-    "unreachable",
-    "load_manifest",
-    "load_pretrained_state_dict",
-    "main",
-    "pretrained_path",
-    "require_pretrained",
-    "resolve_destination",
-    "save_pretrained",
-    "verify_file",
-    "verify_pretrained",
-]
-
-CHUNK = 1 << 20
 USER_AGENT = "mgmt2d-download/0.1"
 PRETRAINED_INDEX = "pretrained.json"
 HUB_CACHE = "hub"
 INDEX_FORMAT = "mgmt2d-pretrained/1"
 MODEL_DIR_KEYS: tuple[str, ...] = ("SEGMENT_MODEL_DIR", "CLASSIFICATION_MODEL_DIR", "PRETRAINED_DIR")
+# The reference's backbones, fetched by default (``--backbone NAME`` adds any other timm backbone).
+PRETRAINED_NAMES: tuple[str, ...] = (DEFAULT_BACKBONE, ENCODER)
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -91,24 +68,12 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # --------------------------------------------------------------------------------------
 
 
-class MissingWeightsError(FileNotFoundError):
-    """ImageNet weights absent: the message is one line that says how to get them."""
-
-
 class PretrainedError(RuntimeError):
     """Fetched weights that do not fit the backbone they are meant for."""
 
 
 class ManifestError(ValueError):
     """A malformed models/manifest.json; the message is one line naming the problem."""
-
-
-@dataclass(frozen=True)
-class FetchedWeights:
-    """What a hub fetcher hands back: the target module's state dict and where it came from."""
-
-    state_dict: dict[str, Any]
-    source: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -137,17 +102,8 @@ class ManifestEntry:
 
 
 # --------------------------------------------------------------------------------------
-# Hashing
+# Verification
 # --------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in chunks so large checkpoints never sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_file(path: str | Path, sha256: str) -> str | None:
@@ -162,135 +118,8 @@ def verify_file(path: str | Path, sha256: str) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
-# ImageNet weights: hub fetchers (the only code that needs the internet)
-# --------------------------------------------------------------------------------------
-
-
-def _fetch_eca_nfnet_l0(cache_dir: Path) -> FetchedWeights:
-    """timm's own loader (Hugging Face hub, ``timm/eca_nfnet_l0.ra2_in1k``) into ``cache_dir``."""
-    import timm
-
-    model = timm.create_model("eca_nfnet_l0", pretrained=True, num_classes=0, cache_dir=cache_dir)
-    cfg = dict(model.pretrained_cfg)
-    source = {
-        "library": f"timm {timm.__version__}",
-        "call": "timm.create_model('eca_nfnet_l0', pretrained=True, num_classes=0, cache_dir=...)",
-        "hf_hub_id": cfg.get("hf_hub_id"),
-        "url": cfg.get("url"),
-        "tag": cfg.get("tag"),
-    }
-    return FetchedWeights(model.state_dict(), source)
-
-
-def _fetch_densenet121(cache_dir: Path) -> FetchedWeights:
-    """smp's own weight source for ``densenet121`` (its Hugging Face repo and pinned revision).
-
-    smp 0.6.0's ``get_encoder`` has no cache-dir argument, so the same two ``hf_hub_download``
-    calls it makes are made here with ``cache_dir``; smp's encoder then loads the file (it
-    renames old torchvision keys) and its state dict is what gets stored.
-    """
-    import huggingface_hub
-    from safetensors.torch import load_file
-    from segmentation_models_pytorch import __version__ as smp_version
-    from segmentation_models_pytorch.encoders import encoders, get_encoder
-
-    hub = encoders["densenet121"]["pretrained_settings"]["imagenet"]
-    repo_id, revision = hub["repo_id"], hub["revision"]
-    huggingface_hub.hf_hub_download(repo_id, filename="config.json", revision=revision, cache_dir=cache_dir)
-    weights = huggingface_hub.hf_hub_download(
-        repo_id, filename="model.safetensors", revision=revision, cache_dir=cache_dir
-    )
-    encoder = get_encoder("densenet121", in_channels=3, depth=5, weights=None)
-    encoder.load_state_dict(load_file(weights, device="cpu"))
-    source = {
-        "library": f"segmentation-models-pytorch {smp_version}",
-        "hf_repo_id": repo_id,
-        "revision": revision,
-        "filename": "model.safetensors",
-    }
-    return FetchedWeights(encoder.state_dict(), source)
-
-
-def _build_eca_nfnet_l0() -> Any:
-    import timm
-
-    return timm.create_model("eca_nfnet_l0", pretrained=False, num_classes=0)
-
-
-def _build_densenet121() -> Any:
-    from segmentation_models_pytorch.encoders import get_encoder
-
-    return get_encoder("densenet121", in_channels=3, depth=5, weights=None)
-
-
-@dataclass(frozen=True)
-class _PretrainedSpec:
-    filename: str
-    load_into: str
-    fetch: Callable[[Path], FetchedWeights]
-    build: Callable[[], Any]
-
-
-_PRETRAINED: dict[str, _PretrainedSpec] = {
-    "eca_nfnet_l0": _PretrainedSpec(
-        filename="eca_nfnet_l0_imagenet.safetensors",
-        load_into="timm.create_model('eca_nfnet_l0', pretrained=False, num_classes=0)",
-        fetch=_fetch_eca_nfnet_l0,
-        build=_build_eca_nfnet_l0,
-    ),
-    "densenet121": _PretrainedSpec(
-        filename="densenet121_imagenet.safetensors",
-        load_into="segmentation_models_pytorch.UnetPlusPlus(encoder_name='densenet121').encoder",
-        fetch=_fetch_densenet121,
-        build=_build_densenet121,
-    ),
-}
-PRETRAINED_NAMES: tuple[str, ...] = tuple(_PRETRAINED)
-
-
-def _spec(name: str) -> _PretrainedSpec:
-    try:
-        return _PRETRAINED[name]
-    except KeyError:
-        raise ValueError(f"unknown pretrained backbone {name!r}; known: {', '.join(PRETRAINED_NAMES)}") from None
-
-
-# --------------------------------------------------------------------------------------
 # ImageNet weights: the stable on-disk format other modules load
 # --------------------------------------------------------------------------------------
-
-
-def pretrained_path(pretrained_dir: str | Path, name: str) -> Path:
-    """Where the ImageNet state dict of ``name`` lives (whether or not it is there yet)."""
-    return Path(pretrained_dir) / _spec(name).filename
-
-
-def require_pretrained(pretrained_dir: str | Path, name: str) -> Path:
-    """The weights file of ``name``; a one-line error saying how to fetch it when absent."""
-    path = pretrained_path(pretrained_dir, name)
-    if not path.is_file():
-        raise MissingWeightsError(
-            f"ImageNet weights for {name} not found in {Path(pretrained_dir)}: "
-            "run `python download_models.py` (needs internet)"
-        )
-    return path
-
-
-def load_pretrained_state_dict(
-    pretrained_dir: str | Path, name: str, *, verify: bool = False
-) -> dict[str, Any]:
-    """The stored state dict of ``name``, ready for ``load_state_dict(..., strict=True)``.
-
-    ``verify`` re-hashes the file against pretrained.json (costs a read of the file).
-    """
-    from safetensors.torch import load_file
-
-    path = require_pretrained(pretrained_dir, name)
-    if verify:
-        problem = verify_pretrained(pretrained_dir, name)
-        if problem:
-            raise PretrainedError(f"{path}: {problem}; run `python download_models.py --pretrained-only`")
-    return load_file(path, device="cpu")
 
 
 def _read_index(pretrained_dir: Path) -> dict[str, Any]:
@@ -308,7 +137,7 @@ def _read_index(pretrained_dir: Path) -> dict[str, Any]:
 def verify_pretrained(pretrained_dir: str | Path, name: str) -> str | None:
     """None when the file of ``name`` exists and matches pretrained.json, else a reason."""
     pretrained_dir = Path(pretrained_dir)
-    path = pretrained_path(pretrained_dir, name)
+    path = pretrained.weights_path(pretrained_dir, name)
     if not path.is_file():
         return "not found"
     entry = _read_index(pretrained_dir)["weights"].get(name)
@@ -334,8 +163,8 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     pretrained_dir = Path(pretrained_dir)
-    spec = _spec(name)
-    path = pretrained_path(pretrained_dir, name)
+    spec = pretrained.source(name)
+    path = pretrained.weights_path(pretrained_dir, name)
     if not force and verify_pretrained(pretrained_dir, name) is None:
         return Result(name, path, "present")
 
@@ -389,7 +218,7 @@ def fetch_pretrained(
             results.append(save_pretrained(pretrained_dir, name, fetch, force=force))
         except Exception as err:  # noqa: BLE001 - hub libraries raise many types; report them all
             reason = (str(err).strip().splitlines() or [""])[0] or type(err).__name__
-            path = pretrained_path(pretrained_dir, name)
+            path = pretrained.weights_path(pretrained_dir, name)
             results.append(Result(name, path, "failed", f"{type(err).__name__}: {reason}"))
     return results
 
@@ -430,7 +259,7 @@ def check_pretrained(pretrained_dir: str | Path, names: Iterable[str] = PRETRAIN
     for name in names:
         problem = verify_pretrained(pretrained_dir, name)
         status = "present" if problem is None else "missing"
-        results.append(Result(name, pretrained_path(pretrained_dir, name), status, problem or ""))
+        results.append(Result(name, pretrained.weights_path(pretrained_dir, name), status, problem or ""))
     return results
 
 
@@ -636,6 +465,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_manifest: str | Path 
         help="download nothing: check that every file is present with the right SHA-256",
     )
     parser.add_argument("--force", action="store_true", help="re-fetch ImageNet weights even when present")
+    parser.add_argument("--backbone", nargs="+", default=[], metavar="NAME",
+                        help="also fetch these timm backbones' ImageNet weights (default: "
+                             f"{', '.join(PRETRAINED_NAMES)}), for train_classification.py --backbone NAME")
     parser.add_argument(
         "--published", choices=["t4e"],
         help="fetch the published solution's released weights (Google Drive, via gdown) instead; "
@@ -681,45 +513,34 @@ def _report(results: Sequence[Result], *, offline: bool) -> int:
     return 1
 
 
-def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
-    """Entry point of download_models.py (parsed arguments, or an argument list); returns the exit
-    code (0 all verified, 1 otherwise)."""
-    if not isinstance(args, argparse.Namespace):
-        args = build_parser().parse_args(args)
-    try:
-        settings = load_settings(args.settings)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def main(args: argparse.Namespace) -> int:
+    """Entry point of download_models.py; returns the exit code (0 all verified, 1 otherwise). Bad
+    settings or a bad manifest raise (one line and exit 2 through ``mgmt2d.cli.run``)."""
+    settings = load_settings(args.settings)
+    names = tuple(dict.fromkeys([*PRETRAINED_NAMES, *args.backbone]))
     progress = not args.no_progress
     results: list[Result] = []
     manifest = Path(args.manifest) if args.manifest else settings.source.parent / "models" / "manifest.json"
     if args.published:
-        from mgmt2d.inference.published import main_published
-
         dest = args.published_dir or manifest.parent / args.published
         return main_published(args.published, dest, manifest.parent / f"{args.published}.lock.json")
 
     if not args.trained_only:
         pretrained_dir = settings["PRETRAINED_DIR"]
         if args.offline_check:
-            results += check_pretrained(pretrained_dir)
+            results += check_pretrained(pretrained_dir, names)
         else:
             print(f"ImageNet weights -> {pretrained_dir}")
-            todo = [n for n in PRETRAINED_NAMES if args.force or verify_pretrained(pretrained_dir, n) is not None]
+            todo = [n for n in names if args.force or verify_pretrained(pretrained_dir, n) is not None]
             offline = hub_unreachable(timeout=args.timeout) if todo else None
             if offline:
-                results += [r for r in check_pretrained(pretrained_dir) if r.ok]
-                results += [Result(n, pretrained_path(pretrained_dir, n), "failed", offline) for n in todo]
+                results += [r for r in check_pretrained(pretrained_dir, names) if r.ok]
+                results += [Result(n, pretrained.weights_path(pretrained_dir, n), "failed", offline) for n in todo]
             else:
-                results += fetch_pretrained(pretrained_dir, force=args.force)
+                results += fetch_pretrained(pretrained_dir, names, force=args.force)
 
     if not args.pretrained_only:
-        try:
-            entries = load_manifest(manifest)
-        except ManifestError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        entries = load_manifest(manifest)
         if not entries:
             print(f"{manifest} lists no trained checkpoints (none published yet)")
         elif args.offline_check:

@@ -141,12 +141,3 @@ def checkpoint_config(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The run configuration saved in a checkpoint of ours; ``{}`` for a raw state dict."""
     config = obj.get("config")
     return dict(config) if isinstance(config, Mapping) else {}
-
-
-def load_model_weights(model: nn.Module, path: str | Path, strict: bool = True) -> nn.Module:
-    """Load only the model weights of ``path`` (engine checkpoint or raw state dict), strictly."""
-    if strict:
-        load_strict(model, read_state_dict(path), path, f"this {type(model).__name__}")
-    else:
-        model.load_state_dict(read_state_dict(path), strict=False)
-    return model

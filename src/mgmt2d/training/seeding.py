@@ -1,7 +1,7 @@
 """Seeding for repeatable runs and exact resume (see :mod:`mgmt2d.training.trainer`).
 
 Every epoch the trainer re-seeds the global RNGs with :func:`epoch_seed` ``(seed, epoch)``;
-:func:`make_loader` builds loaders whose generator and workers follow that seed, and
+:func:`loader_options` sets up loaders whose generator and workers follow that seed, and
 :func:`rng_state` / :func:`set_rng_state` carry the RNG states through a checkpoint.
 """
 
@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +50,6 @@ def seed_worker(worker_id: int) -> None:
     s = torch.initial_seed() % 2**32
     random.seed(s)
     np.random.seed(s)
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    shuffle: bool,
-    device: torch.device | str = "cpu",
-    num_workers: int = 0,
-    drop_last: bool = False,
-    **kwargs: Any,
-) -> DataLoader:
-    """A DataLoader set up for the engine: own generator (re-seeded per epoch), pinned memory
-    on CUDA, seeded workers, no persistent workers (exact resume).
-
-    A shuffled (training) loader never hands the model a last batch of one sample: BatchNorm
-    cannot train on it ("Expected more than 1 value per channel"), so that batch is dropped
-    each epoch (a different sample each time) and the log says so.
-    """
-    device = torch.device(device)
-    n = len(dataset)  # type: ignore[arg-type]
-    if shuffle and not drop_last and batch_size > 1 and n > 1 and n % batch_size == 1:
-        log.warning("%d training samples with batch size %d leave a last batch of 1: it is dropped each epoch "
-                    "(BatchNorm cannot train on a single sample)", n, batch_size)
-        drop_last = True
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, drop_last=drop_last,
-                      **loader_options(device), **kwargs)
 
 
 def loader_options(device: torch.device | str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ it. So shuffling, dropout and augmentation depend only on (seed, epoch), and a r
 from ``last.pt`` replays exactly what the uninterrupted run would have done. Datasets should
 draw augmentation randomness from those global RNGs (``random``, ``np.random``, ``torch``)
 in ``__getitem__``; in loader workers torch seeds each worker from the (per-epoch) loader
-seed, and :func:`seed_worker` (used by :func:`make_loader`) derives ``random``/NumPy seeds
+seed, and :func:`seed_worker` (used by every engine loader) derives ``random``/NumPy seeds
 from ``torch.initial_seed()``. Do not use ``persistent_workers=True`` (workers would keep
 their RNG across epochs and resume would no longer be exact).
 
@@ -43,16 +43,14 @@ loaders replay the done batches before the RNG states are restored.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import random
 import signal
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +59,13 @@ import torch
 from torch import Tensor, nn
 
 from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
-from mgmt2d.device import autocast, autocast_dtype, autocast_name, resolve_device
+from mgmt2d.device import autocast_dtype, autocast_name, resolve_device
 from mgmt2d.faults import FaultHook
 from mgmt2d.training import distributed
 from mgmt2d.training.checkpoint import load_checkpoint, save_checkpoint
-from mgmt2d.training.metrics import Batch, Metrics, batch_field, batch_to_device
+from mgmt2d.training.config import FROZEN, UNFROZEN, TrainConfig, plain
+from mgmt2d.training.loop import LossFn, Pass, Step, epoch_result, evaluate, gather_metric_state, progress_bar
+from mgmt2d.training.metrics import Batch, Metrics
 from mgmt2d.training.plots import plot_history
 from mgmt2d.training.preemption import Preempted, StopSignals
 from mgmt2d.training.seeding import epoch_seed, rng_state, set_rng_state
@@ -78,270 +78,7 @@ LAST = "last.pt"
 HISTORY_CSV = "history.csv"
 CURVES_PNG = "curves.png"
 RUN_CONFIG = "train_config.json"
-FROZEN, UNFROZEN = "frozen", "unfrozen"
 CHECKPOINT_FORMAT = 1
-
-LossFn = Callable[[Tensor, Batch], Tensor]
-
-
-# --------------------------------------------------------------------------- one pass
-
-
-def run_epoch(
-    model: nn.Module,
-    loader: Iterable[Batch],
-    loss_fn: LossFn,
-    metrics: Metrics,
-    device: torch.device | str = "cpu",
-    step: Callable[[Tensor], None] | None = None,
-    input_key: str = "image",
-    amp: bool = False,
-    progress: bool | None = None,
-    desc: str = "",
-    gather: bool = False,
-) -> dict[str, float]:
-    """One pass over ``loader``: training when ``step`` (loss -> update) is given, else eval
-    under no_grad. Returns ``{"loss": mean loss weighted by batch size, **metrics.compute()}``.
-    ``amp`` only takes effect on CUDA. ``gather``: the loader is this rank's share (torchrun);
-    the result covers every rank's batches (metrics must have ``state``/``load_state``)."""
-    device = torch.device(device)
-    train = step is not None
-    model.train(train)
-    metrics.reset()
-    terms: list[float] = []  # loss x batch size, per batch
-    counts: list[int] = []
-    bar, every = _progress_bar(loader, desc, progress, len(loader) if hasattr(loader, "__len__") else 0)
-    amp_context = autocast(device, amp)
-    try:
-        with torch.set_grad_enabled(train):
-            for i, batch in enumerate(bar):
-                batch = batch_to_device(batch, device)
-                inputs = batch_field(batch, input_key, 0)
-                with amp_context:
-                    outputs = model(inputs)
-                    loss = loss_fn(outputs, batch)
-                if step is not None:
-                    step(loss)
-                n = int(inputs.shape[0])
-                terms.append(float(loss.detach()) * n)
-                counts.append(n)
-                metrics.update(outputs.detach(), batch)
-                _show_progress(bar, i, every, terms, counts, metrics)
-    finally:
-        bar.close()
-    return epoch_result(terms, counts, metrics, gather, desc)
-
-
-def _progress_bar(loader: Iterable[Batch], desc: str, progress: bool | None, n_batches: int) -> tuple[Any, int]:
-    from tqdm.auto import tqdm
-
-    disable = None if progress is None else not progress
-    bar = tqdm(loader, desc=desc, total=n_batches or None, disable=disable, leave=False,
-               dynamic_ncols=True, file=sys.stderr)
-    return bar, max(1, n_batches // 10) if n_batches else 10
-
-
-def _show_progress(bar: Any, i: int, every: int, terms: list[float], counts: list[int], metrics: Metrics) -> None:
-    if not bar.disable and counts:
-        post = {"loss": f"{sum(terms) / sum(counts):.4f}"}
-        if (i + 1) % every == 0:
-            post.update({k: f"{v:.4f}" for k, v in metrics.compute().items()})
-        bar.set_postfix(post, refresh=False)
-
-
-def epoch_result(
-    terms: Sequence[float], counts: Sequence[int], metrics: Metrics, gather: bool = False, desc: str = ""
-) -> dict[str, float]:
-    """``{"loss", **metrics}`` of a pass from its per-batch loss terms (loss x batch size) and sizes.
-
-    ``gather``: first concatenate every rank's terms and metric state (rank order), so every
-    rank returns the result over all batches, summed in single-process order.
-    """
-    if gather:
-        terms, counts = distributed.concat_over_ranks(terms), distributed.concat_over_ranks(counts)
-        metrics.load_state(gather_metric_state(metrics))
-    count = sum(counts)
-    if count == 0:
-        raise ValueError(f"{desc or 'run_epoch'}: the loader yielded no batch")
-    return {"loss": sum(terms) / count, **{k: float(v) for k, v in metrics.compute().items()}}
-
-
-def gather_metric_state(metrics: Metrics) -> dict[str, list[Any]]:
-    """The metric state of every rank's batches (see ``GatherableMetrics`` in training.metrics)."""
-    if not (hasattr(metrics, "state") and hasattr(metrics, "load_state")):
-        raise TypeError(f"{type(metrics).__name__} has no state()/load_state(): it cannot be merged over processes")
-    return {k: distributed.concat_over_ranks(v) for k, v in sorted(metrics.state().items())}
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[Batch],
-    loss_fn: LossFn,
-    metrics: Metrics,
-    device: torch.device | str = "cpu",
-    input_key: str = "image",
-    amp: bool = False,
-    progress: bool | None = False,
-    gather: bool = False,
-) -> dict[str, float]:
-    """Validation loss and metrics of ``model`` on ``loader`` (eval mode, no gradient)."""
-    model.to(device)
-    return run_epoch(model, loader, loss_fn, metrics, device, None, input_key, amp, progress, "eval", gather)
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; each field is one CLI flag (``--warmup-epochs`` for ``warmup_epochs``).
-
-    ``monitor`` names a validation quantity (``val_loss``, ``val_iou``, ``val_patient_auc``;
-    the ``val_`` prefix may be left out). ``mode`` is ``min``, ``max`` or ``auto`` (min for
-    names containing "loss", max otherwise); it picks ``best.pt`` and drives early stopping
-    (``patience``). The learning rate follows ReduceLROnPlateau stepped once per epoch on
-    ``plateau_on`` (``train_loss``, the published choice, or ``val_loss``), with
-    ``plateau_factor`` / ``plateau_patience`` given per phase as (warm-up, unfrozen): each phase
-    starts a fresh AdamW and a fresh scheduler. A single value serves both phases.
-    ``progress`` None = bars on a TTY. ``accumulate``: micro-batches per optimiser step (the
-    loaders' batch size times processes times ``accumulate`` is the global batch). ``sync_bn``:
-    SyncBatchNorm over the processes of a torchrun job (no effect in a single process).
-    """
-
-    epochs: int = 10
-    warmup_epochs: int = 0
-    lr: float = 1e-4
-    weight_decay: float = 1e-2
-    patience: int = 10
-    plateau_on: str = "train_loss"
-    plateau_factor: tuple[float, float] = (0.1, 0.1)
-    plateau_patience: tuple[int, int] = (10, 10)
-    monitor: str = "val_loss"
-    mode: str = "auto"
-    amp: bool = True
-    device: str = "auto"
-    out_dir: str = "runs/train"
-    seed: int = 42
-    grad_clip: float | None = None
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool | None = None
-    accumulate: int = 1
-    sync_bn: bool = False
-    tensorboard: bool = True
-    image_every: int = 5
-
-    def __post_init__(self) -> None:
-        self.out_dir = str(self.out_dir)
-        self.monitor = self.monitor if self.monitor.startswith(("val_", "train_")) else f"val_{self.monitor}"
-        if self.mode == "auto":
-            self.mode = "min" if "loss" in self.monitor else "max"
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"mode must be min, max or auto, got {self.mode!r}")
-        if self.epochs < 1 or self.warmup_epochs < 0 or self.patience < 1:
-            raise ValueError("need epochs >= 1, warmup_epochs >= 0, patience >= 1")
-        if self.plateau_on not in PLATEAU_ON:
-            raise ValueError(f"plateau_on must be one of {', '.join(PLATEAU_ON)}, got {self.plateau_on!r}")
-        self.plateau_factor = _per_phase(self.plateau_factor, float, "plateau_factor")
-        self.plateau_patience = _per_phase(self.plateau_patience, int, "plateau_patience")
-        if self.lr < 0 or self.weight_decay < 0:
-            raise ValueError("need lr >= 0, weight_decay >= 0")
-        if not all(0 < f < 1 for f in self.plateau_factor) or min(self.plateau_patience) < 0:
-            raise ValueError("need 0 < plateau_factor < 1 and plateau_patience >= 0")
-        if self.accumulate < 1:
-            raise ValueError(f"need accumulate >= 1, got {self.accumulate}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            self.grad_clip = None
-        if self.image_every < 0:
-            raise ValueError("need image_every >= 0 (0 = no preview images)")
-
-    def plateau(self, phase: str) -> tuple[float, int]:
-        """(factor, patience) of the ReduceLROnPlateau of ``phase`` (frozen = warm-up)."""
-        i = 0 if phase == FROZEN else 1
-        return self.plateau_factor[i], self.plateau_patience[i]
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-        """Build from parsed CLI flags (attributes with field names); ``overrides`` win."""
-        values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        values.update(overrides)
-        return cls(**values)
-
-
-PLATEAU_ON = ("train_loss", "val_loss")
-
-
-def _per_phase(value: Any, kind: type, name: str) -> tuple[Any, Any]:
-    """One value or (warm-up, unfrozen) -> a (warm-up, unfrozen) tuple of ``kind``."""
-    values = list(value) if isinstance(value, list | tuple) else [value]
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2:
-        raise ValueError(f"{name} takes one value or two (warm-up, unfrozen), got {value!r}")
-    return kind(values[0]), kind(values[1])
-
-
-def add_train_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
-    """Add the shared training flags (not --device / --out-dir, which scripts add themselves).
-
-    ``defaults`` override the TrainConfig defaults per stage, e.g. ``plateau_factor=(0.67, 0.1)``.
-    """
-    base = {f.name: f.default for f in fields(TrainConfig)}
-    base.update(defaults)
-    g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=base["epochs"], help="maximum number of epochs")
-    g.add_argument("--warmup-epochs", type=int, default=base["warmup_epochs"],
-                   help="epochs with the encoder/backbone frozen (then unfrozen with a fresh AdamW)")
-    g.add_argument("--lr", type=float, default=base["lr"], help="AdamW learning rate")
-    g.add_argument("--weight-decay", type=float, default=base["weight_decay"], help="AdamW weight decay")
-    g.add_argument("--patience", type=int, default=base["patience"], help="early-stopping patience (epochs)")
-    warm_f, unfrozen_f = _per_phase(base["plateau_factor"], float, "plateau_factor")
-    warm_p, unfrozen_p = _per_phase(base["plateau_patience"], int, "plateau_patience")
-    g.add_argument("--plateau-on", default=base["plateau_on"], choices=PLATEAU_ON,
-                   help=f"the epoch quantity ReduceLROnPlateau steps on (default {base['plateau_on']}, as published)")
-    g.add_argument("--plateau-factor", type=float, nargs="+", metavar=("WARMUP", "UNFROZEN"),
-                   default=[warm_f, unfrozen_f],
-                   help=f"ReduceLROnPlateau factor of the warm-up and the unfrozen phase; one value for both "
-                        f"(default {warm_f:g} {unfrozen_f:g})")
-    g.add_argument("--plateau-patience", type=int, nargs="+", metavar=("WARMUP", "UNFROZEN"),
-                   default=[warm_p, unfrozen_p],
-                   help=f"ReduceLROnPlateau patience of the warm-up and the unfrozen phase; one value for both "
-                        f"(default {warm_p} {unfrozen_p})")
-    g.add_argument(
-        "--monitor", default=base["monitor"], help="validation quantity for best checkpoint and early stopping"
-    )
-    g.add_argument("--mode", default=base["mode"], choices=("auto", "min", "max"), help="direction of --monitor")
-    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=base["amp"],
-                   help="mixed precision (CUDA only)")
-    g.add_argument("--seed", type=int, default=base["seed"], help="seed of initialisation, shuffling, augmentation")
-    g.add_argument("--accumulate", type=int, default=base["accumulate"], metavar="K",
-                   help="gradient accumulation: K micro-batches per optimiser step (--batch-size stays the global "
-                        "batch; each forward pass takes batch-size / (processes x K) samples)")
-    g.add_argument("--grad-clip", type=float, default=base["grad_clip"], help="clip gradient norm (off by default)")
-    g.add_argument("--resume", action="store_true", help="continue the run in the output folder from last.pt")
-    g.add_argument("--overwrite", action="store_true", help="start afresh even if the output folder holds a run")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=base["progress"],
-                   help="progress bars (default: only on a terminal)")
-    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=base["tensorboard"],
-                   help="log curves and preview images to <run folder>/tensorboard/")
-    g.add_argument("--image-every", type=int, default=base["image_every"],
-                   help="TensorBoard validation images every N epochs (0 = never)")
-
-
-def _plain(obj: Any) -> Any:
-    """Config values as JSON-like primitives (loadable with weights_only=True)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path | torch.device):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if obj is None or isinstance(obj, bool | int | float | str):
-        return obj
-    raise TypeError(f"config value of type {type(obj).__name__} is not a plain value")
-
 
 # --------------------------------------------------------------------------- trainer
 
@@ -413,7 +150,7 @@ class Trainer:
         self.tensorboard: TensorBoardLog | None = None
         self.out_dir = Path(config.out_dir)
         self.use_amp = autocast_dtype(self.device, bool(config.amp)) is not None
-        self.config: dict[str, Any] = _plain(
+        self.config: dict[str, Any] = plain(
             {
                 **asdict(config),
                 "resolved_device": str(self.device),
@@ -541,13 +278,10 @@ class Trainer:
             if getattr(loader, "persistent_workers", False):
                 log.warning("persistent_workers=True: resume will not be exact")
 
-    def _run_epoch(self, loader: Iterable[Batch], train: bool, desc: str) -> dict[str, float]:
-        """An evaluation pass (on the unwrapped model: ranks may hold different numbers of batches)."""
-        assert not train, "training passes go through _train_pass"
-        return run_epoch(
-            self.model, loader, self.loss_fn, self.metrics, self.device, step=None, input_key=self.input_key,
-            amp=self.use_amp, progress=self._progress, desc=desc, gather=self.dist.active,
-        )
+    def _validate(self) -> dict[str, float]:
+        """The validation pass (on the unwrapped model: ranks may hold different numbers of batches)."""
+        return evaluate(self.model, self.val_loader, self.loss_fn, self.metrics, self.device, self.input_key,
+                        self.use_amp, self._progress, gather=self.dist.active)
 
     def _train_pass(self, epoch: int, desc: str, stop: StopSignals) -> dict[str, float]:
         """One training epoch (or its rest, after a mid-epoch ``last.pt``): ``accumulate``
@@ -574,36 +308,38 @@ class Trainer:
         model.train()
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        bar, every = _progress_bar(batches or iter(self.train_loader), desc, self._progress, total - skipped)
+
+        def in_step(i: int) -> tuple[int, bool]:
+            """(micro-batches in the optimiser step of this process's micro-batch ``i``, whether it ends it)."""
+            b = skipped + i  # this process's micro-batch index within the epoch
+            first = (b // k) * k
+            n = min(k, total - first)  # the epoch's last step may have fewer micro-batches
+            return n, b - first == n - 1
+
+        def backward(i: int, loss: Tensor) -> None:
+            n, _ = in_step(i)
+            self.scaler.scale(loss / n if n > 1 else loss).backward()
+
+        def context(i: int) -> AbstractContextManager:
+            return self._ddp.no_sync() if (self._ddp is not None and not in_step(i)[1]) else nullcontext()
+
+        def after(i: int) -> None:
+            nonlocal steps
+            if not in_step(i)[1]:
+                return
+            self._step()
+            steps += 1
+            self._fault.reached("step")
+            signum = distributed.max_over_ranks(stop.signum or 0)
+            if signum:
+                self._save_position(epoch, steps, terms, counts)
+                raise Preempted(signum, f"stopped by {_signal_name(signum)} after step {steps} of epoch {epoch + 1}: "
+                                        f"{self.out_dir / LAST} holds the position; continue with --resume")
+
+        bar = progress_bar(total - skipped, desc, self._progress)
         try:
-            for i, batch in enumerate(bar):
-                b = skipped + i  # this process's micro-batch index within the epoch
-                first = (b // k) * k
-                in_step = min(k, total - first)  # the epoch's last step may have fewer micro-batches
-                sync = b - first == in_step - 1
-                batch = batch_to_device(batch, self.device)
-                inputs = batch_field(batch, self.input_key, 0)
-                no_sync = self._ddp.no_sync() if (self._ddp is not None and not sync) else nullcontext()
-                with no_sync:
-                    with autocast(self.device, self.use_amp):
-                        outputs = model(inputs)
-                        loss = self.loss_fn(outputs, batch)
-                    self.scaler.scale(loss / in_step if in_step > 1 else loss).backward()
-                n = int(inputs.shape[0])
-                terms.append(float(loss.detach()) * n)
-                counts.append(n)
-                self.metrics.update(outputs.detach(), batch)
-                _show_progress(bar, i, every, terms, counts, self.metrics)
-                if sync:
-                    self._step()
-                    steps += 1
-                    self._fault.reached("step")
-                    signum = distributed.max_over_ranks(stop.signum or 0)
-                    if signum:
-                        self._save_position(epoch, steps, terms, counts)
-                        raise Preempted(signum, f"stopped by {_signal_name(signum)} after step {steps} of epoch "
-                                                f"{epoch + 1}: {self.out_dir / LAST} holds the position; "
-                                                "continue with --resume")
+            Pass(model, self.loss_fn, self.metrics, self.device, self.input_key, self.use_amp).run(
+                batches or self.train_loader, terms, counts, bar, Step(backward, context, after))
         finally:
             bar.close()
         return epoch_result(terms, counts, self.metrics, self.dist.active, desc)
@@ -667,11 +403,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-
-    def evaluate(self, loader: Iterable[Batch]) -> dict[str, float]:
-        """Loss and metrics of the current model on ``loader`` (eval mode, no gradient; under
-        torchrun ``loader`` is this rank's share and the result covers all ranks)."""
-        return self._run_epoch(loader, train=False, desc="eval")
 
     def _improved(self, value: float) -> bool:
         if math.isnan(value):
@@ -741,7 +472,7 @@ class Trainer:
             tag = f"epoch {epoch + 1}/{cfg.epochs}"
             train = self._train_pass(epoch, f"{tag} train", stop)
             train_seconds = time.perf_counter() - t0
-            val = self._run_epoch(self.val_loader, train=False, desc=f"{tag} val")
+            val = self._validate()
             record: dict[str, Any] = {"epoch": epoch + 1, "phase": self.phase, "lr": lr}
             record.update({f"train_{k}": v for k, v in train.items()})
             record.update({f"val_{k}": v for k, v in val.items()})

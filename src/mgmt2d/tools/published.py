@@ -1,9 +1,9 @@
-"""The published solution's released weights: where they live, how to find them, how to fetch them.
+"""The published solution's released weights: the Drive table, the lock file, the gdown call.
 
 Seven files on Google Drive (named in the published download script), all raw
 ``state_dict()``s saved by torch 1.7. They are fetched with ``gdown`` (the library made for
 Drive: confirmation page, resume), into the published layout below a folder (default
-``models/t4e``)::
+``models/t4e``; ``mgmt2d.data.weights`` finds it for inference)::
 
     pretrained_models/eca_nfnet_l0.pth
     pretrained_models/unet_pp_densenet121_2channels_out.pth
@@ -25,10 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mgmt2d.data.io import write_json_atomic
+from mgmt2d.data.io import file_sha256, write_json_atomic
+from mgmt2d.data.weights import CLASSIFIER_DIR, SEGMENTER_DIR
 
-SEGMENTER_DIR = "models/densenet121_2d_segment"
-CLASSIFIER_DIR = "models/eca_nfnet_l0_2d_classification"
 LOCK_FORMAT = "mgmt2d-lock/1"
 
 
@@ -55,53 +54,6 @@ T4E: tuple[PublishedFile, ...] = (
                   "12UBvr4ewswPWzf-8OyM4GjqYugonlTjY"),
 )
 PUBLISHED = {"t4e": T4E}
-
-
-# ------------------------------------------------------------------ layouts
-
-
-@dataclass(frozen=True)
-class WeightsLayout:
-    """Where one set of weights keeps the segmenter and the classifiers."""
-
-    kind: str                  # "mgmt2d" or "t4e"
-    segmentation_dir: Path
-    classification_dir: Path
-
-    def segmenter(self, fold: int = 0) -> Path:
-        if self.kind == "t4e":
-            return self.segmentation_dir / f"Fold{fold}_densenet121_2d_segment.pth"
-        return self.segmentation_dir / f"fold{fold}" / "best.pt"
-
-    def classifier(self, mri_type: str, fold: int) -> Path:
-        if self.kind == "t4e":
-            return self.classification_dir / mri_type / f"{mri_type}_Fold{fold}_eca_nfnet_l0_2d_classification.pth"
-        return self.classification_dir / mri_type / f"fold{fold}" / "best.pt"
-
-
-def model_dirs_layout(segmentation_dir: Path, classification_dir: Path) -> WeightsLayout:
-    """SETTINGS.json's two model folders: ours, or the published folders themselves (file names tell)."""
-    kind = "t4e" if any(Path(segmentation_dir).glob("Fold*_densenet121_2d_segment.pth")) else "mgmt2d"
-    return WeightsLayout(kind, Path(segmentation_dir), Path(classification_dir))
-
-
-def detect_layout(folder: Path) -> WeightsLayout:
-    """Our layout (segmentation/, classification/) or the published one, at ``folder``.
-
-    The published layout is recognised at its root (holding ``models/``) and at its
-    ``models/`` folder itself, so a user can point at either.
-    """
-    folder = Path(folder)
-    if (folder / "segmentation").is_dir() or (folder / "classification").is_dir():
-        return WeightsLayout("mgmt2d", folder / "segmentation", folder / "classification")
-    for root in (folder, folder.parent if folder.name == "models" else None):
-        if root is not None and ((root / SEGMENTER_DIR).is_dir() or (root / CLASSIFIER_DIR).is_dir()):
-            return WeightsLayout("t4e", root / SEGMENTER_DIR, root / CLASSIFIER_DIR)
-    raise FileNotFoundError(
-        f"{folder} holds neither segmentation/ + classification/ (mgmt2d) nor "
-        f"{SEGMENTER_DIR}/ + {CLASSIFIER_DIR}/ (the published layout); "
-        "fetch the published weights with `python download_models.py --published t4e`"
-    )
 
 
 # ------------------------------------------------------------------ lock file
@@ -131,8 +83,6 @@ def write_lock(path: Path, entries: Mapping[str, dict]) -> None:
 
 def verify_against_lock(path: Path, entry: Mapping) -> None:
     """Raise LockMismatch when ``path`` differs from its lock entry; the file is moved aside first."""
-    from mgmt2d.tools.download import file_sha256
-
     size = path.stat().st_size
     digest = file_sha256(path) if size == entry["size"] else None
     if digest == entry["sha256"]:
@@ -169,8 +119,6 @@ def fetch_published(
     it); a missing one is downloaded to ``<file>.download`` and renamed into place only
     after its check, so a killed run never leaves a file that looks complete.
     """
-    from mgmt2d.tools.download import file_sha256
-
     lock = read_lock(lock_path)
     results = []
     for f in files:
