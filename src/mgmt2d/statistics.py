@@ -182,7 +182,7 @@ def delong_test(
     aucs, cov = delong_covariance(labels, np.vstack([scores_a, scores_b]))
     difference = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if var <= 0 or difference == 0:
+    if var <= 1e-15:  # the same ranking twice (up to rounding): nothing to test
         return difference, Interval(difference, difference), 0.0, 1.0
     se = np.sqrt(var)
     z = difference / se

@@ -423,22 +423,24 @@ def format_table(metrics: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--predictions", type=Path, required=True, help="submission CSV (ID, probability)")
-    parser.add_argument("--labels", type=Path, required=True, help="labels CSV (ID, 0/1), e.g. train_labels.csv")
-    parser.add_argument("--compare", type=Path, nargs="+", default=[],
-                        help="other submission CSV(s): AUC on the common patients and the paired difference")
-    parser.add_argument("--per-type", type=Path, help="<submission>_per_type.csv from inference: AUC of each MRI type")
-    parser.add_argument("--exclude-ids", type=Path,
-                        help="patients to leave out: one ID per line, or a CSV with the ID column")
-    parser.add_argument("--id-column", default="BraTS21ID", help="patient ID column of every CSV (default BraTS21ID)")
-    parser.add_argument("--label-column", default="MGMT_value", help="label column of --labels (default MGMT_value)")
-    parser.add_argument("--prediction-column", default="MGMT_value",
-                        help="probability column of --predictions and --compare (default MGMT_value)")
-    parser.add_argument("--resamples", type=int, default=MIN_RESAMPLES,
-                        help=f"bootstrap resamples, at least {MIN_RESAMPLES} (default {MIN_RESAMPLES})")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for metrics.json and the PNGs")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
+    a = parser.add_argument
+    a("--predictions", type=Path, required=True, metavar="SUB.csv", help="submission CSV (ID, probability)")
+    a("--labels", type=Path, required=True, metavar="LABELS.csv", help="labels CSV (ID, 0/1), e.g. train_labels.csv")
+    a("--compare", type=Path, nargs="+", default=[], metavar="OTHER.csv",
+      help="other submission CSV(s): AUC on the common patients and the paired difference")
+    a("--per-type", type=Path, metavar="SUB_per_type.csv",
+      help="<submission>_per_type.csv from inference: AUC of each MRI type")
+    a("--exclude-ids", type=Path, metavar="FILE",
+      help="patients to leave out: one ID per line, or a CSV with the ID column")
+    a("--id-column", default="BraTS21ID", help="patient ID column of every CSV (default BraTS21ID)")
+    a("--label-column", default="MGMT_value", help="label column of --labels (default MGMT_value)")
+    a("--prediction-column", default="MGMT_value",
+      help="probability column of --predictions and --compare (default MGMT_value)")
+    a("--resamples", type=int, default=MIN_RESAMPLES,
+      help=f"bootstrap resamples, at least {MIN_RESAMPLES} (default {MIN_RESAMPLES})")
+    a("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    a("--out", type=Path, required=True, metavar="DIR", help="output folder for metrics.json and the PNGs")
+    a("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
 
 
 def main(args: argparse.Namespace) -> int:
