@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("mgmt2d.tools.info", "print what the readers see in a series, NIfTI file or patient folder"),
     "demo": ("mgmt2d.dev.demo", "run the whole pipeline on synthetic data with small settings"),
     "evaluate-segmentation": ("mgmt2d.segmentation.evaluate", "segment whole volumes and report volumetric Dice"),
+    "evaluate": ("mgmt2d.tools.evaluate", "patient AUC with confidence intervals, thresholds, calibration, compare"),
     "report": ("mgmt2d.inference.report", "one patient through inference as a page: overlays, Grad-CAM, NIfTI"),
 }
 
