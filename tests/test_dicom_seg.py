@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:The value length:UserWarning"),
               pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")]
 
 
-def write_series(folder: Path, *, patient_sex: str = "0000", study_date: str = "20230231", frames: int = 1,
-                 geometry: bool = True) -> Path:
+def write_series(folder: Path, *, patient_sex: str | None = "0000", study_date: str = "20230231", frames: int = 1,
+                 geometry: bool = True, patient_id: str = "P0001") -> Path:
     """8 axial single-frame MR slices of 32x32, with real-export faults in the patient/study headers.
 
     File names run against the slice positions (f7.dcm is the lowest slice), so a SEG that followed
@@ -48,7 +48,7 @@ def write_series(folder: Path, *, patient_sex: str = "0000", study_date: str = "
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.Manufacturer, ds.ImageType = "MR", "ACME", ["ORIGINAL", "PRIMARY", "M", "NONE"]
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Test^Patient", "P0001", "19700101"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = "Test^Patient", patient_id, "19700101"
         if patient_sex is not None:
             ds.PatientSex = patient_sex
         ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study, study_date, "120000"
@@ -192,11 +192,13 @@ def test_lenient_header_rules(caplog) -> None:
     assert "x.dcm: PatientID" in caplog.text and "kept verbatim" in caplog.text
 
 
-def test_a_source_without_patient_sex_is_fine(tmp_path: Path) -> None:
-    _, meta = read_series(write_series(tmp_path / "s", patient_sex=None, study_date="20230101"))
+def test_absent_patient_sex_and_an_over_long_patient_id_go_through(tmp_path: Path) -> None:
+    """No PatientSex at all (Kaggle's anonymised files) and a 70-character PatientID (kept: it files the SEG)."""
+    long_id = "ID" * 35
+    _, meta = read_series(write_series(tmp_path / "s", patient_sex=None, study_date="20230101", patient_id=long_id))
     wt, et = masks()
     seg = hd.seg.segread(write_seg(meta.files, wt, et, tmp_path / "seg.dcm"))
-    assert seg.PatientSex == "" and seg.StudyDate == "20230101"
+    assert seg.PatientSex == "" and seg.StudyDate == "20230101" and seg.PatientID == long_id
 
 
 # --------------------------------------------------------------------------- refusals
