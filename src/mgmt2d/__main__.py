@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mgmt2d.dev.demo", "run the whole pipeline on synthetic data with small settings"),
     "evaluate-segmentation": ("mgmt2d.segmentation.evaluate", "segment whole volumes and report volumetric Dice"),
     "report": ("mgmt2d.inference.report", "one patient through inference as a page: overlays, Grad-CAM, NIfTI"),
+    "skull-strip": ("mgmt2d.tools.skull_strip", "a brain mask of a T1 series or NIfTI with deepbet (optional extra)"),
 }
 
 
