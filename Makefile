@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-cpu.txt pyproject.toml
+$(STAMP): requirements.txt requirements-cpu.txt requirements-skull-strip.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet -r requirements-cpu.txt
+	$(PY) -m pip install --quiet -r requirements-skull-strip.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

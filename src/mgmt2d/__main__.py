@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate-segmentation": ("mgmt2d.segmentation.evaluate", "segment whole volumes and report volumetric Dice"),
     "evaluate": ("mgmt2d.tools.evaluate", "patient AUC with confidence intervals, thresholds, calibration, compare"),
     "report": ("mgmt2d.inference.report", "one patient through inference as a page: overlays, Grad-CAM, NIfTI"),
+    "skull-strip": ("mgmt2d.tools.skull_strip", "a brain mask of a T1 series or NIfTI with deepbet (optional extra)"),
 }
 
 
