@@ -30,6 +30,13 @@ CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
 
+@pytest.fixture(autouse=True)
+def _small_slices_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-built series here are a few pixels wide so their values read at a glance; the
+    size floor (dicom.MIN_SLICE_SIZE) has its own tests in test_dicom_volumes.py."""
+    monkeypatch.setattr(dicom, "MIN_SLICE_SIZE", 1)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -45,8 +52,12 @@ def write_slice(
     photometric: str = "MONOCHROME2",
     pixel_spacing: Sequence[float] | None = (0.5, 0.75),
     with_pixels: bool = True,
+    **headers: object,
 ) -> Path:
-    """A minimal single-frame MR slice, Explicit VR Little Endian, 16-bit signed."""
+    """A minimal single-frame MR slice, Explicit VR Little Endian, 16-bit signed.
+
+    ``headers``: further attributes by keyword (SeriesInstanceUID=..., EchoNumbers=...).
+    """
     pixels = np.asarray(pixels, dtype=np.int16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -75,13 +86,15 @@ def write_slice(
         ds.RescaleIntercept = intercept
     if pixel_spacing is not None:
         ds.PixelSpacing = [float(v) for v in pixel_spacing]
+    for keyword, value in headers.items():
+        setattr(ds, keyword, value)
     if with_pixels:
         ds.PixelData = pixels.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
 
-def axial_stack(folder: Path, n: int = 4, shape: tuple[int, int] = (6, 5)) -> list[Path]:
+def axial_stack(folder: Path, n: int = 4, shape: tuple[int, int] = (16, 16)) -> list[Path]:
     """n slices whose pixel values equal their anatomical index; files named in order."""
     folder.mkdir(parents=True, exist_ok=True)
     return [
@@ -202,10 +215,14 @@ def test_rgb_is_read_as_luminance(tmp_path: Path) -> None:
     assert meta.plane == "unknown" and meta.positions is None
 
 
-def test_multiframe_file_is_skipped_with_reason(tmp_path: Path) -> None:
-    folder = single_file_series(tmp_path, "SC_rgb_rle_2frame.dcm")
-    with pytest.raises(DicomSeriesError, match="multi-frame"):
-        read_series(folder)
+def test_multiframe_file_without_geometry_reads_its_frames_in_order(tmp_path: Path) -> None:
+    # Multi-frame images are read (they were refused before Enhanced MR support): frames
+    # without positions keep their stored order, each one a slice.
+    rgb = pydicom.dcmread(sample_file("SC_rgb_rle_2frame.dcm")).pixel_array.astype(np.float64)
+    volume, meta = read_series(single_file_series(tmp_path, "SC_rgb_rle_2frame.dcm"))
+    assert volume.shape == (2, *rgb.shape[1:3]) and meta.frames == [1, 2]
+    np.testing.assert_allclose(volume, rgb @ np.array([0.299, 0.587, 0.114]), atol=1e-3)
+    assert meta.volumes is not None and meta.volumes.n_volumes == 1 and not meta.skipped
 
 
 # --------------------------------------------------------------------------- bad input
@@ -229,7 +246,7 @@ def test_folder_of_junk_raises_with_reasons(tmp_path: Path) -> None:
 
 
 def test_junk_files_are_skipped_with_reasons(tmp_path: Path) -> None:
-    axial_stack(tmp_path, n=3)
+    axial_stack(tmp_path, n=3, shape=(6, 5))
     (tmp_path / "garbage.dcm").write_bytes(np.random.default_rng(0).bytes(4000))
     (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 200)
     (tmp_path / "empty.dcm").write_bytes(b"")
@@ -366,14 +383,15 @@ def test_missing_position_and_instance_fall_back_to_filename(tmp_path: Path) -> 
     assert meta.plane == "unknown" and meta.slice_spacing is None
 
 
-def test_duplicate_positions_fall_back_to_instance(tmp_path: Path) -> None:
+def test_duplicate_positions_no_header_tells_apart_are_refused(tmp_path: Path) -> None:
+    # Slices sharing a position are several volumes: never stacked (they were ordered by
+    # InstanceNumber before); with no header to tell them apart, one line says so.
     for i, inst in enumerate([2, 1, 3]):
         write_slice(
             tmp_path / f"x{i}.dcm", np.full((2, 2), inst), position=(0, 0, 0), instance=inst
         )
-    volume, meta = read_series(tmp_path)
-    assert meta.order_by == "instance"
-    assert slice_values(volume) == [1.0, 2.0, 3.0]
+    with pytest.raises(DicomSeriesError, match="holds 3 slices at 1 position"):
+        read_series(tmp_path)
 
 
 def test_slice_order_pure() -> None:

@@ -1,7 +1,9 @@
 """``python -m mgmt2d info PATH``: what the readers see, as JSON.
 
 PATH may be a DICOM series folder, a NIfTI file, a Task 2 patient folder
-(<id>/{FLAIR,T1w,T1wCE,T2w}) or a BraTS case folder.
+(<id>/{FLAIR,T1w,T1wCE,T2w}) or a BraTS case folder. A series folder that holds several
+volumes (time points, echoes, ...) shows them all under ``volumes`` and describes the one the
+reader uses, or the one ``--volume K`` names.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +20,16 @@ import numpy as np
 from mgmt2d.data.task2 import MRI_TYPES
 
 
-def series_info(folder: Path) -> dict[str, Any]:
+class UnreadableNiftiError(ValueError):
+    """A NIfTI file that nibabel cannot read (not gzip, truncated, not NIfTI at all)."""
+
+
+def series_info(folder: Path, volume_index: int | None = None) -> dict[str, Any]:
     from mgmt2d.data.dicom import read_series
 
-    volume, meta = read_series(folder)
+    volume, meta = read_series(folder, volume=volume_index)
     positions = meta.positions
+    split = meta.volumes
     return {
         "path": str(folder),
         "kind": "dicom-series",
@@ -37,14 +45,29 @@ def series_info(folder: Path) -> dict[str, Any]:
         "blank_slices": int(np.sum(np.ptp(volume.reshape(len(volume), -1), axis=1) == 0)),
         "resized": list(meta.resized),
         "skipped": [{"file": s.file, "reason": s.reason} for s in meta.skipped],
+        "multi_frame": any(f is not None for f in meta.frames),
+        "n_volumes": split.n_volumes if split is not None else 1,
+        "volume": meta.volume,
+        "volumes": split.to_dict() if split is not None and split.n_volumes > 1 else None,
+        "pixel_spacings": [{"spacing": list(sp), "slices": n} for sp, n in meta.pixel_spacings],
+        "warnings": list(meta.warnings),
     }
 
 
 def nifti_info(path: Path) -> dict[str, Any]:
     import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
 
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (ImageFileError, EOFError, OSError, ValueError, zlib.error) as err:
+        # gzip.BadGzipFile, a truncated stream (EOFError), a header nibabel rejects, ...
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UnreadableNiftiError(
+            f"{path} is not a readable NIfTI file ({type(err).__name__}: {reason}); "
+            "it may be truncated or not NIfTI at all: copy or export it again"
+        ) from None
     info: dict[str, Any] = {
         "path": str(path),
         "kind": "nifti",
@@ -60,7 +83,7 @@ def nifti_info(path: Path) -> dict[str, Any]:
     return info
 
 
-def describe(path: Path) -> dict[str, Any]:
+def describe(path: Path, volume: int | None = None) -> dict[str, Any]:
     if path.is_file() and path.name.endswith((".nii", ".nii.gz")):
         return nifti_info(path)
     if not path.is_dir():
@@ -78,18 +101,21 @@ def describe(path: Path) -> dict[str, Any]:
                 out["series"][folder.name] = {"error": str(err)}
         out["missing_types"] = [t for t in MRI_TYPES if not (path / t).is_dir()]
         return out
-    return series_info(path)
+    return series_info(path, volume)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, help="series folder, NIfTI file, patient or BraTS case folder")
+    parser.add_argument("--volume", type=int, default=None, metavar="K",
+                        help="for a series folder holding several volumes: describe volume K (from 0) "
+                             "instead of the one the reader chooses")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        info = describe(args.path)
+        info = describe(args.path, args.volume)
     except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2))
     return 0
