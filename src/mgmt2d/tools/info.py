@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import zlib
 from pathlib import Path
 from typing import Any
@@ -112,10 +111,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        info = describe(args.path, args.volume)
-    except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    print(json.dumps(info, indent=2))
+    print(json.dumps(describe(args.path, args.volume), indent=2))
     return 0
