@@ -1,8 +1,9 @@
 """Whole-volume evaluation of the segmenter: every axial slice, volumetric BraTS Dice.
 
 ``python -m mgmt2d evaluate-segmentation --settings S --task1-dir DIR --out OUT``
-writes ``OUT/<case>_pred.nii.gz`` (0 background, 2 whole tumour outside ET, 4 ET; the
-input's affine) and ``OUT/metrics.csv`` (case,dice_wt,dice_et).
+writes ``OUT/<case>_pred.nii.gz`` (0 background, 2 whole tumour outside ET, ET in the
+TASK1_DIR layout's label: 4 for BraTS 2021, 3 for 2023+; the input's affine) and
+``OUT/metrics.csv`` (case,dice_wt,dice_et).
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2.0 * np.logical_and(pred, truth).sum() / total)
 
 
-def labels_from_masks(wt: np.ndarray, et: np.ndarray) -> np.ndarray:
-    """[WT, ET] binary maps -> BraTS-style labels: 4 for ET, 2 for the rest of the tumour."""
+def labels_from_masks(wt: np.ndarray, et: np.ndarray, et_label: int = 4) -> np.ndarray:
+    """[WT, ET] binary maps -> BraTS-style labels: ``et_label`` for ET (4 in 2021, 3 in 2023+), 2 for the rest."""
     out = np.zeros(wt.shape, dtype=np.uint8)
     out[wt.astype(bool)] = 2
-    out[et.astype(bool)] = 4
+    out[et.astype(bool)] = et_label
     return out
 
 
@@ -100,9 +101,11 @@ def evaluate(
         model = segmenter_backend(model, model_path, image_size, backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    case_dirs = [c for c in brats.list_cases(task1_dir) if cases is None or brats.case_id(c) in cases]
+    task1 = brats.find_task1(task1_dir, label_map)
+    log.info("%s", task1.describe())
+    case_dirs = [c for cid, c in task1.cases.items() if cases is None or cid in cases]
     if cases is not None and len(case_dirs) < len(cases):
-        absent = sorted(cases - {brats.case_id(c) for c in case_dirs})
+        absent = sorted(cases - set(task1.cases))
         log.warning("%d fold case(s) not in %s: %s", len(absent), task1_dir, ", ".join(absent[:5]))
     for case_dir in tqdm(case_dirs, desc="evaluate", unit="case"):
         try:
@@ -112,7 +115,7 @@ def evaluate(
             log.error("%s: %s (skipped)", case_dir.name, err)
             continue
         with atomic_path(out_dir / f"{case_dir.name}_pred.nii.gz", suffix=".nii.gz") as tmp:
-            nib.save(nib.Nifti1Image(labels_from_masks(*masks), case.affine), str(tmp))
+            nib.save(nib.Nifti1Image(labels_from_masks(*masks, task1.layout.et_label), case.affine), str(tmp))
         rows.append(
             {"case": case_dir.name, "dice_wt": dice(masks[0], case.masks[0]), "dice_et": dice(masks[1], case.masks[1])}
         )
@@ -162,6 +165,7 @@ def main(args: argparse.Namespace) -> int:
         if not model_path.is_file():
             raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
         modalities = brats.parse_modalities(args.modalities)
+        brats.find_task1(task1_dir, brats.parse_label_map(args.label_map))   # refuse a wrong folder before any output
         device = resolve_device(args.device)
         backend = backend_from_args(args, device)
         write_run_config(args.out, "evaluate_config.json",
