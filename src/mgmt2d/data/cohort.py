@@ -1,7 +1,7 @@
 """A NIfTI cohort: a folder of case folders, one NIfTI file per MRI type.
 
 This is how the public cohorts with MGMT labels are distributed (BraTS on TCIA, UPENN-GBM,
-UCSF-PDGM, LUMIERE): skull-stripped, co-registered volumes, one case per folder. A file's MRI
+UCSF-PDGM): skull-stripped, co-registered volumes, one case per folder. A file's MRI
 type is the suffix between the last ``_`` or ``-`` and ``.nii.gz`` / ``.nii`` (exact spelling,
 case included), by the table :data:`NAMINGS`:
 
