@@ -1,8 +1,9 @@
 """Whole-volume evaluation of the segmenter: every axial slice, volumetric BraTS Dice.
 
 ``python -m mgmt2d evaluate-segmentation --settings S --task1-dir DIR --out OUT``
-writes ``OUT/<case>_pred.nii.gz`` (0 background, 2 whole tumour outside ET, 4 ET; the
-input's affine) and ``OUT/metrics.csv`` (case,dice_wt,dice_et).
+writes ``OUT/<case>_pred.nii.gz`` (0 background, 2 whole tumour outside ET, ET in the
+TASK1_DIR layout's label: 4 for BraTS 2021, 3 for 2023+; the input's affine) and
+``OUT/metrics.csv`` (case,dice_wt,dice_et).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -39,11 +41,11 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2.0 * np.logical_and(pred, truth).sum() / total)
 
 
-def labels_from_masks(wt: np.ndarray, et: np.ndarray) -> np.ndarray:
-    """[WT, ET] binary maps -> BraTS-style labels: 4 for ET, 2 for the rest of the tumour."""
+def labels_from_masks(wt: np.ndarray, et: np.ndarray, et_label: int = 4) -> np.ndarray:
+    """[WT, ET] binary maps -> BraTS-style labels: ``et_label`` for ET (4 in 2021, 3 in 2023+), 2 for the rest."""
     out = np.zeros(wt.shape, dtype=np.uint8)
     out[wt.astype(bool)] = 2
-    out[et.astype(bool)] = 4
+    out[et.astype(bool)] = et_label
     return out
 
 
@@ -74,39 +76,43 @@ def segment_volume(
     return np.moveaxis(masks, 0, -1).astype(np.uint8)  # (2, X, Y, Z)
 
 
-def evaluate(
-    model_path: Path,
-    task1_dir: Path,
-    out_dir: Path,
-    modalities: tuple[str, ...],
-    device: torch.device,
-    image_size: int | None = None,
-    batch_size: int = 16,
-    cases: set[str] | None = None,
-    label_map: tuple[tuple[int, int], ...] = (),
-    backend: BackendOptions | None = None,
-) -> pd.DataFrame:
-    """Dice per case of ``task1_dir`` (only ``cases``, BraTS case ids, when given); ``backend`` runs the model."""
-    model = segmenter.load_segmenter(model_path, device)
-    if image_size is None:
-        image_size = _checkpoint_image_size(model_path) or 224
-    if backend is not None:
-        model = segmenter.with_backend(model, model_path, image_size, backend)
+@dataclass
+class EvalOptions:
+    """How :func:`evaluate` runs."""
+
+    modalities: tuple[str, ...] = brats.MODALITIES
+    device: torch.device = torch.device("cpu")
+    image_size: int | None = None          # default: the checkpoint's, else 224
+    batch_size: int = 16
+    cases: set[str] | None = None          # only these BraTS 2021 IDs (a stage-1 fold)
+    label_map: tuple[tuple[int, int], ...] = ()
+    backend: BackendOptions | None = None  # None: torch as loaded
+
+
+def evaluate(model_path: Path, task1: brats.Task1Folder, out_dir: Path,
+             options: EvalOptions | None = None) -> pd.DataFrame:
+    """Dice per case of ``task1`` (:func:`mgmt2d.data.brats.find_task1`; only ``options.cases`` when given)."""
+    o = options or EvalOptions()
+    model = segmenter.load_segmenter(model_path, o.device)
+    image_size = o.image_size or _checkpoint_image_size(model_path) or 224
+    if o.backend is not None:
+        model = segmenter.with_backend(model, model_path, image_size, o.backend)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    case_dirs = [c for c in brats.list_cases(task1_dir) if cases is None or brats.case_id(c) in cases]
-    if cases is not None and len(case_dirs) < len(cases):
-        absent = sorted(cases - {brats.case_id(c) for c in case_dirs})
-        log.warning("%d fold case(s) not in %s: %s", len(absent), task1_dir, ", ".join(absent[:5]))
+    log.info("%s", task1.describe())
+    case_dirs = [c for cid, c in task1.cases.items() if o.cases is None or cid in o.cases]
+    if o.cases is not None and len(case_dirs) < len(o.cases):
+        absent = sorted(o.cases - set(task1.cases))
+        log.warning("%d fold case(s) not in %s: %s", len(absent), task1.root, ", ".join(absent[:5]))
     for case_dir in tqdm(case_dirs, desc="evaluate", unit="case"):
         try:
-            case = brats.read_case(case_dir, modalities, label_map=label_map)
-            masks = segment_volume(model, case.volumes, device, image_size, batch_size)
+            case = brats.read_case(case_dir, o.modalities, label_map=o.label_map)
+            masks = segment_volume(model, case.volumes, o.device, image_size, o.batch_size)
         except (brats.BratsCaseError, ValueError) as err:
             log.error("%s: %s (skipped)", case_dir.name, err)
             continue
         with atomic_path(out_dir / f"{case_dir.name}_pred.nii.gz", suffix=".nii.gz") as tmp:
-            nib.save(nib.Nifti1Image(labels_from_masks(*masks), case.affine), str(tmp))
+            nib.save(nib.Nifti1Image(labels_from_masks(*masks, task1.layout.et_label), case.affine), str(tmp))
         rows.append(
             {"case": case_dir.name, "dice_wt": dice(masks[0], case.masks[0]), "dice_et": dice(masks[1], case.masks[1])}
         )
@@ -154,12 +160,13 @@ def main(args: argparse.Namespace) -> int:
     cases = fold_cases(settings["SEGMENT_DATA_DIR"] / "folds.csv", args.fold) if args.fold is not None else None
     if not model_path.is_file():
         raise SettingsError(f"model {model_path} not found; train with train_segmentation.py or pass --model")
-    modalities = brats.parse_modalities(args.modalities)
+    label_map = brats.parse_label_map(args.label_map)
+    task1 = brats.find_task1(task1_dir, label_map)   # a wrong folder is refused before any output
     device = resolve_device(args.device)
     backend = backend_from_args(args, device)
     write_run_config(args.out, "evaluate_config.json", {**vars(args), "model": str(model_path), **backend.to_dict()})
-    metrics = evaluate(model_path, task1_dir, args.out, modalities, device, args.image_size, args.batch_size,
-                       cases, brats.parse_label_map(args.label_map), backend)
+    metrics = evaluate(model_path, task1, args.out, EvalOptions(
+        brats.parse_modalities(args.modalities), device, args.image_size, args.batch_size, cases, label_map, backend))
     if metrics.empty:
         print("error: no case could be evaluated", file=sys.stderr)
         return 1

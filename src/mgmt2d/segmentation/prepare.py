@@ -30,7 +30,7 @@ from mgmt2d.data.brats import (
     BratsCaseError,
     UnknownLabelsError,
     case_id,
-    list_cases,
+    find_task1,
     parse_label_map,
     parse_modalities,
     read_case,
@@ -420,8 +420,10 @@ def _counts(index: pd.DataFrame, folds: dict[str, int], n_folds: int) -> dict[st
 
 
 def _candidates(task1_dir: Path, params: PrepareParams, dicom_dir: str | Path | None) -> dict[str, Any]:
-    """The Task 1 cases to prepare (sorted IDs), their folders, and the leakage filter's verdict."""
-    folders = {case_id(p): p for p in list_cases(task1_dir)}
+    """The Task 1 cases to prepare (sorted IDs), their folders, layout, and the leakage filter's verdict."""
+    task1 = find_task1(task1_dir, params.label_map)
+    log.info("%s", task1.describe())
+    folders = task1.cases
     all_ids = sorted(folders)
     if params.keep_task2_overlap:
         candidates, dropped, leakage = all_ids, [], "disabled (--keep-task2-overlap)"
@@ -435,7 +437,8 @@ def _candidates(task1_dir: Path, params: PrepareParams, dicom_dir: str | Path | 
         raise SegDataError(
             f"no Task 1 case left to prepare in {task1_dir} ({len(all_ids)} found, {len(dropped)} dropped)"
         )
-    return {"folders": folders, "all_ids": all_ids, "candidates": candidates, "dropped": dropped, "leakage": leakage}
+    return {"folders": folders, "all_ids": all_ids, "candidates": candidates, "dropped": dropped, "leakage": leakage,
+            "layout": task1.layout.record()}
 
 
 def _process(tasks: list[tuple[str, str, PrepareParams]], workers: int, progress: bool) -> list[CaseResult]:
@@ -498,7 +501,8 @@ def _assemble(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params
     return warnings, len(index)
 
 
-def _store_meta(task1_dir: Path, dicom_dir: str | Path | None, params: PrepareParams, leakage: str) -> dict[str, Any]:
+def _store_meta(task1_dir: Path, dicom_dir: str | Path | None, params: PrepareParams, leakage: str,
+                layout: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": "mgmt2d segmentation slices",
         "status": "incomplete",
@@ -507,6 +511,7 @@ def _store_meta(task1_dir: Path, dicom_dir: str | Path | None, params: PreparePa
             "task1_dir": str(task1_dir),
             "dicom_dir": str(dicom_dir) if dicom_dir else None,
             "task2_filter": leakage,
+            "task1_layout": layout,
         },
         "layout": STORE_LAYOUT,
         "versions": library_versions(),
@@ -541,7 +546,7 @@ def prepare(task1_dir: str | Path, out_dir: str | Path, params: PrepareParams,
     task1_dir, out_dir = Path(task1_dir), Path(out_dir)
     found = _candidates(task1_dir, params, o.dicom_dir)
     candidates, folders = found["candidates"], found["folders"]
-    meta = _store_meta(task1_dir, o.dicom_dir, params, found["leakage"])
+    meta = _store_meta(task1_dir, o.dicom_dir, params, found["leakage"], found["layout"])
 
     def assemble_shards(_recorded: dict[str, Any], done: dict) -> PrepareSummary:
         broken: dict[str, str] = {}
@@ -601,7 +606,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The prepare_segmentation_data.py options (also usable by a subcommand)."""
     add_settings_argument(parser)
     parser.add_argument("--modalities", nargs="+", default=list(MODALITIES),
-                        help="Task 1 modalities to slice (default: t1 t1ce t2 flair)")
+                        help="Task 1 modalities to slice (default: t1 t1ce t2 flair; the BraTS 2023+ names "
+                             "t1n t1c t2w t2f mean the same)")
     parser.add_argument(
         "--n-folds", type=int, default=DEFAULT_N_FOLDS, help="patient-grouped folds (default 5; fold 0 validates)"
     )
@@ -624,7 +630,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or / brain (non-zero) area (our earlier rule; keeps more slices)")
     parser.add_argument("--label-map", nargs="+", metavar="FROM:TO", default=[],
                         help="convert segmentation labels first, e.g. 3:4 (enhancing tumour before BraTS 2021); "
-                             "any label outside 0 1 2 4 is otherwise an error")
+                             "a label the layout does not define (BraTS 2021: 0 1 2 4, 2023+: 0 1 2 3) is "
+                             "otherwise an error")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     shards.add_shard_arguments(parser, "Task 1 cases")
 
