@@ -40,12 +40,14 @@ def test_test_split_has_no_labels(tmp_path: Path):
     assert idx.patients == ["00001"] and set(idx.series.label) == {-1}
 
 
-def test_ids_are_five_digit_strings():
+def test_numeric_ids_are_five_digit_strings_other_ids_are_kept():
     assert task2.format_id(109) == "00109"
     assert task2.format_id("00109") == "00109"
     assert task2.format_id(" 7 ") == "00007"
-    with pytest.raises(task2.Task2Error):
-        task2.format_id("abc")
+    assert task2.format_id("UPENN-GBM-00002_11") == "UPENN-GBM-00002_11"
+    for bad in ("../x", "a b", ""):
+        with pytest.raises(ValueError):
+            task2.format_id(bad)
 
 
 def test_wrong_csv_is_a_clear_error(tmp_path: Path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mgmt2d.data.patient_id import validate_patient_id
+
 MRI_TYPES: tuple[str, ...] = ("FLAIR", "T1w", "T1wCE", "T2w")
 POOLED = "pooled"   # train_classification.py --mri-type pooled: one model on the series of every MRI type
 DEFAULT_EXCLUDE: tuple[str, ...] = ("00109", "00123", "00709")
@@ -19,13 +21,15 @@ class Task2Error(ValueError):
 
 
 def format_id(value: object) -> str:
-    """Patient IDs are 5-digit strings everywhere ("109" and 109 -> "00109")."""
+    """A patient ID: a purely numeric one is Kaggle's BraTS21ID, a 5-digit string ("109", 109 -> "00109");
+    any other (a cohort's case folder name, ``UPENN-GBM-00002_11``) is kept as it is, once it passes
+    :func:`mgmt2d.data.patient_id.validate_patient_id` (a plain folder name)."""
     text = str(value).strip()
-    if text.endswith(".0"):
+    if text.endswith(".0") and text[:-2].isdigit():
         text = text[:-2]
-    if not text.isdigit():
-        raise Task2Error(f"patient ID {value!r} is not a number")
-    return text.zfill(5)
+    if text.isdigit():
+        return text.zfill(5)
+    return validate_patient_id(text)
 
 
 def read_id_csv(path: str | Path, value_column: str = "MGMT_value") -> pd.DataFrame:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mgmt2d.data import series as series_io
 from mgmt2d.data import shards, task2
 from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, load_settings
@@ -24,8 +25,9 @@ from mgmt2d.inference.pipeline import Predictor, Timer, add_predictor_arguments,
 log = logging.getLogger(__name__)
 
 
-def submission_patients(input_dir: Path, sample: Path | None) -> tuple[list[str], list[str]]:
-    """(5-digit IDs, spelling to write) from sample_submission.csv, else every patient folder.
+def submission_patients(input_dir: Path, sample: Path | None,
+                        input_format: str = "dicom") -> tuple[list[str], list[str]]:
+    """(IDs, spelling to write) from sample_submission.csv, else every patient folder (DICOM) or case (NIfTI).
 
     A sample that is empty, lacks the column or lists a patient twice is refused, naming the
     file: a submission must hold each patient once.
@@ -48,7 +50,8 @@ def submission_patients(input_dir: Path, sample: Path | None) -> tuple[list[str]
                                     "a submission holds each patient once: remove the duplicate")
             seen[pid] = row
         return ids, spelled
-    ids = [task2.format_id(p.name) for p in task2.patient_folders(input_dir)]
+    ids = [p.name if input_format == "nifti" else task2.format_id(p.name)
+           for p in series_io.patient_folders(input_dir, input_format)]
     return ids, ids
 
 
@@ -72,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         raise SettingsError(f"--sample-submission {sample} not found")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
-    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None)
+    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, args.input_format)
     check_writable(output.parent, "submission")
     # --- sharded inference (mgmt2d.inference.partial): --merge assembles, --shard I/N predicts a part
     shard = shards.shard_of(args, overwrite_clears=False)
@@ -95,7 +98,7 @@ def main(args: argparse.Namespace) -> int:
     if args.report_dir is not None:   # the report of every patient, from the results computed here
         on_patient = report.writer(args.report_dir, models, args, patients)
     compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
-                "weights": models.files, "contract": models.contract.to_dict(),
+                "weights": models.files, "contract": models.contract.record(),
                 "classifier_autocast": autocast_name(device, args.amp),
                 "segmenter_autocast": autocast_name(device, False)}
     if shard is not None:   # sharded inference: every shard must predict with the same models and contract
