@@ -31,6 +31,7 @@ from mgmt2d.data import dicom, shards, task2
 from mgmt2d.data.contract import OURS, add_contract_arguments, contract_overrides
 from mgmt2d.data.io import (
     check_writable,
+    disk_full_hint,
     library_versions,
     save_npy_atomic,
     write_csv_atomic,
@@ -424,8 +425,11 @@ def main(args: argparse.Namespace) -> int:
     check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
     model = None if args.merge else segmenter.with_backend(
         segmenter.load_segmenter(seg_model, device), seg_model, contract.seg_image_size, backend)
-    frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
-        args.input_format, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard, args.merge))
+    with disk_full_hint("then run the same command again: the finished patients are kept and it continues with "
+                        "the rest"):
+        frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
+            args.input_format, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard,
+            args.merge))
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
     if frame is None:
         print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "
