@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from mgmt2d.data.io import disk_full_message, is_disk_full
 from mgmt2d.data.settings import SettingsError
 from mgmt2d.training.preemption import Preempted
 
@@ -17,8 +18,12 @@ def user_message(err: BaseException) -> str | None:
 
     Bad settings, data and checkpoints raise ValueError subclasses with messages that name
     the file; OS errors (a folder without write permission, a full disk) get their file named
-    here. Anything else is a bug and keeps its traceback.
+    here. Out of space or quota (ENOSPC / EDQUOT) anywhere names the folder, what was needed
+    when known, and that a re-run continues (:func:`mgmt2d.data.io.disk_full_message`).
+    Anything else is a bug and keeps its traceback.
     """
+    if is_disk_full(err):
+        return " ".join(disk_full_message(err).split())
     if isinstance(err, (SettingsError, ValueError, FileNotFoundError, FileExistsError)):
         return " ".join(str(err).split())
     if isinstance(err, PermissionError):

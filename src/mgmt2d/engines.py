@@ -22,6 +22,7 @@ and runner) and its entry in :data:`ENGINES`.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import importlib
 import json
@@ -100,10 +101,48 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+CACHE_FIX = "pass --engine-cache DIR (a folder you can write) or set XDG_CACHE_HOME"
+
+
 def default_cache_dir() -> Path:
     """$XDG_CACHE_HOME/mgmt2d/engines (default ~/.cache/mgmt2d/engines): weights folders may be read-only."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except RuntimeError:   # no $HOME and no passwd entry (a container's throwaway uid)
+            raise BackendError(f"no home folder for the engine cache ($HOME is not set); {CACHE_FIX}") from None
     return Path(base) / "mgmt2d" / "engines"
+
+
+def _owner(path: Path) -> tuple[str, int | None]:
+    """(``PATH belongs to NAME (uid N), mode 0700``, uid) of ``path`` or of its nearest existing parent."""
+    import pwd
+    import stat
+
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    try:
+        info = path.stat()
+    except OSError:
+        return f"{path}: its owner cannot be read", None
+    try:
+        name = f"{pwd.getpwuid(info.st_uid).pw_name} (uid {info.st_uid})"
+    except KeyError:
+        name = f"uid {info.st_uid}"
+    return f"{path} belongs to {name}, mode {stat.S_IMODE(info.st_mode):04o}", info.st_uid
+
+
+def _cache_problem(cache_dir: Path, err: OSError) -> str:
+    """The one line for an engine cache this user cannot use: where and whose, and the fixes."""
+    where = Path(os.fsdecode(err.filename)) if err.filename else cache_dir
+    owner, uid = _owner(where)
+    share = ""
+    if uid is not None and uid != os.geteuid() and os.path.isdir(cache_dir):   # another user's cache
+        share = (", or, to share one cache, have its owner make it writable for a common group "
+                 f"(chmod -R g+rwXs {cache_dir}) and readable for all (chmod -R a+rX {cache_dir})")
+    return (f"the engine cache {cache_dir} cannot be used by this user (uid {os.geteuid()}): "
+            f"{err.strerror or err} on {where} ({owner}); {CACHE_FIX}{share}")
 
 
 def _file_digest(path: Path) -> str:
@@ -295,7 +334,15 @@ def resolve_backend(name: str, device: torch.device, threads: int | None = None,
         able = [e for e, cls in ENGINES.items() if precision in cls.precisions]
         raise BackendError(f"--engine-precision {precision} applies to --backend {' or '.join(able)} only; "
                            f"{name} runs in f32")
-    return BackendOptions(name, int(threads or available_cores()), Path(cache_dir or default_cache_dir()), precision)
+    if cache_dir is None:
+        try:
+            cache_dir = default_cache_dir()
+        except BackendError:
+            if name in ENGINES:
+                raise
+            cache_dir = None   # torch needs no cache
+    return BackendOptions(name, int(threads or available_cores()), None if cache_dir is None else Path(cache_dir),
+                          precision)
 
 
 def backend_from_args(args: argparse.Namespace, device: torch.device) -> BackendOptions:
@@ -333,9 +380,15 @@ def cache_key(fields: dict) -> str:
 
 
 def _entry_problem(folder: Path, fields: dict) -> str | None:
-    """Why a cache entry cannot be trusted (None when its manifest and files check out)."""
+    """Why a cache entry cannot be trusted (None when its manifest and files check out).
+
+    An entry this user may not read raises PermissionError: it is not broken, it is another
+    user's (see :func:`_cache_problem`).
+    """
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
+    except PermissionError:
+        raise
     except (OSError, ValueError) as err:
         return f"unreadable manifest ({type(err).__name__})"
     if not isinstance(manifest, dict) or manifest.get("key") != fields:
@@ -408,19 +461,24 @@ def make_backend(
               "precision": precision}
     cache_dir = Path(cache_dir or default_cache_dir())
     folder = cache_dir / f"{role}-{name}-{cache_key(fields)[:24]}"
-    status = "built"
-    if folder.exists():
-        problem = _entry_problem(folder, fields)
-        if problem is None:
-            backend = engine(module, example_shape, "loaded", folder, threads, precision)
-            problem = _probe(module, backend, role, batch=1)   # a cheap check at each start-up
+    try:
+        status = "built"
+        if folder.exists():
+            problem = _entry_problem(folder, fields)
             if problem is None:
-                log.info("%s %s: cached conversion %s", role, name, folder)
-                return backend
-        log.warning("engine cache %s not trusted (%s): converting again", folder, problem)
-        shutil.rmtree(folder, ignore_errors=True)
-        status = "rebuilt"
-    _build(engine, module, example_shape, fields, folder)
+                backend = engine(module, example_shape, "loaded", folder, threads, precision)
+                problem = _probe(module, backend, role, batch=1)   # a cheap check at each start-up
+                if problem is None:
+                    log.info("%s %s: cached conversion %s", role, name, folder)
+                    return backend
+            log.warning("engine cache %s not trusted (%s): converting again", folder, problem)
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.exists():   # another user's entry: not ours to remove
+                raise PermissionError(errno.EACCES, f"cannot remove an untrusted entry ({problem})", str(folder))
+            status = "rebuilt"
+        _build(engine, module, example_shape, fields, folder)
+    except PermissionError as err:
+        raise BackendError(_cache_problem(cache_dir, err)) from None
     backend = engine(module, example_shape, status, folder, threads, precision)
     problem = _probe(module, backend, role)
     if problem is not None:
@@ -432,8 +490,12 @@ def make_backend(
 
 def _build(engine: type[EngineBackend], module: nn.Module, shape: tuple, fields: dict, folder: Path) -> None:
     """Convert into a temp folder beside ``folder``, hash the files, rename into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp", dir=folder.parent))
+    except PermissionError as err:   # name the cache folder, not the temp name mkdtemp tried
+        raise PermissionError(err.errno, err.strerror, err.filename if "tmp" not in Path(
+            os.fsdecode(err.filename or "")).name else str(folder.parent)) from None
     try:
         log.info("converting the %s for %s (once per checkpoint; cached in %s)", fields["role"], engine.name,
                  folder.parent)
@@ -443,10 +505,22 @@ def _build(engine: type[EngineBackend], module: nn.Module, shape: tuple, fields:
         # The manifest is written inside the temp folder, which is renamed whole: no separate atomic write.
         (tmp / "manifest.json").write_text(json.dumps(
             {"key": fields, "files": {f: _file_digest(tmp / f) for f in engine.files}}, indent=1))
+        _readable_by_all(tmp)
         try:
             os.replace(tmp, folder)
         except OSError:   # another process put a valid entry there meanwhile: use theirs
             if _entry_problem(folder, fields) is not None:
                 raise
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):   # name the cache, not the temp folder
+            raise OSError(err.errno, err.strerror, str(folder)) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readable_by_all(folder: Path) -> None:
+    """An entry other users can load (mkdtemp makes 0700): folders 0755, files 0644, as every output."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)

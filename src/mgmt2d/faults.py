@@ -8,7 +8,8 @@ lookup. Points:
 
 * preparation and inference: ``atomic-write`` (inside every atomic write, temp written, not
   renamed), ``case-done`` (segmentation store, after a case's marker), ``patient-done``
-  (stage-2 preparation, after a patient's files), ``shard-done`` (after a shard's done
+  (stage-2 preparation, after a patient's files; inference, after a patient's result is kept
+  for ``--resume``), ``shard-done`` (after a shard's done
   record, before it assembles), ``merge`` (assembling: the index written, the final file not);
 * training: ``step`` (after an optimiser step), ``checkpoint`` (``last.pt``'s temp file
   written, not renamed), ``epoch-end`` (``last.pt`` in place, history not yet written).

@@ -33,6 +33,7 @@ from mgmt2d.data import series as series_io
 from mgmt2d.data.contract import OURS, add_contract_arguments, contract_overrides
 from mgmt2d.data.io import (
     check_writable,
+    disk_full_hint,
     library_versions,
     save_npy_atomic,
     write_csv_atomic,
@@ -456,9 +457,11 @@ def main(args: argparse.Namespace) -> int:
         from mgmt2d.data.skullstrip import BrainExtractor
 
         extractor = BrainExtractor(device)
-    frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
-        args.input, args.labels, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard,
-        args.merge, extractor))
+    with disk_full_hint("then run the same command again: the finished patients are kept and it continues with "
+                        "the rest"):
+        frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
+            args.input, args.labels, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard,
+            args.merge, extractor))
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
     if frame is None:
         print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "

@@ -146,9 +146,22 @@ def read_records(folder: str | Path, kind: str) -> dict[Shard, dict[str, Any]]:
     return out
 
 
-def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
-    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+def describe_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
+    """``key: old -> new`` for every differing key; nested dicts name the inner key (``contract.tta_zoom``)."""
+    parts = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            parts.append(describe_differences(a, b, f"{prefix}{k}."))
+        elif isinstance(a, list) and isinstance(b, list) and max(len(a), len(b)) > 8:   # patient lists: say where
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            first = f"{a[at] if at < len(a) else 'nothing'!r} -> {b[at] if at < len(b) else 'nothing'!r}"
+            parts.append(f"{prefix}{k}: {len(a)} -> {len(b)} items, first difference at item {at + 1}: {first}")
+        else:
+            parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return ", ".join(parts)
 
 
 def _roundtrip(obj: Any) -> Any:
@@ -289,12 +302,27 @@ def merge_lock(folder: str | Path, force: bool = False) -> Iterator[bool]:
     (an explicit ``--merge``) takes over any lock, since a merge writes every output atomically
     from finished shards and two merges write the same bytes.
     """
-    path = shards_dir(folder) / LOCK
+    with lock_file(shards_dir(folder) / LOCK, force) as holder:
+        yield holder is None
+
+
+@contextlib.contextmanager
+def lock_file(path: str | Path, force: bool = False) -> Iterator[dict[str, Any] | None]:
+    """Hold the lock ``path`` (exclusive create): yield None while this process holds it, else the
+    record of the live process that does (``host``, ``pid``, ``started``).
+
+    The lock holds its holder's record from the moment it exists (linked into place already
+    written; a link is atomic on NFS too) and is removed on release. A lock left by a killed
+    process on this host (its pid is gone) or unreadable is taken over; one of another host is
+    not (its process cannot be checked from here). ``force`` takes over any lock.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mine = {"host": socket.gethostname(), "pid": os.getpid()}
-    for _ in range(2):
-        # the lock is linked into place already written, so it is never seen empty; link is atomic on NFS too
-        tmp = path.with_name(f".{LOCK}.{socket.gethostname()}.{os.getpid()}.tmp")
+    host, pid = socket.gethostname(), os.getpid()
+    mine = {"host": host, "pid": pid, "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    holder: dict[str, Any] = {}
+    for _ in range(3):
+        tmp = path.with_name(f".{path.name}.{host}.{pid}.tmp")
         tmp.write_text(json.dumps(mine))
         try:
             os.link(tmp, path)
@@ -305,7 +333,7 @@ def merge_lock(folder: str | Path, force: bool = False) -> Iterator[bool]:
             tmp.unlink(missing_ok=True)
         if taken:
             try:
-                yield True
+                yield None
             finally:
                 path.unlink(missing_ok=True)
             return
@@ -315,13 +343,15 @@ def merge_lock(folder: str | Path, force: bool = False) -> Iterator[bool]:
             continue   # released meanwhile: try again
         except (OSError, json.JSONDecodeError):
             holder = {}
-        stale = holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or holder["pid"] < 1:
+            holder = {}   # not a record of ours: unreadable
+        stale = bool(holder) and holder.get("host") == host and not _pid_alive(holder["pid"])
         if force or stale or not holder:
             path.unlink(missing_ok=True)
             continue
-        yield False
+        yield holder
         return
-    yield False
+    yield holder
 
 
 def clean_stale_temps(folder: str | Path, names: Sequence[str]) -> None:

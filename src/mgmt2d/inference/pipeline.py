@@ -91,6 +91,7 @@ class PatientResult:
     prob: float                                 # the submission's MGMT_value
     fallback: bool                              # no usable slice in any type: prob is FALLBACK
     series: list[SeriesResult]
+    detail: list[dict] = field(default_factory=list)   # the patient's rows of the per-type table (DETAIL_COLUMNS)
     note: str = ""                              # skull stripping done, or a warning that the series look unstripped
 
 
@@ -107,6 +108,7 @@ class PredictOptions:
     workers: int = 1                             # DICOM reading threads (overlap model work)
     amp: bool = True                             # fp16 classifier on CUDA, as the published inference
     keep_dir: Path | None = None                 # save each series' stacked slices here
+    keep_masks: bool = True                      # with on_patient: keep every series' masks for it (the report)
 
 
 # --------------------------------------------------------------------------- the models
@@ -287,7 +289,8 @@ def predict(
     o = options or PredictOptions()
     timer = timer or Timer()
     c, device = predictor.contract, predictor.device
-    opts = StackOptions(contract=c, seg_batch_size=o.seg_batch_size, keep_masks=on_patient is not None)
+    opts = StackOptions(contract=c, seg_batch_size=o.seg_batch_size,
+                        keep_masks=on_patient is not None and o.keep_masks)
     types = [t for t in o.mri_types if t in predictor.classifiers]
     plan = {p: series_io.patient_series(input_dir, p, types, c.input_format) for p in patients}
     reader = series_io.read_many([path for p in patients for _, path in plan[p]], c, o.workers)
@@ -295,6 +298,7 @@ def predict(
     rows, detail = [], []
     for patient in tqdm(patients, desc="inference", unit="patient"):
         t0 = time.perf_counter()
+        first_detail = len(detail)
         read: dict[str, tuple[np.ndarray, SeriesMeta]] = {}
         seen: list[SeriesResult] = []   # for on_patient
         for mri_type, _path in plan[patient]:
@@ -344,7 +348,8 @@ def predict(
             log.warning("patient %s has no usable slice in any MRI type: MGMT_value %.1f", patient, FALLBACK)
             rows.append({"BraTS21ID": patient, "MGMT_value": FALLBACK})
         if on_patient is not None:
-            on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen, prepared.note))
+            on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen,
+                                     detail[first_detail:], prepared.note))
     return pd.DataFrame(rows, columns=["BraTS21ID", "MGMT_value"]), pd.DataFrame(detail, columns=DETAIL_COLUMNS)
 
 

@@ -1,26 +1,40 @@
 """inference_on_test.py: DICOM test patients -> submission CSV (the command line of
 :mod:`mgmt2d.inference.pipeline`, which holds the models and the per-patient work).
 
-Writes the submission, its ``_per_type.csv`` and ``_config.json``; ``--report-dir`` adds the
-per-patient report, ``--shard I/N`` / ``--merge`` split the patients (:mod:`mgmt2d.inference.partial`).
+Writes the submission, its ``_per_type.csv`` and ``_config.json`` as one commit, holding
+``<output>.lock`` for the run; each finished patient is kept in ``<output stem>.partial/`` until
+then, so ``--resume`` continues a killed run. ``--report-dir`` adds the per-patient report,
+``--shard I/N`` / ``--merge`` split the patients (all in :mod:`mgmt2d.inference.partial`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from mgmt2d.data import series as series_io
 from mgmt2d.data import shards, task2
-from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
+from mgmt2d.data.io import as_disk_full, check_writable, is_disk_full
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import autocast_name, resolve_device
-from mgmt2d.engines import backend_from_args
+from mgmt2d.engines import BackendOptions, backend_from_args
+from mgmt2d.faults import fault_point
 from mgmt2d.inference import partial, report
-from mgmt2d.inference.pipeline import Predictor, Timer, add_predictor_arguments, input_folder, options_from_args
+from mgmt2d.inference.pipeline import (
+    DETAIL_COLUMNS,
+    PatientResult,
+    Predictor,
+    Timer,
+    add_predictor_arguments,
+    input_folder,
+    options_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +76,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-intermediate", action="store_true", help="save stacked slices in TEMP_DATA_DIR")
     parser.add_argument("--report-dir", type=Path,
                         help="also write the per-patient report (python -m mgmt2d report) of every patient here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing submission file (and reports)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing submission file (and reports); discard an unfinished run's "
+                             "patients (with --resume: keep them and replace the submission)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a run on this --output that was killed or stopped (its finished patients "
+                             "are kept in <output stem>.partial/); refused when the models or options differ")
     shards.add_shard_arguments(parser, "test patients")   # sharded inference: mgmt2d.inference.partial
 
 
@@ -73,48 +92,132 @@ def main(args: argparse.Namespace) -> int:
     sample = args.sample_submission or input_dir.parent / "sample_submission.csv"
     if args.sample_submission and not sample.is_file():
         raise SettingsError(f"--sample-submission {sample} not found")
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
+    shard = shards.shard_of(args, overwrite_clears=False)
+    if args.resume and (shard is not None or args.merge):
+        raise SettingsError("--resume continues an unsharded run; a killed shard is run again with the same "
+                            "--shard I/N (its part is written when it finishes)")
+    _refuse_existing(output, args.overwrite)
     patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, args.input_format)
     check_writable(output.parent, "submission")
-    # --- sharded inference (mgmt2d.inference.partial): --merge assembles, --shard I/N predicts a part
-    shard = shards.shard_of(args, overwrite_clears=False)
-    if args.merge:
-        print(partial.merge(output))
+    if args.merge:   # sharded inference (mgmt2d.inference.partial): assemble the finished shards
+        print(partial.merge(output, args.overwrite))
         return 0
-    all_patients, all_spelled = patients, spelled
     if shard is not None:
-        patients, spelled = partial.select(shard, patients, spelled)
-    # --- end sharded inference
-    keep_dir = (
-        check_writable(settings["TEMP_DATA_DIR"] / "inference", "intermediate slices")
-        if args.keep_intermediate
-        else None
-    )
+        return _run_shard(args, settings, input_dir, output, shard, patients, spelled)
+    with contextlib.ExitStack() as held:   # this run alone writes the output (and the report folder)
+        held.enter_context(partial.output_lock(output))
+        _refuse_existing(output, args.overwrite)
+        partial.check_leftover(output, args.resume, args.overwrite)
+        if args.report_dir is not None:
+            check_writable(args.report_dir, "report")
+            held.enter_context(report.report_lock(args.report_dir))
+        return _run(args, settings, input_dir, output, patients, spelled)
+
+
+def _refuse_existing(output: Path, overwrite: bool) -> None:
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
+
+
+def _load(args: argparse.Namespace, settings) -> tuple[Predictor, dict, BackendOptions, torch.device]:
+    """The models, what they and the options make (compared between shards and on --resume), the backend."""
     device = resolve_device(args.device)
     backend = backend_from_args(args, device)
     models, layout = Predictor.from_args(args, settings, device, backend)
-    on_patient = None
-    if args.report_dir is not None:   # the report of every patient, from the results computed here
-        on_patient = report.writer(args.report_dir, models, args, patients)
     compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
                 "weights": models.files, "contract": models.contract.record(),
                 "classifier_autocast": autocast_name(device, args.amp),
                 "segmenter_autocast": autocast_name(device, False)}
-    if shard is not None:   # sharded inference: every shard must predict with the same models and contract
-        shard_params = {"patients": all_patients, "spelled": all_spelled, "config": compared}
-        partial.start_shard(output, shard, shard_params, {**vars(args), "input": input_dir, "output": output},
-                            patients)
+    return models, compared, backend, device
+
+
+def _keep_dir(args: argparse.Namespace, settings) -> Path | None:
+    if not args.keep_intermediate:
+        return None
+    return check_writable(settings["TEMP_DATA_DIR"] / "inference", "intermediate slices")
+
+
+def _run_shard(args: argparse.Namespace, settings, input_dir: Path, output: Path, shard: shards.Shard,
+               all_patients: list[str], all_spelled: list[str]) -> int:
+    """Sharded inference (:mod:`mgmt2d.inference.partial`): predict this shard's part, assemble when last."""
+    patients, spelled = partial.select(shard, all_patients, all_spelled)
+    keep_dir = _keep_dir(args, settings)
+    models, compared, backend, _device = _load(args, settings)
+    on_patient = None
+    if args.report_dir is not None:   # the report of every patient, from the results computed here
+        on_patient = report.writer(args.report_dir, models, args, patients)
+    shard_params = {"patients": all_patients, "spelled": all_spelled, "config": compared}
+    partial.start_shard(output, shard, shard_params, {**vars(args), "input": input_dir, "output": output}, patients)
     timer = Timer()
-    sub, detail = models.predict(patients, input_dir, options_from_args(args, keep_dir), on_patient, timer)
+    options = replace(options_from_args(args, keep_dir), keep_masks=on_patient is not None)
+    sub, detail = models.predict(patients, input_dir, options, on_patient, timer)
     sub["BraTS21ID"] = spelled
-    if shard is not None:
-        print(partial.finish_shard(output, shard, shard_params, sub, detail, timer.seconds))
-        return 0
-    write_csv_atomic(output, sub)
-    write_csv_atomic(output.with_name(output.stem + "_per_type.csv"), detail)
-    write_run_config(output.parent, output.stem + "_config.json",
-                     {**vars(args), "input": input_dir, "output": output, **compared, **backend.to_dict(),
-                      "seconds": timer.seconds})
-    print(f"{len(sub)} patients -> {output} (per-type detail: {output.with_name(output.stem + '_per_type.csv')})")
+    print(partial.finish_shard(output, shard, shard_params, sub, detail, timer.seconds, args.overwrite))
+    return 0
+
+
+def _resume_params(args: argparse.Namespace, compared: dict, backend: BackendOptions, device: torch.device,
+                   input_dir: Path, patients: list[str], spelled: list[str]) -> dict:
+    """Everything that changes the submission's bytes: a --resume must match the killed run in all of it."""
+    def stat(path: str) -> list[int]:
+        info = Path(path).stat()
+        return [info.st_size, info.st_mtime_ns]
+
+    return {**compared, "weights_files": {f: stat(f) for files in compared["weights"].values() for f in files},
+            "patients": patients, "spelled": spelled, "input": str(input_dir.resolve()), "device": str(device),
+            "backend": backend.name, "threads": backend.threads, "engine_precision": backend.precision,
+            "batch_size": args.batch_size, "seg_batch_size": args.seg_batch_size,
+            "report_dir": str(args.report_dir.resolve()) if args.report_dir is not None else None}
+
+
+def _run(args: argparse.Namespace, settings, input_dir: Path, output: Path, patients: list[str],
+         spelled: list[str]) -> int:
+    """One unsharded run, holding the output: predict the patients not yet finished (each kept in
+    ``<stem>.partial/`` as it finishes), then commit the submission with its sidecars."""
+    keep_dir = _keep_dir(args, settings)
+    models, compared, backend, device = _load(args, settings)
+    store = partial.open_store(output, _resume_params(args, compared, backend, device, input_dir, patients, spelled),
+                               args.resume, args.overwrite)
+    finished = set(store.finished(patients))
+    if args.report_dir is not None:   # a finished patient whose report is gone is computed again
+        finished = {p for p in finished if report.is_complete(args.report_dir, p)}
+    todo = [p for p in patients if p not in finished]
+    if finished:
+        print(f"--resume: {len(finished)} of {len(patients)} patients already finished in {store.folder}; "
+              f"predicting {len(todo)}")
+    spelling = dict(zip(patients, spelled))
+    write_report = None
+    if args.report_dir is not None:   # the report of every patient, from the results computed here
+        write_report = report.writer(args.report_dir, models, args, todo, overwrite=args.overwrite or args.resume)
+
+    def keep(result: PatientResult) -> None:
+        """The report first, then the patient's result (the mark a --resume trusts), then the fault point."""
+        if write_report is not None:
+            try:
+                write_report(result)
+            except OSError as err:
+                if is_disk_full(err):
+                    raise as_disk_full(err, args.report_dir) from None
+                raise
+        store.save(result.patient, spelling[result.patient], result.prob, result.detail)
+        fault_point("patient-done")
+
+    timer = Timer()
+    options = replace(options_from_args(args, keep_dir), keep_masks=write_report is not None)
+    try:
+        models.predict(todo, input_dir, options, keep, timer)
+        sub, detail = store.load(patients, DETAIL_COLUMNS)
+        config = {**vars(args), "input": input_dir, "output": output, **compared, **backend.to_dict(),
+                  "seconds": timer.seconds, "resumed_patients": len(finished)}
+        partial.commit(output, sub, detail, config, args.overwrite,
+                       kept=f"this run's patients are kept in {store.folder}: run again with --resume --overwrite "
+                            "to replace it")
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        done = len(store.finished(patients))
+        raise as_disk_full(err, hint=f"then run the same command with --resume: the {done} of {len(patients)} "
+                                     f"finished patients kept in {store.folder} are not computed again") from None
+    store.remove()
+    print(f"{len(sub)} patients -> {output} (per-type detail: {partial.detail_path(output)})")
     return 0

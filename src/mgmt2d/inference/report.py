@@ -28,12 +28,13 @@ into place; an existing one is replaced only with ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ import numpy as np
 
 from mgmt2d import overlay
 from mgmt2d.classification.chunks import chunk_index
-from mgmt2d.data import nifti, task2
+from mgmt2d.data import nifti, shards, task2
 from mgmt2d.data import series as series_io
 from mgmt2d.data.io import check_writable, write_run_config
 from mgmt2d.data.nifti_series import output_grid
@@ -88,12 +89,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def writer(out: Path, models: pipeline.Predictor, args: argparse.Namespace,
-           patients: list[str]) -> Callable[[pipeline.PatientResult], None]:
+           patients: list[str], overwrite: bool | None = None) -> Callable[[pipeline.PatientResult], None]:
     """The ``on_patient`` hook writing each patient's report under ``out``; checks up front that
-    no existing report would be replaced without ``--overwrite``."""
+    no existing report would be replaced without ``--overwrite`` (``overwrite``, default
+    ``args.overwrite``: inference's ``--resume`` replaces the reports of the patients it redoes)
+    and removes the temp folders a killed writer left for these patients."""
     out = Path(out)
-    check_reports(out, patients, bool(getattr(args, "overwrite", False)))
+    check_reports(out, patients, bool(getattr(args, "overwrite", False) if overwrite is None else overwrite))
     check_writable(out, "report")
+    clean_stale_temps(out, patients)
     top = int(getattr(args, "top_frames", 3))
     config = {**vars(args), "report_dir": out, "contract": models.contract.record(), "weights": models.files}
     weights = dicom_seg.weights_sha256(sorted({f for files in models.files.values() for f in files}))   # once
@@ -102,6 +106,30 @@ def writer(out: Path, models: pipeline.Predictor, args: argparse.Namespace,
         write_report(out, result, models, config, top, weights)
 
     return write
+
+
+def is_complete(out: Path, patient: str) -> bool:
+    """A patient's report is complete once its folder is in place (written whole, then renamed)."""
+    return (Path(out) / patient / INDEX).is_file()
+
+
+def clean_stale_temps(out: Path, patients: list[str]) -> None:
+    """Remove the temp folders (see :func:`write_report`) a killed run left for ``patients``."""
+    for patient in patients:
+        for stale in Path(out).glob(f".{patient}.tmp*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def report_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` while a run writes reports there: a second run on the same folder is refused
+    (naming the first), so it neither mixes its reports in nor removes the first's temp folders."""
+    lock = Path(out) / ".lock"
+    with shards.lock_file(lock) as holder:
+        if holder is not None:
+            raise FileExistsError(f"{out} is being written by another run (pid {holder.get('pid')} on host "
+                                  f"{holder.get('host')}; lock {lock}); wait for it or choose another --report-dir")
+        yield
 
 
 def check_reports(out: Path, patients: list[str], overwrite: bool) -> None:

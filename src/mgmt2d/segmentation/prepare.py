@@ -38,6 +38,7 @@ from mgmt2d.data.brats import (
 from mgmt2d.data.intensity import minmax_uint8
 from mgmt2d.data.io import (
     check_writable,
+    disk_full_hint,
     library_versions,
     save_npy_atomic,
     write_csv_atomic,
@@ -647,8 +648,9 @@ def main(args: argparse.Namespace) -> int:
     task1 = settings.existing("TASK1_DIR")
     if args.workers < 1:
         raise SegDataError(f"--workers must be at least 1 (got {args.workers})")
-    summary = prepare(task1, settings["SEGMENT_DATA_DIR"], params, RunOptions(
-        settings["DICOM_DATA_DIR"], args.workers, args.overwrite, not args.no_progress, shards.shard_of(args),
-        args.merge))
+    with disk_full_hint("then run the same command again: the finished cases are kept and it continues with the rest"):
+        summary = prepare(task1, settings["SEGMENT_DATA_DIR"], params, RunOptions(
+            settings["DICOM_DATA_DIR"], args.workers, args.overwrite, not args.no_progress, shards.shard_of(args),
+            args.merge))
     print(summary.report())
     return 0
