@@ -207,6 +207,14 @@ def test_flags_over_existing_runs(full: Path, tmp_path: Path, capsys: pytest.Cap
     # --overwrite: every fold afresh, the same file (deterministic on CPU)
     assert train(settings, "--overwrite") == 0
     assert oof_bytes(settings) == oof_bytes(full)
+    # folds changed after training (index.csv and the folds file alike): continuing or keeping a run refused
+    for path, column in ((tmp_path / "cls/train/index.csv", "patient"), (tmp_path / "folds.csv", "BraTS21ID")):
+        table = pd.read_csv(path, dtype={column: str}, keep_default_na=False)
+        table.loc[table[column] == "00001", "fold"] = 1
+        table.to_csv(path, index=False)
+    assert train(settings, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "fold0/last.pt holds out other patients than fold 0" in err and "--overwrite" in err
     # nothing started: --resume has nothing to continue
     empty = cv_split(tmp_path / "empty")
     assert train(empty, "--resume") == 2

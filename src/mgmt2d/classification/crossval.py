@@ -17,8 +17,9 @@ flags           no ``last.pt``  ``last.pt``, unfinished  finished
 =============== ============== ======================== =========
 
 so a killed command continues with the same command plus ``--resume``. ``--resume`` when none of the
-command's runs has a ``last.pt`` is refused (as for one run: nothing to continue, a wrong folder?).
-One run (one type, one fold) keeps the trainer's own rules.
+command's runs has a ``last.pt`` is refused (as for one run: nothing to continue, a wrong folder?),
+and so is a run to continue or keep that holds out other patients than its fold holds now
+(:func:`check_held_out`). One run (one type, one fold) keeps the trainer's own rules.
 
 Out-of-fold predictions
 -----------------------
@@ -33,9 +34,11 @@ its SHA-256, best epoch and held-out patients, the patients of the folds file wi
 
 Why ``best.pt`` is re-scored rather than ``val_patients.csv`` copied: that file is written by the
 epoch-end hook *after* the epoch's checkpoints, so a run killed in between (or resumed past it)
-keeps an older epoch's scores, and nothing in it says which epoch it holds. Re-scoring costs one
-validation pass per fold and holds by construction; on the training device it gives the
-``val_patients.csv`` of an uninterrupted run (the tests compare them).
+keeps an older epoch's scores, and nothing in it says which epoch it holds; and under torchrun, a
+backbone with BatchNorm validates each process's share with that process's own running statistics,
+not the saved ones (rank 0's). Re-scoring costs one validation pass per fold and holds by
+construction; on the training device it gives the ``val_patients.csv`` of an uninterrupted
+single-process run (the tests compare them).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mgmt2d.classification.dataset import ChunkDataset, split_by_fold
+from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification.model import build_classifier
 from mgmt2d.classification.prepare import read_fold_table
 from mgmt2d.data.io import file_sha256, write_csv_atomic, write_run_config
@@ -116,11 +119,13 @@ def check_index_folds(index: pd.DataFrame, kfold: Mapping[str, int], folds_path:
 
 @dataclass(frozen=True)
 class RunState:
-    """Where a run folder stands: ``status`` (not started, unfinished, finished), epochs done of asked."""
+    """Where a run folder stands: ``status`` (not started, unfinished, finished), epochs done of asked,
+    and the patients the run holds out (its recorded ``val_patients``)."""
 
     status: str
     epoch: int = 0
     epochs: int = 0
+    held_out: tuple[str, ...] = ()
 
     def describe(self) -> str:
         return self.status if self.status == NOT_STARTED else f"{self.status}, epoch {self.epoch} of {self.epochs}"
@@ -136,11 +141,12 @@ def run_state(run_dir: Path, epochs: int | None = None) -> RunState:
     if not last.is_file():
         return RunState(NOT_STARTED)
     ckpt = load_checkpoint(last, mmap=True)
-    total = int(epochs if epochs is not None else checkpoint_config(ckpt).get("epochs", 0))
+    config = checkpoint_config(ckpt)
+    total = int(epochs if epochs is not None else config.get("epochs", 0))
     done = int(ckpt.get("epoch", 0))
     stopped = bool((ckpt.get("early_stopping") or {}).get("stopped"))
     finished = not ckpt.get("position") and (stopped or done >= total)
-    return RunState(FINISHED if finished else UNFINISHED, done, total)
+    return RunState(FINISHED if finished else UNFINISHED, done, total, tuple(config.get("val_patients") or ()))
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,20 @@ def check_plan(runs: Sequence[Run], resume: bool, overwrite: bool, outputs: Sequ
         raise CrossValError(f"{named[0]}{more} already exist{'s' if len(named) == 1 else ''} from an earlier run; "
                             "pass --resume to continue this command (finished runs are kept) or --overwrite to "
                             "start it afresh")
+
+
+def check_held_out(runs: Sequence[Run], data_dir: Path) -> None:
+    """Refuse to continue or keep a run that held out other patients than its fold holds now in
+    ``data_dir``'s index.csv: resumed, it would train on patients it validated on before (and the
+    out-of-fold file would score patients its model saw)."""
+    for r in runs:
+        if r.action == TRAIN:
+            continue
+        _, held_out = split_by_fold(load_index(data_dir, r.mri_type), r.fold)
+        if tuple(sorted(held_out.patient.unique())) != r.state.held_out:
+            raise CrossValError(
+                f"{r.out_dir / LAST} holds out other patients than fold {r.fold} of {Path(data_dir) / 'index.csv'} "
+                "now: the folds changed after it was trained; train this command afresh with --overwrite")
 
 
 def log_plan(runs: Sequence[Run]) -> None:
@@ -300,10 +320,11 @@ def out_of_fold(type_dir: Path, index: pd.DataFrame, data_dir: Path, folds_path:
         "folds_file": str(folds_path), "folds_file_sha256": file_sha256(folds_path), "folds": folds,
         "data_dir": str(data_dir), "index_sha256": file_sha256(data_dir / "index.csv"),
         "checkpoints": checkpoints, "patients": len(oof),
-        "not_scored": {"reason": "in the folds file, no usable prepared series of this type", "patients": not_scored},
+        "not_scored": {"reason": "in the folds file, without a usable prepared series of this type (none kept, or "
+                              "not prepared, e.g. excluded)", "patients": not_scored},
         "scored_on": {"device": str(options.device), "autocast": autocast_name(options.device, options.amp)},
     }
-    if not_scored:
+    if not_scored and options.ctx.is_main:
         log.warning("%s: %d patient(s) of %s have no usable series of this type and are not in %s: %s",
                     type_dir.name, len(not_scored), folds_path, target, ", ".join(not_scored[:5]))
     return OutOfFold(oof, record)
@@ -337,7 +358,7 @@ def combine_types(per_type: Mapping[str, OutOfFold], files: Mapping[str, Path],
         "folds_file": str(folds_path), "folds_file_sha256": file_sha256(folds_path),
         "folds": sorted(set(kfold.values())),
         "patients": len(table),
-        "not_scored": {"reason": "in the folds file, no usable prepared series of any type",
+        "not_scored": {"reason": "in the folds file, without a usable prepared series of any type",
                        "patients": sorted(set(kfold) - set(table.BraTS21ID))},
     }
     return OutOfFold(table, record), rows

@@ -126,6 +126,7 @@ def main(args: argparse.Namespace) -> int:
             folds = sorted(set(kfold.values()))
         runs = crossval.plan_runs(model_dir, types, folds, args.epochs, args.resume)
         crossval.check_plan(runs, args.resume, args.overwrite, outputs)
+        crossval.check_held_out(runs, settings.existing("CLASSIFICATION_DATA_DIR") / "train")
         crossval.log_plan(runs)
         todo = [(r.mri_type, r.fold, r.action == crossval.RESUME) for r in runs if r.action != crossval.SKIP]
     ctx, device = distributed.init_distributed(args.device)
