@@ -134,6 +134,44 @@ def test_stage2_prepared_data_folds_and_resume(demo: Path):
     assert not set(config["train_patients"]) & set(config["val_patients"])
 
 
+def test_fold_all_on_the_demo_data_scores_every_training_patient_once(demo: Path, tmp_path: Path):
+    """train_classification.py --fold all on the demo's prepared stage-2 data (a small timm backbone, 1 epoch),
+    then python -m mgmt2d evaluate on its out-of-fold file: every training patient once, in its KFOLD_PATH fold,
+    scored by that fold's model (its validation pass of the best epoch). Pooled, as the demo trains: with 8
+    training patients in 5 folds, some fold has no patient with a usable series of a given type."""
+    raw = json.loads((demo / "SETTINGS.json").read_text())
+    paths = {k: str((demo / v).resolve()) for k, v in raw.items()}
+    paths["CLASSIFICATION_MODEL_DIR"] = str(tmp_path / "models")
+    (tmp_path / "SETTINGS.json").write_text(json.dumps(paths))
+    run(["train_classification.py", "--settings", str(tmp_path / "SETTINGS.json"), "--device", "cpu", "--pretrained",
+         "none", "--workers", "0", "--backbone", "test_resnet", "--image-size", "16", "--seq-len", "4", "--stride",
+         "4", "--lstm-hidden", "4", "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "2", "--mri-type",
+         "pooled", "--fold", "all"], tmp_path)
+    settings = load_settings(tmp_path / "SETTINGS.json")
+    folds = pd.read_csv(settings["KFOLD_PATH"], dtype={"BraTS21ID": str}).set_index("BraTS21ID").fold
+    index = pd.read_csv(settings["CLASSIFICATION_DATA_DIR"] / "train/index.csv", dtype={"patient": str},
+                        keep_default_na=False)
+    scored = sorted(index[index.kept > 0].patient.unique())
+    models = tmp_path / "models" / "pooled"
+    oof = pd.read_csv(models / "oof_predictions.csv", dtype={"BraTS21ID": str})
+    assert oof.BraTS21ID.tolist() == scored                       # each once
+    assert oof.fold.tolist() == [folds[p] for p in scored]
+    record = json.loads((models / "oof_predictions_config.json").read_text())["config"]
+    assert record["folds"] == sorted(folds.unique()) and len(record["folds"]) == 5
+    assert sorted(record["not_scored"]["patients"]) == sorted(set(folds.index) - set(scored))
+    for fold in record["folds"]:
+        mine = oof[oof.fold == fold]
+        assert record["checkpoints"][str(fold)]["held_out"] == mine.BraTS21ID.tolist()
+        val = pd.read_csv(models / f"fold{fold}" / "val_patients.csv", dtype={"patient_id": str})
+        assert val.patient_id.tolist() == mine.BraTS21ID.tolist()
+        np.testing.assert_allclose(val.prob, mine.MGMT_value, rtol=0, atol=1e-6)
+    proc = run(["-m", "mgmt2d", "evaluate", "--predictions", str(models / "oof_predictions.csv"), "--labels",
+                str(settings["DICOM_DATA_DIR"] / "train_labels.csv"), "--out", str(tmp_path / "eval")], tmp_path)
+    assert "AUC" in proc.stdout
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())
+    assert metrics["patients"]["scored"] == scored
+
+
 def _blank_series(folder: Path) -> None:
     for f in folder.glob("*.dcm"):
         ds = pydicom.dcmread(f)

@@ -80,12 +80,27 @@ def make_folds(labels: dict[str, int], n_folds: int = N_FOLDS, seed: int = 42) -
 
 
 def read_fold_table(path: Path) -> pd.DataFrame:
-    """A folds CSV (BraTS21ID,MGMT_value,fold) with IDs as 5-digit strings (the published file has 0, 2, 3...)."""
-    frame = pd.read_csv(path, dtype={"BraTS21ID": str})
+    """A folds CSV (BraTS21ID,MGMT_value,fold) with IDs as 5-digit strings (the published file has 0, 2, 3...).
+
+    Each patient in exactly one fold: a patient listed twice (in two folds, or twice in one) or
+    without a fold (empty, negative or not a whole number) is refused, naming the file.
+    """
+    frame = pd.read_csv(path, dtype={"BraTS21ID": str, "fold": str}, keep_default_na=False)
     if not {"BraTS21ID", "fold"} <= set(frame.columns):
         raise SettingsError(f"{path} must have columns BraTS21ID,MGMT_value,fold; delete it to regenerate")
     frame["BraTS21ID"] = frame["BraTS21ID"].map(task2.format_id)
-    frame["fold"] = frame["fold"].astype(int)
+    folds = frame["fold"].str.strip()
+    whole = folds.str.fullmatch(r"\d+")
+    if not whole.all():
+        pid, value = frame["BraTS21ID"][~whole].iloc[0], folds[~whole].iloc[0]
+        raise SettingsError(f"{path}: patient {pid} is in no fold (fold {value!r}; folds are whole numbers 0, 1, ...); "
+                            "give every patient one fold")
+    frame["fold"] = folds.astype(int)
+    twice = frame.loc[frame["BraTS21ID"].duplicated(keep=False)].groupby("BraTS21ID")["fold"].agg(list)
+    if len(twice):
+        pid, where = next(iter(twice.items()))
+        raise SettingsError(f"{path}: patient {pid} is listed {len(where)} times (folds {', '.join(map(str, where))}); "
+                            f"give every patient one row, in one fold")
     return frame
 
 

@@ -4,6 +4,9 @@ Writes CLASSIFICATION_MODEL_DIR/<type>/fold<k>/ (best.pt, last.pt, history.csv, 
 train_config.json, val_patients.csv with the best epoch's patient scores). ``--mri-type all``
 trains the four per-type models one after the other (the published meaning); ``pooled`` trains
 one model on the series of every type (ours) into CLASSIFICATION_MODEL_DIR/pooled/.
+``--fold all`` trains every fold of KFOLD_PATH in turn and writes the out-of-fold predictions
+beside the fold folders (:mod:`mgmt2d.classification.crossval`, which also says what ``--resume``
+and ``--overwrite`` do to a command of several runs).
 Under ``torchrun`` every process trains a share of each global batch (README: several GPUs).
 """
 
@@ -19,11 +22,12 @@ import numpy as np
 import torch
 
 from mgmt2d import overlay
+from mgmt2d.classification import crossval
 from mgmt2d.classification.dataset import ChunkDataset, load_index, split_by_fold
 from mgmt2d.classification.model import DEFAULT_BACKBONE, build_classifier
 from mgmt2d.data.contract import InputContract
 from mgmt2d.data.io import write_csv_atomic
-from mgmt2d.data.settings import add_settings_argument, load_settings
+from mgmt2d.data.settings import Settings, add_settings_argument, load_settings
 from mgmt2d.data.task2 import MRI_TYPES, POOLED
 from mgmt2d.device import add_device_argument
 from mgmt2d.pretrained import add_pretrained_argument, resolve_pretrained
@@ -52,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "must be in PRETRAINED_DIR (download_models.py --backbone NAME)")
     parser.add_argument("--batch-size", type=int, default=4,
                         help="GLOBAL batch per optimiser step, over all torchrun processes and --accumulate steps")
-    parser.add_argument("--fold", type=int, default=0, help="validation fold (KFOLD_PATH)")
+    parser.add_argument("--fold", type=fold_argument, default=0,
+                        help=f"validation fold (KFOLD_PATH); '{ALL}': every fold of KFOLD_PATH in turn, then the "
+                             f"out-of-fold predictions ({crossval.OOF_CSV}) beside the fold folders")
     parser.add_argument("--workers", type=int, default=2, help="data loader workers")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="disable train augmentation")
     add_pretrained_argument(parser, "--backbone's")
@@ -89,18 +95,78 @@ def validation_preview(val_ds: ChunkDataset, max_frames: int = 12):
     return preview
 
 
+def fold_argument(text: str) -> int | str:
+    """``--fold``: a fold number, or ``all``."""
+    if text == ALL:
+        return ALL
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a fold number (0, 1, ...) or '{ALL}', got {text!r}")
+    return int(text)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Train the model(s) of ``--mri-type``; ``all`` runs :func:`train_one` for each type."""
+    """Train the runs of ``--mri-type`` x ``--fold`` (type after type, fold after fold) with
+    :func:`train_one`; with ``--fold all``, then each type's out-of-fold predictions (and, for
+    several types, their combination)."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the runs and --overwrite starts them afresh: pass one of them")
     types = list(MRI_TYPES) if args.mri_type == ALL else [args.mri_type]
+    settings = load_settings(args.settings)
+    model_dir = settings["CLASSIFICATION_MODEL_DIR"]
+    cross = args.fold == ALL
+    outputs = crossval.outputs(model_dir, types) if cross else []
+    todo = [(args.mri_type, args.fold, args.resume)]   # (type, fold, resume): one run keeps the trainer's rules
+    if cross or len(types) > 1:   # several runs: one plan for all of them, checked before the first epoch
+        folds = [args.fold]
+        if cross:
+            folds_path = settings.existing("KFOLD_PATH")
+            kfold = crossval.kfold_table(folds_path)
+            data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
+            crossval.check_index_folds(load_index(data_dir, POOLED), kfold, folds_path, data_dir / "index.csv")
+            folds = sorted(set(kfold.values()))
+        runs = crossval.plan_runs(model_dir, types, folds, args.epochs, args.resume)
+        crossval.check_plan(runs, args.resume, args.overwrite, outputs)
+        crossval.check_held_out(runs, settings.existing("CLASSIFICATION_DATA_DIR") / "train")
+        crossval.log_plan(runs)
+        todo = [(r.mri_type, r.fold, r.action == crossval.RESUME) for r in runs if r.action != crossval.SKIP]
     ctx, device = distributed.init_distributed(args.device)
     try:
-        for mri_type in types:
-            if len(types) > 1:
-                log.info("--mri-type all: training %s (%d of %d)", mri_type, types.index(mri_type) + 1, len(types))
-            train_one(argparse.Namespace(**{**vars(args), "mri_type": mri_type}), ctx, device)
+        if args.overwrite and ctx.is_main:   # earlier out-of-fold files would describe other checkpoints
+            for path in outputs:
+                path.unlink(missing_ok=True)
+        for i, (mri_type, fold, resume) in enumerate(todo, 1):
+            if len(todo) > 1:
+                log.info("training %s fold %d (run %d of %d)", mri_type, fold, i, len(todo))
+            train_one(argparse.Namespace(**{**vars(args), "mri_type": mri_type, "fold": fold, "resume": resume}),
+                      ctx, device)
+        if cross:
+            write_oof(args, settings, types, ctx, device)
     finally:
         distributed.shutdown()
     return 0
+
+
+def write_oof(args: argparse.Namespace, settings: Settings, types: list[str], ctx: distributed.DistContext,
+              device: torch.device) -> None:
+    """Each type's oof_predictions.csv from its folds' best.pt; with several types also their per-patient mean."""
+    model_dir = settings["CLASSIFICATION_MODEL_DIR"]
+    data_dir = settings.existing("CLASSIFICATION_DATA_DIR") / "train"
+    folds_path = settings.existing("KFOLD_PATH")
+    options = crossval.ScoreOptions(device, args.amp, args.workers, args.progress, ctx)
+    results, files = {}, {}
+    for mri_type in types:
+        results[mri_type] = crossval.out_of_fold(model_dir / mri_type, load_index(data_dir, mri_type), data_dir,
+                                                 folds_path, options)
+        files[mri_type] = model_dir / mri_type / crossval.OOF_CSV
+        if ctx.is_main:
+            crossval.write_out_of_fold(files[mri_type], results[mri_type])
+            print(f"{mri_type}: out-of-fold predictions of {len(results[mri_type].table)} patients "
+                  f"-> {files[mri_type]}")
+    if len(types) > 1 and ctx.is_main:
+        combined, per_type = crossval.combine_types(results, files, folds_path)
+        crossval.write_out_of_fold(model_dir / crossval.OOF_CSV, combined, per_type)
+        print(f"types combined: out-of-fold predictions of {len(combined.table)} patients -> "
+              f"{model_dir / crossval.OOF_CSV}")
 
 
 def train_one(args: argparse.Namespace, ctx: distributed.DistContext, device: torch.device) -> None:

@@ -32,14 +32,14 @@ class CheckpointError(ValueError):
     """
 
 
-def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+def _torch_load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> Any:
     """torch.load(weights_only=True) whose failures name the file and say what to do.
 
     A file holding pickled objects other than tensors (possibly code) is refused by
     ``weights_only`` and reported as such; we never suggest loading it anyway.
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:   # torch raises RuntimeError, OSError, EOFError, UnpicklingError...
         if type(err).__name__ == "UnpicklingError":
             raise CheckpointError(
@@ -85,12 +85,15 @@ def save_checkpoint(
             before_rename()
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint written by the engine, loaded with ``weights_only=True`` (no pickled code)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint written by the engine, loaded with ``weights_only=True`` (no pickled code).
+
+    ``mmap``: map the tensors instead of reading them (to look at a large checkpoint's epoch or config).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    obj = _torch_load(path, map_location)
+    obj = _torch_load(path, map_location, mmap)
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{path} is not a checkpoint written by mgmt2d's trainer; move it away or pass --overwrite"
