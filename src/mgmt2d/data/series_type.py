@@ -614,7 +614,8 @@ def type_series(s: SeriesSummary, study: StudyContrast | None = None) -> SeriesT
     for rule in EXCLUSIONS:
         why = rule.test(s)
         if why:
-            return SeriesTyping(OTHER, why, rule.fields)
+            named = tuple(f for f in rule.fields if f in why)   # the header the reason names, else all it read
+            return SeriesTyping(OTHER, why, named or rule.fields)
     named, found = name_type(s.name)
     p = _physics(s)
     fields = ((s.name_field,) if s.name else _NAME_FIELDS) + p.fields

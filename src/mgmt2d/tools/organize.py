@@ -321,7 +321,9 @@ def group_series(records: Sequence[FileRecord], skipped: list[SkippedFile]) -> l
             kept.append(r)
         kept.sort(key=_order)
         out.append(_series_of(kept))
-    return out
+    # series.csv lists each patient's studies in time and their series in SeriesNumber order
+    return sorted(out, key=lambda s: (s.patient_id, s.study_date, s.study_uid, s.summary.series_number is None,
+                                      s.summary.series_number or 0, s.series_uid))
 
 
 def _series_of(members: list[FileRecord]) -> Series:
