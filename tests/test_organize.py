@@ -313,6 +313,16 @@ def test_a_series_without_patient_id_is_listed_not_laid_out(tmp_path: Path):
         run_organize(_tiny_export(tmp_path / "export2", [""]), tmp_path / "out2")
 
 
+def test_links_to_folders_and_broken_links_are_listed_not_followed(tmp_path: Path):
+    export = _tiny_export(tmp_path / "export", ["12"])
+    (export / "loop").symlink_to(export, target_is_directory=True)    # would walk forever if followed
+    (export / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    found = survey(export, progress=False)
+    assert {Path(k.file).name: k.reason for k in found.skipped} == {
+        "loop": "symbolic link to a folder: not followed", "gone.dcm": "broken symbolic link"}
+    assert len(found.series) == 1 and found.n_files == 16
+
+
 def test_an_existing_layout_is_replaced_only_with_overwrite(tmp_path: Path):
     export = _tiny_export(tmp_path / "export", ["12"])
     out = tmp_path / "out"

@@ -719,7 +719,8 @@ def _kind(reason: str) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0] if __doc__ else None
+    parser.description = ("A hospital's DICOM export -> the Task 2 layout <patient>/<TYPE>/Image-<n>.dcm, with "
+                          "series.csv saying what each series is, whether it was chosen, and why.")
     parser.add_argument("--input", type=Path, required=True, help="the DICOM export (any nested folders of files)")
     parser.add_argument("--out", type=Path, required=True,
                         help="the layout to write: <patient>/<TYPE>/Image-<n>.dcm, series.csv, skipped.csv")
