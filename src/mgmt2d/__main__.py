@@ -12,11 +12,13 @@ from mgmt2d.cli import run
 # command -> (module, help); modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("mgmt2d.dev.synth", "write a synthetic Task 1 + Task 2 dataset"),
+    "synth-export": ("mgmt2d.dev.synth_export", "write a synthetic hospital DICOM export (PACS dump) for organize"),
     "info": ("mgmt2d.tools.info", "print what the readers see in a series, NIfTI file or patient folder"),
     "demo": ("mgmt2d.dev.demo", "run the whole pipeline on synthetic data with small settings"),
     "evaluate-segmentation": ("mgmt2d.segmentation.evaluate", "segment whole volumes and report volumetric Dice"),
     "evaluate": ("mgmt2d.tools.evaluate", "patient AUC with confidence intervals, thresholds, calibration, compare"),
     "report": ("mgmt2d.inference.report", "one patient through inference as a page: overlays, Grad-CAM, NIfTI"),
+    "organize": ("mgmt2d.tools.organize", "a hospital's DICOM export -> the Task 2 layout, series typed in series.csv"),
     "skull-strip": ("mgmt2d.tools.skull_strip", "a brain mask of a T1 series or NIfTI with deepbet (optional extra)"),
 }
 
