@@ -158,22 +158,39 @@ class Budget:
                                f"{self.seconds:.0f} s budget left (--budget)")
 
 
-def run_logged(cmd: list[str], log: Path, timeout: float, threads: int | None = None) -> int:
-    """Run ``cmd`` in its own process group, stdout and stderr to ``log``; kill the group after ``timeout`` s."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
-    with open(log, "w") as fh:
-        fh.write("$ " + " ".join(cmd) + "\n")
-        fh.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+class Launched:
+    """A command started in its own process group, stdout and stderr to ``log``."""
+
+    def __init__(self, cmd: list[str], log: Path, threads: int | None = None) -> None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.log = log
+        with open(log, "w") as fh:
+            fh.write("$ " + " ".join(cmd) + "\n")
+            fh.flush()
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status; after ``timeout`` s the group is killed (torchrun and its workers) and TimeoutError."""
         try:
-            return proc.wait(timeout=max(timeout, 1))
+            return self.proc.wait(timeout=max(timeout, 1))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)   # the group this call started (torchrun and its workers)
-            proc.wait()
-            raise TimeoutError(f"killed after {timeout:.0f} s (time budget); see {log}") from None
+            os.killpg(self.proc.pid, signal.SIGKILL)   # the group this object started, nothing else
+            self.proc.wait()
+            raise TimeoutError(f"killed after {timeout:.0f} s (time budget); see {self.log}") from None
+
+    def stop(self) -> None:
+        """Kill the group if it still runs (a check that failed half-way leaves nothing behind)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float, threads: int | None = None) -> int:
+    return Launched(cmd, log, threads).wait(timeout)
 
 
 def log_tail(log: Path, lines: int = 3) -> str:
@@ -415,7 +432,7 @@ class GpuCheck:
             if rates.get("step"):
                 ratio = round(loader["steady"] / rates["step"], 2)
                 row.figures["loader_over_step"] = ratio
-                row.say(f"loader {loader['steady']:.0f} img/s with {self.workers} workers = {ratio}x the step")
+                row.say(f"loader {loader['steady']:.0f} img/s with {workers(self.workers)} = {ratio}x the step")
                 if ratio < LOADER_KEEPS_UP:
                     row.fail(f"the loader does not keep up: loader/step {ratio} < {LOADER_KEEPS_UP}")
         return False
@@ -477,7 +494,7 @@ class GpuCheck:
             if rates.get("unfrozen"):
                 ratio = round(loader["steady"] / rates["unfrozen"], 2)
                 row.figures["loader_over_unfrozen"] = ratio
-                row.say(f"loader {loader['steady']:.1f} chunks/s with {self.workers} workers = {ratio}x unfrozen "
+                row.say(f"loader {loader['steady']:.1f} chunks/s with {workers(self.workers)} = {ratio}x unfrozen "
                         "(information, not a criterion)")
 
     # ---- 4. inference
@@ -649,45 +666,66 @@ class GpuCheck:
     # ---- 5. torchrun
 
     def torchrun(self) -> None:
+        """Both trainers under torchrun at once (a functional check, not timed: they share the GPUs and cores)."""
         p = self.p
         n = torch.cuda.device_count() if self.cuda else 1
         epochs = p.torchrun_epochs if n > 1 else 1   # 2: the unfreeze rebuilds DDP
-        backend = "nccl" if self.cuda else "gloo"
         per_rank = {"stage 1": max(math.ceil(p.seg_runs[0][0] / n), 2), "stage 2": max(math.ceil(p.cls_batch / n), 1)}
         runs = {"stage 1": ("train_segmentation.py", "SEGMENT_MODEL_DIR",
-                            ["--image-size", str(p.seg_image_size), "--batch-size", str(n * per_rank["stage 1"])]),
+                            ["--image-size", str(p.seg_image_size), "--batch-size", str(n * per_rank["stage 1"]),
+                             *(["--sync-bn"] if self.cuda else [])]),
                 "stage 2": ("train_classification.py", "CLASSIFICATION_MODEL_DIR",
                             self.stage2_args(n * per_rank["stage 2"]))}
-        for stage, (script, key, extra) in runs.items():
-            sync_bn = stage == "stage 1" and self.cuda
-            with self.row(5, f"torchrun --nproc_per_node {n} {script}" + (" --sync-bn" if sync_bn else "")) as row:
+        self.budget.require(30, "torchrun")
+        jobs: dict[str, tuple[Launched, Path]] = {}
+        t0 = time.monotonic()
+        try:
+            for stage, (script, key, extra) in runs.items():
                 name = f"torchrun_{script.split('.')[0]}"
                 models = self.paths.work / "runs" / name / "models"
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                        str(REPO / script), *self.script_args(self.settings(name, **{key: models}),
-                                                             max(self.workers // n, 1), self.device.type),
-                       "--epochs", str(epochs), "--warmup-epochs", str(epochs - 1), "--no-tensorboard", *extra,
-                       *(["--sync-bn"] if sync_bn else [])]
-                log = self.paths.logs / f"{name}.log"
-                self.budget.require(20, name)
-                code = run_logged(cmd, log, min(150, self.budget.left()), p.threads)
-                row.figures.update({"processes": n, "backend": backend, "epochs": epochs, "log": str(log)})
-                row.say(f"{n} process(es), {backend}, {epochs} epoch(s), exit {code}")
-                problems = [] if code == 0 else [f"exit status {code}: {log_tail(log)}"]
-                if code == 0:
-                    configs = list(models.rglob("train_config.json"))
-                    world = json.loads(configs[0].read_text())["config"].get("world_size") if configs else None
-                    if world != n:
-                        problems.append(f"train_config.json world_size {world}, expected {n}")
-                    if f"backend {backend}" not in log.read_text(errors="replace"):
-                        problems.append(f"the log does not show the {backend} process group")
-                notes = []
-                if n == 1:
-                    notes.append("one GPU: DDP and SyncBatchNorm need 2+ (not exercised)" if self.cuda else
-                                 "one process: DDP needs 2+ (tests/test_distributed.py runs it on the CPU)")
-                if stage == "stage 1" and not sync_bn:
-                    notes.append("no --sync-bn: SyncBatchNorm runs on CUDA only")
-                row.judge(problems, "; ".join(notes))
+                                                             max(self.workers // (2 * n), 1), self.device.type),
+                       "--epochs", str(epochs), "--warmup-epochs", str(epochs - 1), "--no-tensorboard", *extra]
+                jobs[stage] = (Launched(cmd, self.paths.logs / f"{name}.log", p.threads), models)
+            for stage, (job, models) in jobs.items():
+                script, _, extra = runs[stage]
+                with self.row(5, " ".join(["torchrun --nproc_per_node", str(n), script,
+                                           *(["--sync-bn"] if "--sync-bn" in extra else [])])) as row:
+                    code = job.wait(min(150, self.budget.left()))
+                    row.figures.update({"processes": n, "epochs": epochs, "log": str(job.log),
+                                        "took_s": round(time.monotonic() - t0, 1)})
+                    row.judge(self.torchrun_problems(row, code, job.log, models, n),
+                              self.torchrun_note(stage, n))
+        finally:
+            for job, _ in jobs.values():
+                job.stop()   # after a failure half-way: nothing of ours keeps running
+
+    def torchrun_problems(self, row: Row, code: int, log: Path, models: Path, n: int) -> list[str]:
+        """Exit 0, ``world_size`` n in train_config.json, the log naming the process group's backend."""
+        backend = "nccl" if self.cuda else "gloo"
+        row.figures["backend"] = backend
+        row.say(f"{n} process(es), {backend}, {row.figures['epochs']} epoch(s), exit {code} after "
+                f"{row.figures['took_s']:.0f} s (both jobs at once)")
+        if code != 0:
+            return [f"exit status {code}: {log_tail(log)}"]
+        problems = []
+        configs = list(models.rglob("train_config.json"))
+        world = json.loads(configs[0].read_text())["config"].get("world_size") if configs else None
+        if world != n:
+            problems.append(f"train_config.json world_size {world}, expected {n}")
+        if f"backend {backend}" not in log.read_text(errors="replace"):
+            problems.append(f"the log does not show the {backend} process group")
+        return problems
+
+    def torchrun_note(self, stage: str, n: int) -> str:
+        notes = []
+        if n == 1:
+            notes.append("one GPU: DDP and SyncBatchNorm need 2+ (not exercised)" if self.cuda else
+                         "one process: DDP needs 2+ (tests/test_distributed.py runs it on the CPU)")
+        if stage == "stage 1" and not self.cuda:
+            notes.append("no --sync-bn: SyncBatchNorm runs on CUDA only")
+        return "; ".join(notes)
 
     # ---- 6. Grad-CAM
 
@@ -731,6 +769,10 @@ class GpuCheck:
             torch.cuda.empty_cache()
         if 5 in parts:
             self.torchrun()
+
+
+def workers(n: int) -> str:
+    return f"{n} worker" + ("" if n == 1 else "s")
 
 
 def central(items: np.ndarray, k: int) -> np.ndarray:
