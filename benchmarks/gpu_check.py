@@ -178,14 +178,16 @@ class Launched:
         try:
             return self.proc.wait(timeout=max(timeout, 1))
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)   # the group this object started, nothing else
-            self.proc.wait()
+            self.stop()
             raise TimeoutError(f"killed after {timeout:.0f} s (time budget); see {self.log}") from None
+        except BaseException:   # Ctrl-C, SIGTERM: the group runs in its own session and would not see them
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """Kill the group if it still runs (a check that failed half-way leaves nothing behind)."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)   # the group this object started, nothing else
             self.proc.wait()
 
 
@@ -266,6 +268,9 @@ class GpuCheck:
             with open(self.paths.logs / "gpu_check.log", "a") as fh:
                 fh.write(f"--- {part} {name}\n{traceback.format_exc()}\n")
             row.fail(f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
+        except BaseException:
+            row.fail("interrupted (SIGTERM or Ctrl-C)")
+            raise
         finally:
             row.seconds = round(time.monotonic() - t0, 1)
             print(f"   {row.status} ({row.seconds:.0f} s) {'; '.join(row.summary)} {row.note}", flush=True)
@@ -330,9 +335,9 @@ class GpuCheck:
             t1 = time.monotonic()
             # Every Task 1 case (--keep-task2-overlap): label leakage does not matter to a benchmark.
             store = prepare(self.paths.synth / "task1", self.paths.seg_store,
-                              PrepareParams(modalities=p.seg_modalities, keep_rate=p.seg_keep_rate, n_folds=p.patients,
-                                            keep_task2_overlap=True),
-                              RunOptions(workers=max(self.workers, 1), progress=False))
+                            PrepareParams(modalities=p.seg_modalities, keep_rate=p.seg_keep_rate, n_folds=p.patients,
+                                          keep_task2_overlap=True),
+                            RunOptions(workers=max(self.workers, 1), progress=False))
             t2 = time.monotonic()
             index = prepare_from_synth(self.paths.synth, self.paths.cls_data / "train", n_folds=p.patients)
             chunks = sum(n_chunks(int(k), p.seq_len, p.stride) for k in index.kept if k > 0)
@@ -454,10 +459,11 @@ class GpuCheck:
                 problems.append(f"epoch {epoch + 1} had {n} optimiser steps; a rate needs 3")
                 continue
             rates[label] = row.figures[f"{label}_{unit}_s"] = value
-            peaks = [s["peak_allocated"] for s in result["steps"] if s["epoch"] == epoch]
-            if peaks[-1] is not None:
-                row.figures[f"{label}_peak_gib"] = round(peaks[-1] / GIB, 2)
-            row.say(f"{label} {value} {unit}/s ({n} steps)")
+            peak = [s["peak_allocated"] for s in result["steps"] if s["epoch"] == epoch][-1]   # the run's so far
+            if peak is not None:
+                row.figures[f"{label}_peak_gib"] = round(peak / GIB, 2)
+            row.say(f"{label} {value} {unit}/s ({n} steps" + (f", peak {peak / GIB:.2f} GiB by its end)"
+                                                              if peak is not None else ")"))
         if result["peak_allocated"] is not None:
             row.figures["peak_allocated_gib"] = round(result["peak_allocated"] / GIB, 2)
             row.figures["peak_reserved_gib"] = round(result["peak_reserved"] / GIB, 2)
@@ -884,9 +890,15 @@ def main(args: argparse.Namespace) -> int:
           f"{' '.join(map(str, sorted(parts)))}, budget {budget.seconds:.0f} s, {workers} loader workers -> "
           f"{paths.out}", flush=True)
     check = GpuCheck(profile, device, paths, workers, budget)
+
+    def terminated(signum: int, frame: Any) -> None:   # e.g. `timeout 600 make gpu-check`: report what ran
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
     try:
         check.run(parts)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         total = time.monotonic() - budget.start
         failed = [r for r in check.rows if r.status == "FAIL"]
         env["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
