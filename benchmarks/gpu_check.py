@@ -275,6 +275,11 @@ class GpuCheck:
             row.seconds = round(time.monotonic() - t0, 1)
             print(f"   {row.status} ({row.seconds:.0f} s) {'; '.join(row.summary)} {row.note}", flush=True)
 
+    def skip(self, part: int, name: str, why: str) -> None:
+        """A row for what cannot run here, and why."""
+        self.rows.append(Row(part, name, "SKIP", note=why))
+        print(f"== {part} {name}\n   SKIP {why}", flush=True)
+
     def settings(self, name: str, **dirs: Path) -> Path:
         """A SETTINGS.json for one run: the shared data, this run's own model folders."""
         from mgmt2d.data.settings import KEYS
@@ -552,8 +557,10 @@ class GpuCheck:
             problems = self.whole_patient(row, ondev, cpu, folder, types, ctype)
             problems += self.segmenter_vs_cpu(row, ondev, cpu, folder, types, ctype)
             problems += self.classifier_vs_cpu(row, ondev, cpu, folder, types, ctype)
-            row.judge(problems, weights_note if self.cuda else _join(weights_note, "CPU mode: the reference is the "
-                                                                                   "same device"))
+            row.judge(problems, weights_note)
+        if not self.cuda:
+            self.skip(4, "the GPU against the CPU (fp16 classifier, fp32 segmenter on CUDA)",
+                      "no CUDA: autocast stays off and the CPU is compared with itself (the plumbing only)")
 
     def whole_patient(self, row: Row, ondev: Any, cpu: Any, folder: Path, types: list[str], ctype: str) -> list[str]:
         """``Predictor.predict`` of the patient on the device (timed), and of ``ctype`` on the CPU: the same
@@ -701,11 +708,16 @@ class GpuCheck:
                     code = job.wait(min(150, self.budget.left()))
                     row.figures.update({"processes": n, "epochs": epochs, "log": str(job.log),
                                         "took_s": round(time.monotonic() - t0, 1)})
-                    row.judge(self.torchrun_problems(row, code, job.log, models, n),
-                              self.torchrun_note(stage, n))
+                    row.judge(self.torchrun_problems(row, code, job.log, models, n))
         finally:
             for job, _ in jobs.values():
                 job.stop()   # after a failure half-way: nothing of ours keeps running
+        if n == 1:
+            self.skip(5, "DistributedDataParallel over 2+ processes" + (", SyncBatchNorm" if self.cuda else ""),
+                      "one GPU here" if self.cuda else
+                      "one process, as on a 1-GPU machine (tests/test_distributed.py runs DDP with 2 on the CPU)")
+        if not self.cuda:
+            self.skip(5, "--sync-bn", "SyncBatchNorm runs on CUDA only (the trainer refuses it on the CPU)")
 
     def torchrun_problems(self, row: Row, code: int, log: Path, models: Path, n: int) -> list[str]:
         """Exit 0, ``world_size`` n in train_config.json, the log naming the process group's backend."""
@@ -723,15 +735,6 @@ class GpuCheck:
         if f"backend {backend}" not in log.read_text(errors="replace"):
             problems.append(f"the log does not show the {backend} process group")
         return problems
-
-    def torchrun_note(self, stage: str, n: int) -> str:
-        notes = []
-        if n == 1:
-            notes.append("one GPU: DDP and SyncBatchNorm need 2+ (not exercised)" if self.cuda else
-                         "one process: DDP needs 2+ (tests/test_distributed.py runs it on the CPU)")
-        if stage == "stage 1" and not self.cuda:
-            notes.append("no --sync-bn: SyncBatchNorm runs on CUDA only")
-        return "; ".join(notes)
 
     # ---- 6. Grad-CAM
 
@@ -762,14 +765,21 @@ class GpuCheck:
     def run(self, parts: set[int]) -> None:
         if not self.data():
             return   # nothing else has data
+        no_cuda = "no CUDA: autocast is off on the CPU and torch.cuda.max_memory_allocated has nothing to measure"
         if 2 in parts:
             self.stage1()
+            if not self.cuda:
+                self.skip(2, "stage 1 AMP, peak GPU memory", no_cuda)
         if 3 in parts:
             self.stage2()
+            if not self.cuda:
+                self.skip(3, "stage 2 AMP, peak GPU memory", no_cuda)
         if 4 in parts:
             self.inference()
         if 6 in parts:
             self.gradcam()   # part 4's models, before they are freed
+            if not self.cuda:
+                self.skip(6, "Grad-CAM on CUDA (cuDNN off for the LSTM backward)", "no CUDA")
         self.for_gradcam = {}
         if self.cuda:
             torch.cuda.empty_cache()
