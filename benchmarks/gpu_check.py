@@ -20,7 +20,8 @@ On CUDA, at the reference sizes (each part is the real script or library call, n
    segmenter's fp32 slices/s, the classifier's fp16 slices/s; then the same weights on the CPU: the
    same kept slices and segmenter masks, chunk probabilities within 1e-3 (also on the series stacked
    with the true masks, so the comparison does not depend on what a briefly trained segmenter keeps);
-5. ``torchrun --nproc_per_node <GPUs>`` of each trainer (nccl), stage 1 with ``--sync-bn``;
+5. ``torchrun --standalone --nproc_per_node <GPUs>`` of both trainers at once (nccl), stage 1 with
+   ``--sync-bn``: exit 0, ``world_size`` recorded, the nccl process group in the log;
 6. Grad-CAM of one chunk (``gradcam.chunk_cam``, cuDNN off for the LSTM backward) on CUDA and on the CPU;
 7. one Markdown table on stdout and in ``OUT/gpu_check.md``, everything in ``OUT/gpu_check.json``
    (GPU, torch / CUDA / cuDNN versions, TF32 settings, each figure, PASS / FAIL / SKIP per row);
