@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all lint demo clean-venv
+.PHONY: install test test-slow test-all lint demo clean-venv gpu-check
 
 install: $(STAMP)
 
@@ -34,3 +34,11 @@ clean-venv:
 
 demo: install
 	$(PY) -m mgmt2d demo --out demo --overwrite
+
+# The CUDA path in one command (README: "Measured on a GPU"): table on stdout and in $(GPU_CHECK_OUT)/gpu_check.md,
+# figures in $(GPU_CHECK_OUT)/gpu_check.json; exit status 1 when a part fails. Without CUDA: the same parts, tiny, on
+# the CPU. Rerun some parts: make gpu-check GPU_CHECK_FLAGS="--parts 4 6"
+GPU_CHECK_OUT ?= gpu_check
+GPU_CHECK_FLAGS ?=
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT) --overwrite $(GPU_CHECK_FLAGS)
