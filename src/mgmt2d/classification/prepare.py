@@ -124,7 +124,7 @@ def folds_for(labels: dict[str, int], exclude: tuple[str, ...], seed: int) -> tu
     training = {p: int(v) for p, v in labels.items() if p not in excluded}
     if training == dict(zip(published["BraTS21ID"], published["MGMT_value"].astype(int))):
         return published[["BraTS21ID", "MGMT_value", "fold"]], FOLDS_PUBLISHED
-    return make_folds(labels, seed=seed), FOLDS_GENERATED
+    return make_folds(training, seed=seed), FOLDS_GENERATED   # the excluded patients get no fold
 
 
 def ensure_folds(
