@@ -53,12 +53,14 @@ __all__ = [
     "SliceHeader",
     "VolumeGroup",
     "VolumeSplit",
+    "functional_group_item",
     "group_volumes",
     "plane_from_orientation",
     "read_series",
     "read_series_many",
     "slice_headers",
     "slice_order",
+    "text_values",
 ]
 
 # Tags as BaseTag integers: looking them up this way skips the keyword dictionary and the tag
@@ -402,14 +404,14 @@ def _number(ds: pydicom.Dataset, tag: int) -> float | None:
     return values[0] if math.isfinite(values[0]) else None
 
 
-def _texts(ds: pydicom.Dataset, tag: int) -> tuple[str, ...] | None:
-    """String values of ``tag`` (multi-valued CS/UI/LO), stripped; None when absent or empty."""
-    elem = ds.get_item(tag)
-    if elem is None or elem.value is None:
-        return None
-    value = elem.value
+def text_values(value: Any) -> tuple[str, ...]:
+    """The string values of a (possibly multi-valued, possibly still raw bytes) element value, stripped of
+    padding: ``"ORIGINAL\\PRIMARY"``, ``b"M\\NORM "``, a MultiValue or one number alike. Empty parts are kept
+    in place (a value's positions matter to callers such as ImageType); the series typing shares it."""
+    if value is None:
+        return ()
     if isinstance(value, (bytes, bytearray)):
-        parts = value.decode("latin-1").split("\\")
+        parts = bytes(value).decode("latin-1").split("\\")
     elif isinstance(value, str):
         parts = value.split("\\")
     else:
@@ -417,8 +419,14 @@ def _texts(ds: pydicom.Dataset, tag: int) -> tuple[str, ...] | None:
             parts = [str(v) for v in value]
         except TypeError:
             parts = [str(value)]
-    parts = [p.strip(" \x00") for p in parts]
-    return tuple(parts) if any(parts) else None
+    return tuple(p.strip(" \x00") for p in parts)
+
+
+def _texts(ds: pydicom.Dataset, tag: int) -> tuple[str, ...] | None:
+    """String values of ``tag`` (multi-valued CS/UI/LO), stripped; None when absent or empty."""
+    elem = ds.get_item(tag)
+    parts = text_values(None if elem is None else elem.value)
+    return parts if any(parts) else None
 
 
 def _text(ds: pydicom.Dataset, tag: int) -> str | None:
@@ -521,14 +529,18 @@ def _upper(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return None if values is None else tuple(v.upper() for v in values)
 
 
-def _first_item(groups: Sequence[Any], keyword: str) -> Any:
-    """The first item of sequence ``keyword`` in the first functional-group item that has it."""
+def functional_group_item(groups: Sequence[Any], keyword: str) -> Any:
+    """The first item of sequence ``keyword`` in the first functional-group item that has it (per-frame before
+    shared, in the order given); None when none has it or the value is malformed. The series typing shares it."""
     for group in groups:
         if group is None:
             continue
-        seq = group.get(keyword)
-        if seq:
-            return seq[0]
+        try:
+            seq = group.get(keyword)
+            if seq:
+                return seq[0]
+        except (TypeError, ValueError, IndexError):   # a malformed element in a real export
+            continue
     return None
 
 
@@ -579,13 +591,14 @@ def _frame_headers(ds: pydicom.Dataset, base: SliceHeader, n_frames: int) -> lis
     out = []
     for k in range(n_frames):
         groups = (per_frame[k] if k < len(per_frame) else None, shared)
-        content = _first_item(groups, "FrameContentSequence")
-        plane_position = _first_item(groups, "PlanePositionSequence")
-        plane_orientation = _first_item(groups, "PlaneOrientationSequence")
-        measures = _first_item(groups, "PixelMeasuresSequence")
-        transform = _first_item(groups, "PixelValueTransformationSequence")
-        echo = _first_item(groups, "MREchoSequence")
-        frame_type = _first_item(groups, "MRImageFrameTypeSequence") or _first_item(groups, "FrameTypeSequence")
+        content = functional_group_item(groups, "FrameContentSequence")
+        plane_position = functional_group_item(groups, "PlanePositionSequence")
+        plane_orientation = functional_group_item(groups, "PlaneOrientationSequence")
+        measures = functional_group_item(groups, "PixelMeasuresSequence")
+        transform = functional_group_item(groups, "PixelValueTransformationSequence")
+        echo = functional_group_item(groups, "MREchoSequence")
+        frame_type = (functional_group_item(groups, "MRImageFrameTypeSequence")
+                      or functional_group_item(groups, "FrameTypeSequence"))
         position = _item_numbers(plane_position, "ImagePositionPatient")
         if position is None and (legacy and n_frames == 1):
             position = base.position   # the top-level position places a lone frame

@@ -199,7 +199,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, default=json_default) + "\n")
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
@@ -218,7 +218,8 @@ def write_csv_atomic(path: str | Path, frame: Any) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for our records: paths as strings, numpy scalars and arrays as Python values."""
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, np.generic):
@@ -251,7 +252,7 @@ def library_versions() -> dict[str, str]:
 def run_config_text(config: dict[str, Any]) -> str:
     """The text of a run's ``*_config.json``: its resolved configuration, library versions and command line."""
     return json.dumps({"config": config, "versions": library_versions(), "argv": sys.argv}, indent=2,
-                      default=_json_default) + "\n"
+                      default=json_default) + "\n"
 
 
 def write_run_config(out_dir: str | Path, name: str, config: dict[str, Any]) -> Path:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
 
+from mgmt2d.data.dicom import functional_group_item, text_values
 from mgmt2d.data.task2 import MRI_TYPES
 
 __all__ = [
@@ -122,12 +123,12 @@ class SeriesSummary:
         Values a malformed header cannot give are None / empty, never an exception.
         """
         groups = _functional_groups(ds)
-        timing = _group_item(groups, "MRTimingAndRelatedParametersSequence")
-        echo = _group_item(groups, "MREchoSequence")
-        modifier = _group_item(groups, "MRModifierSequence")
-        frame_type = _group_item(groups, "MRImageFrameTypeSequence")
-        diffusion = _group_item(groups, "MRDiffusionSequence")
-        measures = _group_item(groups, "PixelMeasuresSequence")
+        timing = functional_group_item(groups, "MRTimingAndRelatedParametersSequence")
+        echo = functional_group_item(groups, "MREchoSequence")
+        modifier = functional_group_item(groups, "MRModifierSequence")
+        frame_type = functional_group_item(groups, "MRImageFrameTypeSequence")
+        diffusion = functional_group_item(groups, "MRDiffusionSequence")
+        measures = functional_group_item(groups, "PixelMeasuresSequence")
         frame_types: set[str] = set()
         for item in groups:
             ftype = _first(item, "MRImageFrameTypeSequence")
@@ -663,18 +664,7 @@ def _get(ds: Any, keyword: str) -> Any:
 
 
 def _texts(ds: Any, keyword: str) -> tuple[str, ...]:
-    value = _get(ds, keyword)
-    if value is None:
-        return ()
-    if isinstance(value, (str, bytes)):
-        value = value.decode("latin-1") if isinstance(value, bytes) else value
-        parts = value.split("\\")
-    else:
-        try:
-            parts = [str(v) for v in value]
-        except TypeError:
-            parts = [str(value)]
-    return tuple(p.strip(" \x00") for p in parts if p.strip(" \x00"))
+    return tuple(p for p in text_values(_get(ds, keyword)) if p)
 
 
 def _text(ds: Any, keyword: str) -> str:
@@ -744,15 +734,6 @@ def _functional_groups(ds: Any) -> list[Any]:
     return groups
 
 
-def _group_item(groups: Sequence[Any], keyword: str) -> Any:
-    """The first item of sequence ``keyword`` in the first functional group (per-frame, then shared) holding it."""
-    for group in groups:
-        item = _first(group, keyword)
-        if item is not None:
-            return item
-    return None
-
-
 def _contrast_agent(ds: Any, groups: Sequence[Any]) -> str:
     agent = _text(ds, "ContrastBolusAgent")
     if agent:
@@ -760,7 +741,7 @@ def _contrast_agent(ds: Any, groups: Sequence[Any]) -> str:
     code = _first(ds, "ContrastBolusAgentSequence")
     if code is not None:
         return _text(code, "CodeMeaning") or _text(code, "CodeValue") or "administered"
-    usage = _group_item(groups, "ContrastBolusUsageSequence")
+    usage = functional_group_item(groups, "ContrastBolusUsageSequence")
     if usage is not None and _text(usage, "ContrastBolusAgentAdministered").upper() == "YES":
         return "administered"
     return ""

@@ -87,7 +87,7 @@ _OFFSETS_SIGNED = (0, -1024, 1000)
 _MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 _EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 _UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; the suffix is a hash
-# = _uid("mgmt2d-synth-implementation"), fixed so the files never depend on pydicom's hashing.
+# = stable_uid("mgmt2d-synth-implementation"), fixed so the files never depend on pydicom's hashing.
 _IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.97903726617071906369440521769836981421"
 
 
@@ -465,7 +465,8 @@ def _nonzero_bbox(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
 
 
-def _uid(*parts: object) -> str:
+def stable_uid(*parts: object) -> str:
+    """A UID that depends only on ``parts`` (deterministic synthetic files)."""
     from pydicom.uid import generate_uid
 
     return str(generate_uid(prefix=_UID_PREFIX, entropy_srcs=[str(p) for p in parts]))
@@ -652,9 +653,9 @@ def _write_series_files(
     from pydicom import dcmwrite
     from pydicom.dataset import Dataset, FileMetaDataset
 
-    study_uid = study_uid or _uid("study", d.uid_key, patient_id)
-    frame_uid = frame_uid or _uid("frame", d.uid_key, patient_id)
-    series_uid = _uid("series", d.uid_key, patient_id, mri_type, series_number)
+    study_uid = study_uid or stable_uid("study", d.uid_key, patient_id)
+    frame_uid = frame_uid or stable_uid("frame", d.uid_key, patient_id)
+    series_uid = stable_uid("series", d.uid_key, patient_id, mri_type, series_number)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
@@ -689,7 +690,7 @@ def _write_series_files(
     little = stored.astype(stored.dtype.newbyteorder("<"), copy=False)
     for s in range(d.n_slices):
         n = int(numbers[s])
-        sop_uid = _uid("image", d.uid_key, patient_id, mri_type, series_number, n)
+        sop_uid = stable_uid("image", d.uid_key, patient_id, mri_type, series_number, n)
         ds.file_meta = FileMetaDataset()
         ds.file_meta.MediaStorageSOPClassUID = _MR_IMAGE_STORAGE
         ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
@@ -926,8 +927,8 @@ def generate(
             n_files += 5
         if pid in split:
             rng = np.random.default_rng([seed, int(pid), 3])
-            study = _uid("study", seed, pid)
-            frame = _uid("frame", seed, pid)
+            study = stable_uid("study", seed, pid)
+            frame = stable_uid("frame", seed, pid)
             numbers = rng.permutation(len(MRI_TYPES)) + 1
             for mri_type, plane, number in zip(MRI_TYPES, _draw_planes(rng), numbers):
                 img = render(phantom, mri_type, rng)

@@ -43,10 +43,9 @@ import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import generate_uid
 
 from mgmt2d.data.io import write_csv_atomic, write_json_atomic
-from mgmt2d.dev.synth import SIZES, make_phantom, render, write_dicom_series
+from mgmt2d.dev.synth import SIZES, make_phantom, render, stable_uid, write_dicom_series
 
 __all__ = ["ROLES", "VENDORS", "Acquisition", "Vendor", "add_arguments", "generate_export", "main"]
 
@@ -56,12 +55,6 @@ _MR = "1.2.840.10008.5.1.4.1.1.4"
 _BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_UID_PREFIX = "1.2.826.0.1.3680043.8.498."   # pydicom's root, as mgmt2d.dev.synth uses
-
-
-def _uid(*parts: object) -> str:
-    """A UID that depends only on ``parts`` (deterministic exports)."""
-    return str(generate_uid(prefix=_UID_PREFIX, entropy_srcs=[str(p) for p in parts]))
 
 
 @dataclass(frozen=True)
@@ -288,7 +281,7 @@ def _write_role(staging: Path, export: Path, names: _Names, rng: np.random.Gener
     vendor = VENDORS[study.vendor]
     acq = vendor.series[role]
     expected, render_type, plane, n_slices, matrix = ROLES[role]
-    series_uid = _uid("export-series", study.study_uid, role)
+    series_uid = stable_uid("export-series", study.study_uid, role)
     folder = staging / role
     echoes = acq.te if isinstance(acq.te, tuple) else (acq.te,)
     planes = _PLANE_OVERRIDE.get((study.vendor, role), plane).split(", ")
@@ -329,7 +322,7 @@ def _write_role(staging: Path, export: Path, names: _Names, rng: np.random.Gener
                 ds.PixelData = _scaled_pixels(ds, extra["_scale"])
             instance = v * n_per_volume + int(ds.InstanceNumber) if role != "localiser" else i + 1
             ds.InstanceNumber = str(instance)
-            sop = _uid("export-image", series_uid, v, i)
+            sop = stable_uid("export-image", series_uid, v, i)
             ds.SOPInstanceUID = sop
             ds.file_meta.MediaStorageSOPInstanceUID = sop
             _write(ds, names.file(folders[int(rng.integers(0, len(folders)))]))
@@ -346,7 +339,7 @@ def _junk(export: Path, names: _Names, rng: np.random.Generator, some_image: Pat
     dicomdir = Dataset()
     dicomdir.file_meta = FileMetaDataset()
     dicomdir.file_meta.MediaStorageSOPClassUID = _DICOMDIR_CLASS
-    dicomdir.file_meta.MediaStorageSOPInstanceUID = _uid("dicomdir", seed)
+    dicomdir.file_meta.MediaStorageSOPInstanceUID = stable_uid("dicomdir", seed)
     dicomdir.file_meta.TransferSyntaxUID = _EXPLICIT_LE
     dicomdir.FileSetID = "SYNTH"
     dicomdir.DirectoryRecordSequence = []
@@ -361,7 +354,7 @@ def _junk(export: Path, names: _Names, rng: np.random.Generator, some_image: Pat
     report = Dataset()
     report.file_meta = FileMetaDataset()
     report.file_meta.MediaStorageSOPClassUID = _BASIC_TEXT_SR
-    report.file_meta.MediaStorageSOPInstanceUID = _uid("report", seed)
+    report.file_meta.MediaStorageSOPInstanceUID = stable_uid("report", seed)
     report.file_meta.TransferSyntaxUID = _EXPLICIT_LE
     report.SOPClassUID = _BASIC_TEXT_SR
     report.SOPInstanceUID = report.file_meta.MediaStorageSOPInstanceUID
@@ -410,8 +403,8 @@ def generate_export(out: Path, patients: int = 4, seed: int = 0, size: str = "sm
             label = int(rng.integers(0, 2))
             phantom = make_phantom(SIZES[size].grid, label, np.random.default_rng([seed, k, 1]))
             start = datetime(2024, 1, 8, 8, 0) + timedelta(days=int(rng.integers(0, 300)), minutes=45 * k)
-            study = _Study(pid, _VENDOR_ORDER[k % len(_VENDOR_ORDER)], _uid("export-study", seed, pid),
-                           _uid("export-frame", seed, pid), start)
+            study = _Study(pid, _VENDOR_ORDER[k % len(_VENDOR_ORDER)], stable_uid("export-study", seed, pid),
+                           stable_uid("export-frame", seed, pid), start)
             roles = list(ROLES)
             times = {role: start + timedelta(minutes=5 * r + int(rng.integers(0, 3))) for r, role in enumerate(roles)}
             injection = times["perfusion"] + timedelta(seconds=20)

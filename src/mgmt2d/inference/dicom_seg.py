@@ -43,7 +43,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import DA, DT, TM, VALIDATORS
 
-from mgmt2d.data.io import atomic_path, file_sha256, write_text_atomic
+from mgmt2d.data.io import atomic_path, file_sha256, json_default, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def write_patient_json(path: str | Path, record: Mapping[str, Any], overwrite: b
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it or choose another folder")
-    text = json.dumps(record, indent=2, allow_nan=False, default=_json_default) + "\n"
+    text = json.dumps(record, indent=2, allow_nan=False, default=json_default) + "\n"
     write_text_atomic(path, text)
     return path
 
@@ -386,12 +386,3 @@ def _finite_or_none(value: Any) -> float | None:
     value = float(value)
     return value if math.isfinite(value) else None
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
