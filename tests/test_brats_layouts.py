@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mgmt2d import cli
 from mgmt2d.data import brats
 from mgmt2d.segmentation import prepare as segdata
 
@@ -124,10 +125,11 @@ def test_2023_layout_through_the_script_gives_the_2021_store(tmp_path: Path):
 
 
 def _main(settings: Path, *extra: str) -> int:
+    """prepare_segmentation_data.py in this process, through the one error boundary (cli.run)."""
     parser = argparse.ArgumentParser()
     segdata.add_arguments(parser)
-    return segdata.main(parser.parse_args(["--settings", str(settings), "--workers", "1", "--no-progress",
-                                           "--modalities", "flair", *extra]))
+    return cli.run(segdata.main, parser, ["--settings", str(settings), "--workers", "1", "--no-progress",
+                                          "--modalities", "flair", *extra])
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:

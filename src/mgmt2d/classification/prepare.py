@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import dicom, shards, task2
-from mgmt2d.data.contract import OURS, add_contract_arguments, contract_overrides
+from mgmt2d.data.contract import OURS, InputContract, add_contract_arguments, contract_overrides
 from mgmt2d.data.io import (
     check_writable,
     library_versions,
@@ -76,13 +76,16 @@ def make_folds(labels: dict[str, int], n_folds: int = N_FOLDS, seed: int = 42) -
 
 
 def read_fold_table(path: Path) -> pd.DataFrame:
-    """A folds CSV (BraTS21ID,MGMT_value,fold) with IDs as 5-digit strings (the published file has 0, 2, 3...)."""
-    frame = pd.read_csv(path, dtype={"BraTS21ID": str})
-    if not {"BraTS21ID", "fold"} <= set(frame.columns):
-        raise SettingsError(f"{path} must have columns BraTS21ID,MGMT_value,fold; delete it to regenerate")
-    frame["BraTS21ID"] = frame["BraTS21ID"].map(task2.format_id)
-    frame["fold"] = frame["fold"].astype(int)
-    return frame
+    """A folds CSV (BraTS21ID,MGMT_value,fold), IDs by :func:`mgmt2d.data.task2.format_id` (the published
+    file spells 0, 2, 3...); read by the one patient-CSV reader, so a blank or broken row is named."""
+    rows = task2.read_id_table(path, "BraTS21ID", ("MGMT_value", "fold"), {})
+    for row in rows:
+        for column in ("MGMT_value", "fold"):
+            if not row.values[column].isdigit():
+                raise SettingsError(f"{path} line {row.line}: {column} is {row.values[column]!r}, not a whole number; "
+                                    "fix the row, or delete the file to regenerate it")
+    return pd.DataFrame({"BraTS21ID": [r.id for r in rows], "MGMT_value": [int(r.values["MGMT_value"]) for r in rows],
+                         "fold": [int(r.values["fold"]) for r in rows]})
 
 
 def read_folds(path: Path) -> dict[str, int]:
@@ -101,7 +104,7 @@ def folds_for(labels: dict[str, int], exclude: tuple[str, ...], seed: int) -> tu
     """(fold table, source): the published folds when the training patients (labelled minus
     ``exclude``) and their labels are exactly the published ones, else our stratified folds."""
     published = published_folds()
-    excluded = {task2.format_id(e) for e in exclude}
+    excluded = {task2.format_id(e, "--exclude") for e in exclude}
     training = {p: int(v) for p, v in labels.items() if p not in excluded}
     if training == dict(zip(published["BraTS21ID"], published["MGMT_value"].astype(int))):
         return published[["BraTS21ID", "MGMT_value", "fold"]], FOLDS_PUBLISHED
@@ -198,6 +201,7 @@ class PrepareOptions:
     overwrite: bool = False
     seed: int = 42                                   # fold assignment
     exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE
+    columns: task2.LabelColumns = task2.LabelColumns()   # of train_labels.csv (--id-column, --label-column)
     params: dict[str, Any] = field(default_factory=dict)   # recorded; a resume or a shard must match them
     shard: shards.Shard | None = None
     merge_only: bool = False                         # only assemble finished shards (no model needed)
@@ -215,7 +219,7 @@ def prepare(settings: Settings, split: str, model: torch.nn.Module | None, devic
     dicom_dir = settings.existing("DICOM_DATA_DIR")
     out_dir = settings["CLASSIFICATION_DATA_DIR"] / split
     params = dict(o.params)
-    index = task2.index_split(dicom_dir, split, exclude=o.exclude)
+    index = task2.index_split(dicom_dir, split, exclude=o.exclude, columns=o.columns)
     started = time.time()
 
     def assemble(recorded: dict[str, Any], done: dict) -> pd.DataFrame:
@@ -254,7 +258,8 @@ def prepare(settings: Settings, split: str, model: torch.nn.Module | None, devic
     else:
         folders = [Path(p) for p in series.path]
         reader = dicom.read_series_many(folders, workers=max(o.workers, 1), order=stack.contract.slice_order,
-                                        rescale=stack.contract.pixel_values == "modality")
+                                        rescale=stack.contract.pixel_values == "modality",
+                                        min_size=stack.contract.min_slice_size)
 
     types_by_patient = series.groupby("patient", sort=False)["mri_type"].apply(list).to_dict()
     with tqdm(total=len(todo), desc=f"prepare {split}", unit="patient") as bar:
@@ -290,8 +295,12 @@ def prepare(settings: Settings, split: str, model: torch.nn.Module | None, devic
 
 
 def _clean_patient_temps(out_dir: Path, patient: str) -> None:
-    """Temp files a killed run left for this patient (only its own shard ever writes them)."""
-    for folder, pattern in ((out_dir / "series", f".{patient}_*.tmp*"), (out_dir / "done", f".{patient}.csv.tmp*")):
+    """Temp files a killed run left for this patient (only its own shard ever writes them).
+
+    Exact names, not ``.<patient>_*``: patient ``A`` must not match patient ``A_11``'s files.
+    """
+    patterns = [(out_dir / "series", f".{patient}_{t}.npy.tmp*") for t in task2.MRI_TYPES]
+    for folder, pattern in [*patterns, (out_dir / "done", f".{patient}.csv.tmp*")]:
         if folder.is_dir():
             for stale in folder.glob(pattern):
                 stale.unlink(missing_ok=True)
@@ -306,7 +315,8 @@ def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2I
         dicom_dir = settings.existing("DICOM_DATA_DIR")
         shards.clean_stale_temps(settings["KFOLD_PATH"].parent, (settings["KFOLD_PATH"].name,))
         folds, folds_info = ensure_folds(
-            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv"), options.seed, options.exclude
+            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv", options.columns), options.seed,
+            options.exclude
         )
     shards.clean_stale_temps(out_dir, ("index.csv", "dataset.json"))
     frame = _collect(out_dir, index.patients, folds)
@@ -367,6 +377,8 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool, shard:
         return
     if meta.exists():
         previous = json.loads(meta.read_text()).get("config", {})
+        if isinstance(previous.get("contract"), dict):   # made before a contract field existed: it had its default
+            previous["contract"] = InputContract.from_dict(previous["contract"]).to_dict()
         changed = sorted(k for k in params if k in previous and previous[k] != params[k] and k not in RUN_ONLY)
         if changed:
             raise SettingsError(
@@ -399,6 +411,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)"
     )
+    task2.add_column_arguments(parser, "train_labels.csv")
     parser.add_argument("--seg-amp", action="store_true",
                         help="fp16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
     shards.add_shard_arguments(parser, "patients of the split")
@@ -417,15 +430,19 @@ def main(args: argparse.Namespace) -> int:
         "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
         "contract": contract.to_dict(), "seg_amp": args.seg_amp,
         "segmenter_autocast": autocast_name(device, args.seg_amp),
-        "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
+        "exclude": sorted(task2.format_id(e, "--exclude") for e in args.exclude), "seed": args.seed,
         **backend.to_dict(),
     }
     shard = shards.shard_of(args)
     check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
     model = None if args.merge else segmenter.with_backend(
         segmenter.load_segmenter(seg_model, device), seg_model, contract.seg_image_size, backend)
+    columns = task2.columns_from_args(args)
+    if args.split == "train":
+        params["label_columns"] = [columns.id, columns.label]
     frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
-        args.input_format, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard, args.merge))
+        args.input_format, args.workers, args.overwrite, args.seed, tuple(args.exclude), columns, params, shard,
+        args.merge))
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
     if frame is None:
         print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "

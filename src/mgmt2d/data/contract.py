@@ -21,6 +21,8 @@ deliberate (README, table of deliberate differences):
   smallest stored value is 0, as on the Kaggle data.
 
 Everything else is one rule for every model (see ``mgmt2d.classification.stack``).
+``min_slice_size`` (the reader's floor: a series whose slices are smaller is not an MRI) and
+``tta_zoom`` are checked here: a contract outside their ranges cannot be made.
 """
 
 from __future__ import annotations
@@ -30,10 +32,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from mgmt2d.data.dicom import MIN_SLICE_SIZE
+
 SLICE_ORDERS = ("position", "filename")
 PIXEL_VALUES = ("modality", "stored")
 NONEMPTY_TESTS = ("above_series_min", "stored_positive")
 INPUT_FORMATS = ("dicom", "jpg")
+# --tta-zoom: below 0.5 the brain fills under a quarter of the frame, above 2.0 under a quarter of it is left;
+# both far from what a model saw in training (scale 0.9-1.1, the reference's zoom-in 1.2). Zoom-out (< 1) is allowed.
+TTA_ZOOM_RANGE = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class InputContract:
     stride: int = 5
     tta_zoom: float = 1.2              # test-time zoom-in about the centre (1.0: none)
     input_format: str = "dicom"        # what the training slices were read from (jpg: the optional JPG copy)
+    min_slice_size: int = MIN_SLICE_SIZE   # series whose slices are smaller (either side, pixels) are refused
 
     def __post_init__(self) -> None:
         if self.slice_order not in SLICE_ORDERS:
@@ -62,6 +70,12 @@ class InputContract:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
         if self.nonempty_test not in NONEMPTY_TESTS:
             raise ValueError(f"nonempty_test must be one of {NONEMPTY_TESTS}, got {self.nonempty_test!r}")
+        low, high = TTA_ZOOM_RANGE
+        if not low <= self.tta_zoom <= high:   # NaN fails too
+            raise ValueError(f"--tta-zoom {self.tta_zoom:g} is out of range: the test-time zoom must be between "
+                             f"{low:g} (zoom out) and {high:g} (zoom in); 1.0 means none, the reference uses 1.2")
+        if not isinstance(self.min_slice_size, int) or self.min_slice_size < 1:
+            raise ValueError(f"min_slice_size must be a whole number of pixels >= 1, got {self.min_slice_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,11 +144,15 @@ def add_contract_arguments(parser: argparse.ArgumentParser, defaults: InputContr
                        help="tissue for the near-empty test: above the series minimum (ours) or stored value > 0 "
                             "(reference)")
     if d is None:
-        group.add_argument("--tta-zoom", type=float, help="test-time zoom-in (reference 1.2; 1.0 disables)")
+        low, high = TTA_ZOOM_RANGE
+        group.add_argument("--tta-zoom", type=float, help=f"test-time zoom about the centre, {low:g} to {high:g} "
+                           "(reference 1.2: zoom in; 1.0 disables; below 1 zooms out)")
 
 
 def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The contract fields a command line sets: every flag named as an :class:`InputContract` field
     (``--slice-order`` -> ``slice_order``, ...) whose value is not None."""
     names = {f.name for f in fields(InputContract)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    InputContract().with_overrides(**overrides)   # a value out of range is one line now, before any model loads
+    return overrides

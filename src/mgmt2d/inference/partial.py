@@ -58,7 +58,7 @@ def finish_shard(output: Path, shard: shards.Shard, params: dict[str, Any], sub:
     """Write this shard's parts, then its done record; assemble when it is the last. Returns what happened."""
     write_csv_atomic(_part(output, shard), sub)
     write_csv_atomic(_part(output, shard, detail=True), detail)
-    merged, note = shards.finish_and_merge(part_folder(output), shard, params, sub["BraTS21ID"].tolist(),
+    merged, note = shards.finish_and_merge(part_folder(output), shard, params, sub.iloc[:, 0].tolist(),
                                            {"seconds": seconds}, lambda p, done: _assemble(output, p, done))
     return merged or f"shard {shard.label}: {len(sub)} patients -> {_part(output, shard)}; {note}"
 
@@ -76,11 +76,12 @@ def _assemble(output: Path, params: dict[str, Any], done: dict[shards.Shard, dic
     parts = [shards.Shard(i, count) for i in range(1, count + 1)]
     sub = pd.concat([_read(_part(output, s)) for s in parts], ignore_index=True)
     detail = pd.concat([_read(_part(output, s, detail=True)) for s in parts], ignore_index=True)
-    if sorted(sub["BraTS21ID"], key=order.__getitem__) != list(params["spelled"]):
+    sub_id, detail_id = sub.columns[0], detail.columns[0]   # BraTS21ID, or the sample's --id-column
+    if sorted(sub[sub_id], key=order.__getitem__) != list(params["spelled"]):
         raise shards.ShardError(f"the parts in {folder} do not cover the submission's patients once each; "
                                 "re-run the shards with the same sample submission")
-    sub = sub.sort_values("BraTS21ID", key=lambda c: c.map(order), kind="stable")
-    detail = detail.sort_values("BraTS21ID", key=lambda c: c.map(patient_order), kind="stable")
+    sub = sub.sort_values(sub_id, key=lambda c: c.map(order), kind="stable")
+    detail = detail.sort_values(detail_id, key=lambda c: c.map(patient_order), kind="stable")
     for name in (output.name, detail_path(output).name, output.stem + "_config.json"):
         shards.clean_stale_temps(output.parent, (name,))
     write_csv_atomic(output, sub)

@@ -137,7 +137,7 @@ class Predictor:
         if not seg_path.is_file():
             raise SettingsError(
                 f"segmentation model {seg_path} not found (train_segmentation.py or download_models.py)")
-        paths = {(t, f): layout.classifier_checkpoint(t, f) for t in mri_types for f in folds}
+        paths = {t: layout.fold_checkpoints(t, folds) for t in mri_types}   # a fold missing: refused
         if not any(paths.values()):
             raise SettingsError(
                 f"no classifier checkpoint for types {list(mri_types)} folds {list(folds)} under "
@@ -149,9 +149,7 @@ class Predictor:
         contracts: dict[Path, InputContract] = {}
         classifiers: dict[str, list[MGMTClassifier]] = {}
         files: dict[str, list[str]] = {"segmenter": [str(seg_path)]}
-        for (mri_type, _fold), path in paths.items():
-            if path is None:
-                continue
+        for mri_type, path in ((t, p) for t, type_paths in paths.items() for p in type_paths):
             if path not in loaded:
                 loaded[path], config = load_trained_classifier(path, device, channels_last=device.type == "cuda")
                 contracts[path] = contract_of(config)
@@ -253,11 +251,10 @@ def classify_series(
 
 
 def patient_series(input_dir: Path, patient: str, mri_types: Sequence[str]) -> list[tuple[str, Path]]:
-    folder = input_dir / patient
-    if not folder.is_dir():  # IDs may be spelled without zero padding on disk
-        alt = [p for p in input_dir.iterdir() if p.is_dir() and p.name.isdigit() and task2.format_id(p.name) == patient]
-        folder = alt[0] if alt else folder
-    return [(t, folder / t) for t in mri_types if (folder / t).is_dir()]
+    """(type, series folder) of one patient: its folder by :func:`mgmt2d.data.task2.find_patient_folder`
+    (a numeric ID may be spelled unpadded on disk), type folders in any case (``flair``)."""
+    folder = task2.find_patient_folder(input_dir, patient)
+    return list(task2.series_folders(folder, mri_types).items()) if folder is not None else []
 
 
 def predict(
@@ -281,8 +278,10 @@ def predict(
     opts = StackOptions(contract=c, seg_batch_size=o.seg_batch_size, keep_masks=on_patient is not None)
     types = [t for t in o.mri_types if t in predictor.classifiers]
     plan = {p: patient_series(input_dir, p, types) for p in patients}
+    no_folder = {p for p in patients if not plan[p] and task2.find_patient_folder(input_dir, p) is None}
     reader = dicom.read_series_many([path for p in patients for _, path in plan[p]], workers=max(o.workers, 1),
-                                    order=c.slice_order, rescale=c.pixel_values == "modality")
+                                    order=c.slice_order, rescale=c.pixel_values == "modality",
+                                    min_size=c.min_slice_size)
     classifier_dtype = autocast_dtype(device, o.amp)
     rows, detail = [], []
     for patient in tqdm(patients, desc="inference", unit="patient"):
@@ -303,7 +302,8 @@ def predict(
         type_probs = []
         for (mri_type, volume, meta), res in zip(series, stacked):
             if res.kept == 0:
-                detail.append(_detail(patient, mri_type, note=res.reason, total=res.total))
+                note = "; ".join([res.reason, *meta.warnings])
+                detail.append(_detail(patient, mri_type, note=note, total=res.total))
                 seen.append(SeriesResult(mri_type, volume, meta, res, note=res.reason))
                 continue
             if o.keep_dir is not None:
@@ -314,18 +314,21 @@ def predict(
             seen.append(SeriesResult(mri_type, volume, meta, res, chunk_probs, prob))
             detail.append(_detail(
                 patient, mri_type, kept=res.kept, total=res.total, chunks=len(chunk_probs), prob=prob,
+                note="; ".join(meta.warnings),   # e.g. slices of several pixel spacings
                 kept_files=" ".join(meta.files[i].name for i in res.slice_index),
                 chunk_probs=" ".join(f"{p:.6f}" for p in chunk_probs),
             ))
+        missing = f"patient folder {input_dir / patient} missing" if patient in no_folder else "series missing"
         for mri_type in sorted(set(o.mri_types) - {t for t, _ in plan[patient]}):
-            detail.append(_detail(patient, mri_type, note="series missing"))
-            seen.append(SeriesResult(mri_type, note="series missing"))
+            detail.append(_detail(patient, mri_type, note=missing))
+            seen.append(SeriesResult(mri_type, note=missing))
         timer.add("classify", t0)
         if type_probs:
             rows.append({"BraTS21ID": patient, "MGMT_value": float(np.mean(type_probs))})
         else:
-            tqdm.write(f"warning: patient {patient} has no usable slice in any MRI type: MGMT_value {FALLBACK}")
-            log.warning("patient %s has no usable slice in any MRI type: MGMT_value %.1f", patient, FALLBACK)
+            why = missing if patient in no_folder else "no usable slice in any MRI type"
+            tqdm.write(f"warning: patient {patient}: {why}: MGMT_value {FALLBACK}")
+            log.warning("patient %s: %s: MGMT_value %.1f", patient, why, FALLBACK)
             rows.append({"BraTS21ID": patient, "MGMT_value": FALLBACK})
         if on_patient is not None:
             on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen))

@@ -11,51 +11,54 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from mgmt2d.data import shards, task2
 from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import autocast_name, resolve_device
 from mgmt2d.engines import backend_from_args
 from mgmt2d.inference import partial, report
-from mgmt2d.inference.pipeline import Predictor, Timer, add_predictor_arguments, input_folder, options_from_args
+from mgmt2d.inference.pipeline import (
+    FALLBACK,
+    Predictor,
+    Timer,
+    add_predictor_arguments,
+    input_folder,
+    options_from_args,
+)
 
 log = logging.getLogger(__name__)
 
 
-def submission_patients(input_dir: Path, sample: Path | None) -> tuple[list[str], list[str]]:
-    """(5-digit IDs, spelling to write) from sample_submission.csv, else every patient folder.
+def submission_patients(input_dir: Path, sample: Path | None,
+                        columns: task2.LabelColumns = task2.LabelColumns()) -> tuple[list[str], list[str]]:
+    """(IDs, spelling to write) from sample_submission.csv (its ``columns``), else every patient folder.
 
-    A sample that is empty, lacks the column or lists a patient twice is refused, naming the
-    file: a submission must hold each patient once.
+    The sample is read by the one patient-CSV reader (:func:`mgmt2d.data.task2.read_id_table`): an empty
+    sample, a missing column, a blank row or a patient listed twice is refused, naming the file and line.
+    Patient folders the sample does not list are not scored, with a warning naming them; listed
+    patients without a folder are named too (they get the fallback, see the pipeline).
     """
-    if sample is not None and sample.is_file():
-        try:
-            raw = pd.read_csv(sample, dtype={"BraTS21ID": str})
-        except pd.errors.EmptyDataError:
-            raise SettingsError(f"{sample} is empty; it should list BraTS21ID,MGMT_value rows") from None
-        if "BraTS21ID" not in raw.columns:
-            raise SettingsError(f"{sample} lacks a BraTS21ID column")
-        if raw.empty:
-            raise SettingsError(f"{sample} lists no patient")
-        spelled = raw["BraTS21ID"].astype(str).str.strip().tolist()
-        ids = [task2.format_id(s) for s in spelled]
-        seen: dict[str, int] = {}
-        for row, pid in enumerate(ids, start=2):   # line numbers, header is line 1
-            if pid in seen:
-                raise SettingsError(f"{sample} lists patient {pid} twice (lines {seen[pid]} and {row}); "
-                                    "a submission holds each patient once: remove the duplicate")
-            seen[pid] = row
-        return ids, spelled
-    ids = [task2.format_id(p.name) for p in task2.patient_folders(input_dir)]
-    return ids, ids
+    folders = task2.patient_folders(input_dir)
+    if sample is None:
+        ids = list(folders)
+        return ids, ids
+    ids, spelled = task2.read_patient_list(sample, columns)
+    unlisted = [p for p in folders if p not in set(ids)]
+    if unlisted:
+        log.warning("%d patient folder(s) in %s are not listed in %s and are not scored: %s",
+                    len(unlisted), input_dir, sample, ", ".join(unlisted))
+    absent = [p for p in ids if task2.find_patient_folder(input_dir, p) is None]
+    if absent:
+        log.warning("%d patient(s) listed in %s have no folder in %s (MGMT_value %.1f): %s",
+                    len(absent), sample, input_dir, FALLBACK, ", ".join(absent))
+    return ids, spelled
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_predictor_arguments(parser)
     parser.add_argument("--output", type=Path, help="submission CSV (default TEST_PREDICTION_FILE)")
     parser.add_argument("--sample-submission", type=Path, help="default: sample_submission.csv beside the input folder")
+    task2.add_column_arguments(parser, "the sample submission (the submission is written with the same columns)")
     parser.add_argument("--keep-intermediate", action="store_true", help="save stacked slices in TEMP_DATA_DIR")
     parser.add_argument("--report-dir", type=Path,
                         help="also write the per-patient report (python -m mgmt2d report) of every patient here")
@@ -72,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
         raise SettingsError(f"--sample-submission {sample} not found")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
-    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None)
+    columns = task2.columns_from_args(args)
+    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, columns)
     check_writable(output.parent, "submission")
     # --- sharded inference (mgmt2d.inference.partial): --merge assembles, --shard I/N predicts a part
     shard = shards.shard_of(args, overwrite_clears=False)
@@ -97,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
     compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
                 "weights": models.files, "contract": models.contract.to_dict(),
                 "classifier_autocast": autocast_name(device, args.amp),
-                "segmenter_autocast": autocast_name(device, False)}
+                "segmenter_autocast": autocast_name(device, False), "label_columns": [columns.id, columns.label]}
     if shard is not None:   # sharded inference: every shard must predict with the same models and contract
         shard_params = {"patients": all_patients, "spelled": all_spelled, "config": compared}
         partial.start_shard(output, shard, shard_params, {**vars(args), "input": input_dir, "output": output},
@@ -105,6 +109,8 @@ def main(args: argparse.Namespace) -> int:
     timer = Timer()
     sub, detail = models.predict(patients, input_dir, options_from_args(args, keep_dir), on_patient, timer)
     sub["BraTS21ID"] = spelled
+    sub = sub.rename(columns={"BraTS21ID": columns.id, "MGMT_value": columns.label})   # the sample's columns
+    detail = detail.rename(columns={"BraTS21ID": columns.id})
     if shard is not None:
         print(partial.finish_shard(output, shard, shard_params, sub, detail, timer.seconds))
         return 0

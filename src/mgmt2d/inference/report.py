@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
     input_dir = pipeline.input_folder(args, settings)
     if args.top_frames < 1:
         raise SettingsError(f"--top-frames {args.top_frames}: show at least 1 frame per explained chunk")
-    patient = task2.format_id(args.patient)
+    patient = task2.format_id(args.patient, "--patient")
     if not pipeline.patient_series(input_dir, patient, list(task2.MRI_TYPES)):
         raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/<type>/)")
     out = args.out or settings["TEST_PREDICTION_FILE"].parent / "report"
@@ -138,6 +138,9 @@ def _series_section(folder: Path, s: pipeline.SeriesResult, models: pipeline.Pre
     st = s.stacked
     section.update(kept=st.kept, total=st.total, nonempty=st.nonempty,
                    dropped={str(k): v for k, v in sorted((st.dropped or {}).items())})
+    if s.meta is not None and s.meta.warnings:   # e.g. slices of several pixel spacings: the NIfTI uses the first
+        section["notes"] += s.meta.warnings
+        section["pixel_spacings"] = [{"spacing": list(sp), "slices": n} for sp, n in s.meta.pixel_spacings]
     _write_png(folder / f"{t}_slices.png", _montage(s.volume, st))
     section["images"].append((f"{t}_slices.png", f"{t}: every slice in reading order ({st.kept} of {st.total} "
                               "kept; WT yellow, ET red; dropped slices darkened with the reason)"))
