@@ -143,6 +143,9 @@ def add_contract_arguments(parser: argparse.ArgumentParser, defaults: InputContr
     group.add_argument("--nonempty-test", choices=list(NONEMPTY_TESTS), default=d and d.nonempty_test,
                        help="tissue for the near-empty test: above the series minimum (ours) or stored value > 0 "
                             "(reference)")
+    group.add_argument("--min-slice-size", type=int, default=d and d.min_slice_size,
+                       help="refuse a series whose slices are smaller than this many pixels on a side (not an "
+                            f"MRI); reader's default {MIN_SLICE_SIZE}")
     if d is None:
         low, high = TTA_ZOOM_RANGE
         group.add_argument("--tta-zoom", type=float, help=f"test-time zoom about the centre, {low:g} to {high:g} "

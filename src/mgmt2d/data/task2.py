@@ -319,13 +319,21 @@ def index_split(
 def task2_patient_ids(dicom_dir: str | Path) -> set[str]:
     """Every Task 2 patient ID (train labels and test folders): the stage-1 leakage filter.
 
-    IDs that are not BraTS 2021 numbers (another cohort's) simply match no Task 1 case.
+    IDs that are not BraTS 2021 numbers (another cohort's) simply match no Task 1 case. A labels file
+    whose ID column is not ``BraTS21ID`` (another cohort's, read with ``--id-column`` by stage 2) is
+    left out with a warning: its patients are the folders' anyway.
     """
     dicom_dir = Path(dicom_dir)
     ids: set[str] = set()
     labels = dicom_dir / "train_labels.csv"
     if labels.is_file():
-        ids |= set(read_labels(labels))
+        with open(labels, newline="", encoding="utf-8-sig") as fh:
+            header = [h.strip() for h in next(csv.reader(fh), [])]
+        if LabelColumns.id in header:
+            ids |= {row.id for row in read_id_table(labels, LabelColumns.id)}
+        else:
+            log.warning("%s has no %s column: the leakage filter uses the patient folders' IDs only", labels,
+                        LabelColumns.id)
     for split in ("train", "test"):
         if (dicom_dir / split).is_dir():
             ids |= set(patient_folders(dicom_dir / split))

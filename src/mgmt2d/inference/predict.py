@@ -47,7 +47,11 @@ def submission_patients(input_dir: Path, sample: Path | None,
     if unlisted:
         log.warning("%d patient folder(s) in %s are not listed in %s and are not scored: %s",
                     len(unlisted), input_dir, sample, ", ".join(unlisted))
-    absent = [p for p in ids if task2.find_patient_folder(input_dir, p) is None]
+    found = {p: task2.find_patient_folder(input_dir, p) for p in ids}
+    for folder in found.values():   # two folders of one type (FLAIR and flair): refused now, before any model runs
+        if folder is not None:
+            task2.series_folders(folder)
+    absent = [p for p, folder in found.items() if folder is None]
     if absent:
         log.warning("%d patient(s) listed in %s have no folder in %s (MGMT_value %.1f): %s",
                     len(absent), sample, input_dir, FALLBACK, ", ".join(absent))
