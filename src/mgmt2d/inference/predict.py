@@ -40,21 +40,21 @@ def submission_patients(input_dir: Path, sample: Path | None,
     """
     folders = task2.patient_folders(input_dir)
     if sample is None:
-        ids = list(folders)
-        return ids, ids
-    ids, spelled = task2.read_patient_list(sample, columns)
-    unlisted = [p for p in folders if p not in set(ids)]
-    if unlisted:
-        log.warning("%d patient folder(s) in %s are not listed in %s and are not scored: %s",
-                    len(unlisted), input_dir, sample, ", ".join(unlisted))
-    found = {p: task2.find_patient_folder(input_dir, p) for p in ids}
-    for folder in found.values():   # two folders of one type (FLAIR and flair): refused now, before any model runs
-        if folder is not None:
-            task2.series_folders(folder)
-    absent = [p for p, folder in found.items() if folder is None]
-    if absent:
-        log.warning("%d patient(s) listed in %s have no folder in %s (MGMT_value %.1f): %s",
-                    len(absent), sample, input_dir, FALLBACK, ", ".join(absent))
+        ids, spelled = list(folders), list(folders)
+    else:
+        ids, spelled = task2.read_patient_list(sample, columns)
+        listed = set(ids)
+        unlisted = [p for p in folders if p not in listed]
+        if unlisted:
+            log.warning("%d patient folder(s) in %s are not listed in %s and are not scored: %s",
+                        len(unlisted), input_dir, sample, ", ".join(unlisted))
+        absent = [p for p in ids if p not in folders]
+        if absent:
+            log.warning("%d patient(s) listed in %s have no folder in %s (MGMT_value %.1f): %s",
+                        len(absent), sample, input_dir, FALLBACK, ", ".join(absent))
+    for pid in ids:   # two folders of one type (FLAIR and flair): refused now, before any model runs
+        if pid in folders:
+            task2.series_folders(folders[pid])
     return ids, spelled
 
 
