@@ -185,6 +185,10 @@ def test_a_blank_row_in_the_folds_csv_names_its_line(tmp_path: Path):
     folds.write_text("BraTS21ID,MGMT_value,fold\n1,0,0\n2,1,one\n")
     with pytest.raises(ValueError, match=r"folds.csv line 3: fold is 'one', not a whole number"):
         read_fold_table(folds)
+    folds.write_text("patient,MGMT_value,fold\n1,0,0\n")   # KFOLD_PATH is ours: no flag names its columns
+    with pytest.raises(task2.Task2Error, match=r"has no column 'BraTS21ID' \(columns: patient, MGMT_value, fold\); "
+                                               r"fix the header line$"):
+        read_fold_table(folds)
     folds.write_text("\ufeffBraTS21ID,MGMT_value,fold\n1,0,0\nUPENN-GBM-00002_11,1,1\n")
     assert read_fold_table(folds).BraTS21ID.tolist() == ["00001", "UPENN-GBM-00002_11"]
 

@@ -110,14 +110,14 @@ def read_id_table(path: str | Path, id_column: str, columns: Sequence[str] = (),
     """The rows of a patient CSV; a one-line Task2Error naming the file and line for anything wrong.
 
     The one reader of patient CSVs: a UTF-8 BOM is accepted; cells are trimmed; the ID goes
-    through :func:`format_id`. Refused: a missing file or column (``flags`` names the option that
-    picks a column, for the message), a blank row between data rows (a hand-edited file that lost
-    a row; blank lines at the very end are not rows), a row with another number of fields than
-    the header, a patient listed twice (``key_columns`` extend the key when a patient has one
-    row per key, as in the per-type file).
+    through :func:`format_id`. Refused: a missing file or column (``flags``, column -> the option
+    that names it, for the message; default ``--id-column`` for the ID column), a blank row between
+    data rows (a hand-edited file that lost a row; blank lines at the very end are not rows), a row
+    with another number of fields than the header, a patient listed twice (``key_columns`` extend
+    the key when a patient has one row per key, as in the per-type file).
     """
     path = Path(path)
-    flags = {id_column: "--id-column", **(flags or {})}
+    flags = {id_column: "--id-column"} if flags is None else flags
     if not path.is_file():
         raise Task2Error(f"{path} not found; give the path of an existing CSV file")
     rows: list[IdRow] = []

@@ -58,7 +58,7 @@ def read_predictions(path: Path, id_column: str, prediction_column: str) -> dict
     return {
         row.id: _probability(row.values[prediction_column], path, row.line, prediction_column, row.id)
         for row in task2.read_id_table(path, id_column, (prediction_column,),
-                                       {prediction_column: "--prediction-column"})
+                                       {id_column: "--id-column", prediction_column: "--prediction-column"})
     }
 
 
