@@ -23,6 +23,7 @@ import pytest
 
 from mgmt2d import engines as backends
 from mgmt2d.data import task2
+from mgmt2d.data.contract import InputContract
 from mgmt2d.data.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +179,7 @@ def test_submission_contract_with_broken_patients(demo: Path, tmp_path: Path):
     run_config = json.loads(out.with_name("sub_config.json").read_text())["config"]
     trained_config = settings["CLASSIFICATION_MODEL_DIR"] / "pooled/fold0/train_config.json"
     trained = json.loads(trained_config.read_text())["config"]
-    assert run_config["contract"] == trained["contract"]
+    assert run_config["contract"] == InputContract.from_dict(trained["contract"]).record()
     assert run_config["contract"]["slice_order"] == "position" and run_config["contract"]["seg_image_size"] == 32
 
 
@@ -341,6 +342,29 @@ def _check_report(folder: Path) -> tuple[dict, str]:
     return summary, " ".join(page.text)
 
 
+def _check_dicom_segs(folder: Path, patient: Path) -> None:
+    """Each type's DICOM SEG, read back with highdicom, holds the masks the report's NIfTI shows, per
+    source instance in reading order; the patient JSON names it."""
+    import highdicom as hd
+
+    from mgmt2d.data.dicom import read_series
+
+    record = json.loads((folder / f"{folder.name}.json").read_text())
+    segs = sorted(folder.glob("*_seg.dcm"))
+    assert segs, f"no DICOM SEG in {folder}"
+    for seg_file in segs:
+        mri_type = seg_file.name[: -len("_seg.dcm")]
+        assert record["types"][mri_type]["seg"] == seg_file.name
+        _, meta = read_series(patient / mri_type)
+        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in meta.files]
+        pixels = hd.seg.segread(seg_file).get_pixels_by_source_instance(uids)   # (S, H, W, 2)
+        labels = np.asarray(nib.load(str(folder / f"{mri_type}_seg.nii.gz")).dataobj).transpose(2, 1, 0)
+        # the NIfTI labels: 4 = ET (ET counts outside WT too), 2 = the rest of WT; the SEG keeps both masks whole
+        np.testing.assert_array_equal(pixels[..., 0].astype(bool) | pixels[..., 1].astype(bool), labels > 0)
+        np.testing.assert_array_equal(pixels[..., 1], labels == 4)
+        np.testing.assert_array_equal(pixels[..., 0][labels == 2], 1)
+
+
 def test_report_dir_shows_the_submission_probabilities(demo: Path, tmp_path: Path):
     settings = load_settings(demo / "SETTINGS.json")
     test_dir = settings["DICOM_DATA_DIR"] / "test"
@@ -363,6 +387,7 @@ def test_report_dir_shows_the_submission_probabilities(demo: Path, tmp_path: Pat
         assert f"{value:.4f}" in text
         shown_cam += sum(1 for t in summary["types"].values() if t.get("gradcam"))
     assert shown_cam > 0   # the trained demo keeps slices somewhere, so some heatmaps are shown
+    _check_dicom_segs(reports / good[0], inp / good[0])
     empty, text = _check_report(reports / "90003")
     assert empty["fallback"] and "No usable slice in any MRI type" in text
     assert all(t["note"] == "no non-empty slice" for t in empty["types"].values())
@@ -464,3 +489,148 @@ def test_sharded_inference_assembles_the_unsharded_submission(demo: Path, tmp_pa
     ours = json.loads(out.with_name("sub_config.json").read_text())["config"]
     theirs = json.loads(reference.with_name(reference.stem + "_config.json").read_text())["config"]
     assert ours["shards"] == 3 and ours["contract"] == theirs["contract"] and ours["weights"] == theirs["weights"]
+
+
+# --------------------------------------------------------------------------- NIfTI cohorts (issue 22)
+
+BRATS_NAMING = {"FLAIR": "flair", "T1w": "t1", "T1wCE": "t1ce", "T2w": "t2"}
+
+
+def _nifti_cohort(dicom_split: Path, out: Path) -> list[str]:
+    """The demo's DICOM patients as a NIfTI cohort (BraTS 2021 naming): each series written on its own grid."""
+    from mgmt2d.data.dicom import read_series
+    from mgmt2d.data.nifti import save_nifti
+    from mgmt2d.data.nifti_series import output_grid
+
+    names = []
+    for folder in sorted(p for p in dicom_split.iterdir() if p.is_dir()):
+        case = out / f"case-{folder.name}"
+        for mri_type, suffix in BRATS_NAMING.items():
+            if (folder / mri_type).is_dir():
+                volume, meta = read_series(folder / mri_type)
+                save_nifti(case / f"{case.name}_{suffix}.nii.gz", *output_grid(volume, meta), voxel_order=True)
+        names.append(case.name)
+    return names
+
+
+def test_real_brats_nifti_case_through_inference_and_the_report(demo: Path, shared_data: Path, tmp_path: Path):
+    """The real BraTS 2023 case (four types, LPS int16, no label) through inference_on_test.py --input-format
+    nifti and the report: outputs on the input's own grid and affine, the contract says nifti."""
+    case = shared_data / "brats-gli-00001-000"
+    if not case.is_dir():
+        pytest.skip(f"{case} is absent")
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    (cohort / case.name).symlink_to(case)
+    out, reports = tmp_path / "sub.csv", tmp_path / "reports"
+    run(["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--input", str(cohort),
+         "--input-format", "nifti", "--output", str(out), "--device", "cpu", "--workers", "1",
+         "--report-dir", str(reports)], demo)
+    sub = pd.read_csv(out, dtype={"BraTS21ID": str})
+    assert sub.BraTS21ID.tolist() == [case.name] and sub.MGMT_value.between(0, 1).all()   # the folder's name
+    detail = pd.read_csv(out.with_name("sub_per_type.csv"), keep_default_na=False)
+    assert sorted(detail.type) == sorted(task2.MRI_TYPES) and (detail.total == 155).all()   # axial: 155 slices
+    contract = json.loads(out.with_name("sub_config.json").read_text())["config"]["contract"]
+    assert contract["input_format"] == "nifti" and contract["nifti_plane"] == "axial"
+    assert contract["slice_order"] == contract["pixel_values"] == "not applicable (nifti)"
+    folder = reports / case.name
+    summary, _ = _check_report(folder)
+    assert summary["MGMT_value"] == pytest.approx(float(sub.MGMT_value.iloc[0]), abs=1e-12)
+    record = json.loads((folder / f"{case.name}.json").read_text())
+    assert record["contract"]["input_format"] == "nifti" and all(len(h) == 64 for h in record["weights"].values())
+    assert not list(folder.glob("*.dcm"))   # no DICOM SEG for NIfTI input
+    for mri_type, suffix in {"FLAIR": "t2f", "T1w": "t1n", "T1wCE": "t1c", "T2w": "t2w"}.items():
+        source = nib.load(str(case / f"BraTS-GLI-00001-000-{suffix}.nii.gz"))
+        image = nib.load(str(folder / f"{mri_type}_image.nii.gz"))
+        assert image.shape == source.shape   # the input's own grid, voxel for voxel
+        np.testing.assert_allclose(image.affine, source.affine, atol=1e-4)
+        np.testing.assert_array_equal(np.asarray(image.dataobj), np.asarray(source.dataobj, dtype=np.float32))
+        assert nib.load(str(folder / f"{mri_type}_seg.nii.gz")).shape == source.shape
+
+
+def test_nifti_cohort_through_prepare_inference_shards_and_engines(demo: Path, tmp_path: Path):
+    """--input-format nifti on prepare_classification.py and inference_on_test.py, with --shard I/N,
+    --keep-intermediate and a CPU engine, as on DICOM."""
+    settings = load_settings(demo / "SETTINGS.json")
+    cohort = tmp_path / "cohort"
+    cases = _nifti_cohort(settings["DICOM_DATA_DIR"] / "test", cohort)
+    temp = tmp_path / "temp"
+    raw = {k: str(v) for k, v in settings.paths.items()}
+    own = tmp_path / "SETTINGS.json"
+    own.write_text(json.dumps({**raw, "TEMP_DATA_DIR": str(temp), "CLASSIFICATION_DATA_DIR": str(tmp_path / "cls")}))
+    infer = ["inference_on_test.py", "--settings", str(own), "--input", str(cohort), "--input-format", "nifti",
+             "--device", "cpu", "--workers", "1", "--nifti-plane", "coronal"]
+    ref = tmp_path / "ref" / "sub.csv"
+    run([*infer, "--output", str(ref), "--keep-intermediate"], demo)
+    sub = pd.read_csv(ref, dtype={"BraTS21ID": str})
+    assert sub.BraTS21ID.tolist() == cases
+    detail = pd.read_csv(ref.with_name("sub_per_type.csv"), keep_default_na=False)
+    kept = detail[detail.kept > 0]
+    assert len(kept), "the demo models keep slices of the synthetic patients"
+    for row in kept.itertuples():
+        stacked = np.load(temp / "inference" / f"{row.BraTS21ID}_{row.type}.npy")
+        assert len(stacked) == row.kept
+        assert all(name.startswith(f"{row.BraTS21ID}_") and ":slice" in name for name in row.kept_files.split())
+    config = json.loads(ref.with_name("sub_config.json").read_text())["config"]
+    assert config["contract"]["nifti_plane"] == "coronal"
+    # sharded: the same submission, byte for byte
+    shard_out = tmp_path / "sharded" / "sub.csv"
+    for i in (1, 2):
+        run([*infer, "--output", str(shard_out), "--shard", f"{i}/2"], demo)
+    assert shard_out.read_bytes() == ref.read_bytes()
+    # a CPU engine: the same kept slices (masks as the engine test judges them)
+    if ENGINES:
+        engine_out = tmp_path / "engine" / "sub.csv"
+        run([*infer, "--output", str(engine_out), "--backend", ENGINES[0], "--threads", "1",
+             "--engine-cache", str(tmp_path / "cache")], demo)
+        got = pd.read_csv(engine_out.with_name("sub_per_type.csv"), keep_default_na=False)
+        assert got.kept.tolist() == detail.kept.tolist() and got.kept_files.tolist() == detail.kept_files.tolist()
+    # prepare_classification.py --input-format nifti on the train split, labels from train_labels.csv
+    train = tmp_path / "train-cohort"
+    labels = pd.read_csv(settings["DICOM_DATA_DIR"] / "train_labels.csv", dtype={"BraTS21ID": str})
+    train_cases = _nifti_cohort(settings["DICOM_DATA_DIR"] / "train", train)
+    value = dict(zip(labels.BraTS21ID, labels.MGMT_value))
+    relabelled = tmp_path / "labels.csv"   # the cases' own IDs: case-<Kaggle ID>
+    pd.DataFrame({"BraTS21ID": train_cases, "MGMT_value": [value[c[len("case-"):]] for c in train_cases]}).to_csv(
+        relabelled, index=False)
+    raw_own = json.loads(own.read_text())
+    own.write_text(json.dumps({**raw_own, "KFOLD_PATH": str(tmp_path / "folds.csv")}))
+    run(["prepare_classification.py", "--settings", str(own), "--split", "train", "--input-format", "nifti",
+         "--input", str(train), "--labels", str(relabelled), "--device", "cpu", "--image-size", "32",
+         "--workers", "1"], demo)
+    index = pd.read_csv(tmp_path / "cls/train/index.csv", dtype={"patient": str}, keep_default_na=False)
+    assert sorted(index.patient.unique()) == sorted(train_cases)
+    dataset = json.loads((tmp_path / "cls/train/dataset.json").read_text())
+    assert dataset["params"]["contract"]["input_format"] == "nifti"
+
+
+# --------------------------------------------------------------------------- skull stripping (issue 23)
+
+
+def test_skull_strip_in_inference_and_the_unstripped_warning(demo: Path, mprage_dir: Path, tmp_path: Path):
+    """The real unstripped MPRAGE as a patient's T1w: without --skull-strip a warning names the patient and the
+    flag; with it the series is stripped with deepbet (recorded in the contract, the mask in the report)."""
+    from mgmt2d.data.skullstrip import deepbet_installed
+
+    if not deepbet_installed():
+        pytest.skip("deepbet is not installed (requirements-skull-strip.txt)")
+    inp = tmp_path / "patients" / "00042" / "T1w"
+    inp.parent.mkdir(parents=True)
+    inp.symlink_to(mprage_dir)
+    base = ["inference_on_test.py", "--settings", str(demo / "SETTINGS.json"), "--input", str(inp.parents[1]),
+            "--device", "cpu", "--workers", "1", "--mri-types", "T1w"]
+    plain = run([*base, "--output", str(tmp_path / "plain" / "sub.csv")], demo)
+    assert "patient 00042: the T1w series looks unstripped" in plain.stderr and "--skull-strip" in plain.stderr
+    reports = tmp_path / "reports"
+    stripped = run([*base, "--output", str(tmp_path / "stripped" / "sub.csv"), "--skull-strip",
+                    "--report-dir", str(reports)], demo)
+    assert "looks unstripped" not in stripped.stderr
+    config = json.loads((tmp_path / "stripped" / "sub_config.json").read_text())["config"]
+    assert config["contract"]["skull_strip"] is True
+    summary, text = _check_report(reports / "00042")
+    assert "skull-stripped with a" in summary["note"] and "from the T1w series" in text
+    brain = nib.load(str(reports / "00042" / "T1w_brain.nii.gz"))
+    ml = float(np.asarray(brain.dataobj).sum()) * abs(float(np.linalg.det(brain.affine[:3, :3]))) / 1000
+    assert 1100 < ml < 1900   # an adult brain (deepbet's mask of this MPRAGE: 1549 mL)
+    image = np.asarray(nib.load(str(reports / "00042" / "T1w_image.nii.gz")).dataobj)
+    assert (image[np.asarray(brain.dataobj) == 0] == 0).all()   # the image the segmenter saw is stripped

@@ -319,7 +319,7 @@ def test_published_layout_end_to_end(synth_task2: Path, tmp_path: Path):
     sub = pd.read_csv(out, dtype={"BraTS21ID": str})
     assert sorted(sub.BraTS21ID) == test_ids and sub.MGMT_value.between(0, 1).all()
     config = json.loads((tmp_path / "sub_config.json").read_text())["config"]
-    assert config["contract"] == REFERENCE.to_dict() and config["weights_layout"] == "t4e"
+    assert config["contract"] == REFERENCE.record() and config["weights_layout"] == "t4e"
     detail = pd.read_csv(tmp_path / "sub_per_type.csv", dtype=str, keep_default_na=False)
     detail[["kept", "chunks"]] = detail[["kept", "chunks"]].astype(int)
     row = detail[detail.kept > 0].iloc[0]

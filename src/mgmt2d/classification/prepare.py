@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
-from mgmt2d.data import dicom, shards, task2
+from mgmt2d.data import cohort, shards, task2
+from mgmt2d.data import series as series_io
 from mgmt2d.data.contract import OURS, InputContract, add_contract_arguments, contract_overrides
 from mgmt2d.data.io import (
     check_writable,
@@ -38,6 +40,7 @@ from mgmt2d.data.io import (
     write_run_config,
 )
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument, load_settings
+from mgmt2d.data.skullstrip import SkullStripError, patient_input
 from mgmt2d.device import add_device_argument, autocast_name, resolve_device
 from mgmt2d.engines import add_backend_arguments, backend_from_args
 from mgmt2d.faults import fault_point
@@ -177,7 +180,8 @@ def _patient_rows(
     for mri_type, _path, volume in series:
         row = {"patient": patient, "type": mri_type, "kept": 0, "total": 0, "file": "", "label": label, "note": ""}
         if isinstance(volume, Exception):
-            row["note"] = f"unreadable: {volume}"
+            row["note"] = (f"skull stripping failed: {volume}" if isinstance(volume, SkullStripError)
+                           else f"unreadable: {volume}")
         else:
             res = results[mri_type]
             row["total"] = res.total
@@ -194,9 +198,10 @@ def _patient_rows(
 
 @dataclass
 class PrepareOptions:
-    """How one split is prepared, besides the data and the segmenter (see :func:`prepare`)."""
+    """How one split is prepared, besides the segmenter and the contract (see :func:`prepare`)."""
 
-    input_format: str = "dicom"
+    input_dir: Path | None = None     # the split's patients (default DICOM_DATA_DIR/<split>); NIfTI: case folders
+    labels: Path | None = None        # train labels (default DICOM_DATA_DIR/train_labels.csv)
     workers: int = 1
     overwrite: bool = False
     seed: int = 42                                   # fold assignment
@@ -205,6 +210,25 @@ class PrepareOptions:
     params: dict[str, Any] = field(default_factory=dict)   # recorded; a resume or a shard must match them
     shard: shards.Shard | None = None
     merge_only: bool = False                         # only assemble finished shards (no model needed)
+    brain_extractor: Callable | None = None          # skull stripping (contract.skull_strip): a BrainExtractor
+
+
+def split_index(settings: Settings, split: str, input_format: str, options: PrepareOptions) -> task2.Task2Index:
+    """The split's patients and series: the Kaggle DICOM layout or a NIfTI cohort (``input_format``)."""
+    if input_format != "nifti":
+        if options.input_dir is not None:
+            raise SettingsError("--input is for NIfTI cohorts; DICOM and JPG splits are read from DICOM_DATA_DIR")
+        return task2.index_split(settings.existing("DICOM_DATA_DIR"), split, exclude=options.exclude,
+                                 columns=options.columns)
+    root = options.input_dir or settings["DICOM_DATA_DIR"] / split
+    if not root.is_dir():
+        raise SettingsError(f"NIfTI cohort folder {root} does not exist (--input, or DICOM_DATA_DIR/{split})")
+    labels = task2.read_labels(labels_path(settings, options), options.columns) if split == "train" else None
+    return cohort.index_cohort(root, split, labels, options.exclude)
+
+
+def labels_path(settings: Settings, options: PrepareOptions) -> Path:
+    return options.labels or settings.existing("DICOM_DATA_DIR") / "train_labels.csv"
 
 
 def prepare(settings: Settings, split: str, model: torch.nn.Module | None, device: torch.device,
@@ -216,10 +240,10 @@ def prepare(settings: Settings, split: str, model: torch.nn.Module | None, devic
     dataset.json over every patient, as an unsharded run does at its end.
     """
     o = options or PrepareOptions()
-    dicom_dir = settings.existing("DICOM_DATA_DIR")
+    input_format = stack.contract.input_format
     out_dir = settings["CLASSIFICATION_DATA_DIR"] / split
     params = dict(o.params)
-    index = task2.index_split(dicom_dir, split, exclude=o.exclude, columns=o.columns)
+    index = split_index(settings, split, input_format, o)
     started = time.time()
 
     def assemble(recorded: dict[str, Any], done: dict) -> pd.DataFrame:
@@ -251,29 +275,31 @@ def prepare(settings: Settings, split: str, model: torch.nn.Module | None, devic
     series = index.series[index.series.patient.isin(set(todo))]
     if todo and model is None:
         raise ValueError("a segmentation model is needed to prepare patients")
-    if o.input_format == "jpg":
+    if input_format == "jpg":
         jpg_root = settings.existing("CLASSIFICATION_RAW_JPG")
         folders = [jpg_root / p / t for p, t in zip(series.patient, series.mri_type)]
         reader = _read_jpg_many(folders)
     else:
-        folders = [Path(p) for p in series.path]
-        reader = dicom.read_series_many(folders, workers=max(o.workers, 1), order=stack.contract.slice_order,
-                                        rescale=stack.contract.pixel_values == "modality",
-                                        min_size=stack.contract.min_slice_size)
+        reader = series_io.read_many([Path(p) for p in series.path], stack.contract, o.workers)
 
     types_by_patient = series.groupby("patient", sort=False)["mri_type"].apply(list).to_dict()
     with tqdm(total=len(todo), desc=f"prepare {split}", unit="patient") as bar:
         for patient in todo:
             read = [(t, next(reader)) for t in types_by_patient.get(patient, [])]
             items = [(t, folder, volume) for t, (folder, volume, _) in read]
-            good = [(t, volume, meta) for t, (_, volume, meta) in read if not isinstance(volume, Exception)]
+            good = {t: (volume, meta) for t, (_, volume, meta) in read if not isinstance(volume, Exception)}
+            if input_format != "jpg" and good:   # skull stripping (contract) or the check that none is needed
+                try:
+                    good = patient_input(good, o.brain_extractor, patient).series
+                except SkullStripError as err:
+                    items = [(t, folder, err if t in good else v) for t, folder, v in items]
+                    good = {}
             results_list = segment_and_stack_many(
-                model, [v for _, v, _ in good], device, stack,
-                [None if m is None else m.positive_fraction for _, _, m in good],
+                model, [v for v, _ in good.values()], device, stack,
+                [None if m is None else m.positive_fraction for _, m in good.values()],
             ) if good else []
-            ok_types = [t for t, _, _ in good]
-            results = dict(zip(ok_types, results_list))
-            if o.input_format == "jpg":
+            results = dict(zip(good, results_list))
+            if input_format == "jpg":
                 own = {t: v for t, _, v in items if not isinstance(v, Exception)}
                 results = {t: with_own_pixels(r, own[t]) for t, r in results.items()}
             _clean_patient_temps(out_dir, patient)
@@ -312,10 +338,9 @@ def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2I
     folds: dict[str, int] = {}
     folds_info: dict[str, Any] | None = None
     if split == "train":
-        dicom_dir = settings.existing("DICOM_DATA_DIR")
         shards.clean_stale_temps(settings["KFOLD_PATH"].parent, (settings["KFOLD_PATH"].name,))
         folds, folds_info = ensure_folds(
-            settings["KFOLD_PATH"], task2.read_labels(dicom_dir / "train_labels.csv", options.columns), options.seed,
+            settings["KFOLD_PATH"], task2.read_labels(labels_path(settings, options), options.columns), options.seed,
             options.exclude
         )
     shards.clean_stale_temps(out_dir, ("index.csv", "dataset.json"))
@@ -393,7 +418,9 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool, shard:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_settings_argument(parser)
     parser.add_argument("--split", choices=["train", "test"], default="train")
-    parser.add_argument("--input-format", choices=["dicom", "jpg"], default="dicom")
+    parser.add_argument("--input", type=Path,
+                        help="--input-format nifti: the cohort's case folders (default DICOM_DATA_DIR/<split>)")
+    parser.add_argument("--labels", type=Path, help="train labels CSV (default DICOM_DATA_DIR/train_labels.csv)")
     parser.add_argument("--seg-model", type=Path, help="stage-1 checkpoint (default SEGMENT_MODEL_DIR/fold0/best.pt)")
     add_device_argument(parser)
     add_backend_arguments(parser)   # the segmenter's (issue 16)
@@ -401,7 +428,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=OURS.seg_image_size, dest="seg_image_size",
                         help=f"segmenter input size (reference {OURS.seg_image_size})")
     parser.add_argument("--seg-batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="DICOM reading workers (overlap model work)")
+    parser.add_argument("--workers", type=int, default=2, help="series reading workers (overlap model work)")
     parser.add_argument("--overwrite", action="store_true", help="redo this split from scratch")
     parser.add_argument("--seed", type=int, default=42, help="fold assignment seed")
     parser.add_argument("--min-area-ratio", type=float, default=OURS.min_area_ratio,
@@ -411,7 +438,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)"
     )
-    task2.add_column_arguments(parser, "train_labels.csv")
+    task2.add_column_arguments(parser, "the train labels (train_labels.csv or --labels)")
     parser.add_argument("--seg-amp", action="store_true",
                         help="fp16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
     shards.add_shard_arguments(parser, "patients of the split")
@@ -440,9 +467,15 @@ def main(args: argparse.Namespace) -> int:
     columns = task2.columns_from_args(args)
     if args.split == "train":
         params["label_columns"] = [columns.id, columns.label]
+    extractor = None
+    if contract.skull_strip and not args.merge:
+        from mgmt2d.data.skullstrip import BrainExtractor
+
+        extractor = BrainExtractor(device)
     frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
-        args.input_format, args.workers, args.overwrite, args.seed, tuple(args.exclude), columns, params, shard,
-        args.merge))
+        input_dir=args.input, labels=args.labels, workers=args.workers, overwrite=args.overwrite, seed=args.seed,
+        exclude=tuple(args.exclude), columns=columns, params=params, shard=shard, merge_only=args.merge,
+        brain_extractor=extractor))
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
     if frame is None:
         print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "

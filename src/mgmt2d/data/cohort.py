@@ -26,6 +26,7 @@ reported; neither is dropped without a word.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ from typing import Any
 
 import pandas as pd
 
-from mgmt2d.data.task2 import MRI_TYPES, PatientIdError, format_id
+from mgmt2d.data.task2 import MRI_TYPES, PatientIdError, Task2Index, format_id
+
+log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 
@@ -285,3 +288,29 @@ def _nothing_found(root: Path, refused: dict[str, str], empty: dict[str, list[st
     seen = ", ".join(list(empty)[:3]) + (f" (+{len(empty) - 3} more)" if len(empty) > 3 else "")
     return (f"no case folder in {root} holds a FLAIR/T1w/T1wCE/T2w NIfTI ({len(empty)} folder(s): {seen or 'none'}; "
             f"{len(ignored)} other entries); {_expected()}")
+
+
+def index_cohort(root: str | Path, split: str, labels: dict[str, int] | None = None,
+                 exclude: tuple[str, ...] | list[str] = ()) -> Task2Index:
+    """A NIfTI cohort as a Task 2 split index (what prepare_classification.py reads for DICOM):
+    one row per series with the case's label (-1 without labels); on ``train`` only labelled
+    cases, the others listed as unlabelled; ``exclude`` drops cases first. The cohort's report
+    (refused and empty cases, ignored files) is logged, never dropped without a word."""
+    found = discover_cohort(root)
+    excluded_set = {format_id(e, "--exclude") for e in exclude}
+    series = found.series_frame()
+    patients, excluded, unlabelled = [], [], []
+    for case in found.cases:
+        if case.case_id in excluded_set:
+            excluded.append(case.case_id)
+        elif split == "train" and case.case_id not in (labels or {}):
+            unlabelled.append(case.case_id)
+        else:
+            patients.append(case.case_id)
+    series = series[series.patient.isin(set(patients))].reset_index(drop=True)
+    series["label"] = [int((labels or {}).get(p, -1)) for p in series.patient]
+    index = Task2Index(split, series[["patient", "mri_type", "path", "label"]], patients,
+                       {c: t for c, t in found.missing_types.items() if c in set(patients)}, excluded, unlabelled)
+    if found.refused or found.empty or found.ignored or index.missing_types or unlabelled:
+        log.warning("%s\n%s", found.report(), index.report())
+    return index

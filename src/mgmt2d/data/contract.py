@@ -20,6 +20,16 @@ deliberate (README, table of deliberate differences):
   -1024 for background does not hide every slice). Both agree whenever the series'
   smallest stored value is 0, as on the Kaggle data.
 
+Where the slices come from (``input_format``): DICOM series (the Kaggle layout, ours and the
+reference's), NIfTI cohorts (``nifti``, a volume sliced in ``nifti_plane`` exactly as the DICOM
+series of that volume in that plane would be read: ``mgmt2d.data.nifti_series``), or the
+optional JPG copy (``jpg``, training only). On NIfTI the DICOM-only choices ``slice_order``
+(there is no file name to order by: the order is the geometry's) and ``pixel_values`` (the
+scaled values are the file's values) do not apply; :meth:`InputContract.record` says so in every
+run configuration. ``skull_strip``: the series were skull-stripped by mgmt2d (deepbet,
+``mgmt2d.data.skullstrip``) before segmentation; a model trained on stripped data gets stripped
+inputs.
+
 Everything else is one rule for every model (see ``mgmt2d.classification.stack``).
 ``min_slice_size`` (the reader's floor: a series whose slices are smaller is not an MRI) and
 ``tta_zoom`` are checked here: a contract outside their ranges cannot be made.
@@ -37,7 +47,9 @@ from mgmt2d.data.dicom import MIN_SLICE_SIZE
 SLICE_ORDERS = ("position", "filename")
 PIXEL_VALUES = ("modality", "stored")
 NONEMPTY_TESTS = ("above_series_min", "stored_positive")
-INPUT_FORMATS = ("dicom", "jpg")
+INPUT_FORMATS = ("dicom", "nifti", "jpg")
+NIFTI_PLANES = ("axial", "coronal", "sagittal")
+NOT_APPLICABLE = {"nifti": ("slice_order", "pixel_values")}   # DICOM-only reading choices
 # --tta-zoom: below 0.5 the brain fills under a quarter of the frame, above 2.0 under a quarter of it is left;
 # both far from what a model saw in training (scale 0.9-1.1, the reference's zoom-in 1.2). Zoom-out (< 1) is allowed.
 TTA_ZOOM_RANGE = (0.5, 2.0)
@@ -58,7 +70,9 @@ class InputContract:
     seq_len: int = 35
     stride: int = 5
     tta_zoom: float = 1.2              # test-time zoom-in about the centre (1.0: none)
-    input_format: str = "dicom"        # what the training slices were read from (jpg: the optional JPG copy)
+    input_format: str = "dicom"        # what the slices are read from: DICOM series, NIfTI volumes, JPG (training)
+    nifti_plane: str = "axial"         # input_format nifti: the plane the volumes are sliced in
+    skull_strip: bool = False          # the series were skull-stripped by mgmt2d (deepbet) before segmentation
     min_slice_size: int = MIN_SLICE_SIZE   # series whose slices are smaller (either side, pixels) are refused
 
     def __post_init__(self) -> None:
@@ -70,6 +84,8 @@ class InputContract:
             raise ValueError(f"input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
         if self.nonempty_test not in NONEMPTY_TESTS:
             raise ValueError(f"nonempty_test must be one of {NONEMPTY_TESTS}, got {self.nonempty_test!r}")
+        if self.nifti_plane not in NIFTI_PLANES:
+            raise ValueError(f"nifti_plane must be one of {NIFTI_PLANES}, got {self.nifti_plane!r}")
         low, high = TTA_ZOOM_RANGE
         if not low <= self.tta_zoom <= high:   # NaN fails too
             raise ValueError(f"--tta-zoom {self.tta_zoom:g} is out of range: the test-time zoom must be between "
@@ -79,6 +95,16 @@ class InputContract:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def record(self) -> dict[str, Any]:
+        """The contract as a run configuration records it: the fields that do not apply to this input
+        format (DICOM-only reading choices on NIfTI) say so instead of showing a value that was not used."""
+        out = self.to_dict()
+        for name in NOT_APPLICABLE.get(self.input_format, ()):
+            out[name] = f"not applicable ({self.input_format})"
+        if self.input_format != "nifti":
+            out["nifti_plane"] = f"not applicable ({self.input_format})"
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InputContract:
@@ -136,6 +162,18 @@ def add_contract_arguments(parser: argparse.ArgumentParser, defaults: InputContr
     group = parser.add_argument_group(
         "input contract", "how series become slices" + ("" if d else "; default: what the classifier checkpoints "
                                                         "record (published weights: the reference's)"))
+    formats = INPUT_FORMATS if d else tuple(f for f in INPUT_FORMATS if f != "jpg")
+    group.add_argument("--input-format", choices=list(formats), default=d.input_format if d else "dicom",
+                       help="dicom: a folder per patient and type (Kaggle layout); nifti: a folder per case, one "
+                            "NIfTI per type (BraTS 2021/2023, UPENN-GBM, UCSF-PDGM namings)"
+                            + ("; jpg: the optional JPG copy (CLASSIFICATION_RAW_JPG)" if d else ""))
+    group.add_argument("--nifti-plane", choices=list(NIFTI_PLANES), default=d and d.nifti_plane,
+                       help="NIfTI input: the plane the volumes are sliced in (each slice as the DICOM series of the "
+                            "volume in that plane would give it; default axial)")
+    group.add_argument("--skull-strip", action=argparse.BooleanOptionalAction, default=d and d.skull_strip,
+                       help="skull-strip every patient's series with one brain mask (deepbet on the T1w, else "
+                            "T1wCE series) before segmentation; recorded in the contract"
+                            + ("" if d else " (default: as the checkpoints were trained)"))
     group.add_argument("--slice-order", choices=list(SLICE_ORDERS), default=d and d.slice_order,
                        help="position: anatomical (ours); filename: trailing number of the file name (reference)")
     group.add_argument("--pixel-values", choices=list(PIXEL_VALUES), default=d and d.pixel_values,

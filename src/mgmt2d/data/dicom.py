@@ -1313,12 +1313,16 @@ def read_series_many(
         raise ValueError(f"executor must be 'thread' or 'process', got {executor!r}")
     smallest = MIN_SLICE_SIZE if min_size is None else min_size
     reader = functools.partial(read_series, order=order, rescale=rescale, min_size=smallest)
-    return _read_many(iter(folders), workers, kind, reader)
+    return read_ahead(iter(folders), workers, reader, kind)
 
 
-def _read_many(
-    folders: Iterator[str | Path], workers: int, kind: str, reader: Callable[[Path], tuple[np.ndarray, SeriesMeta]]
+def read_ahead(
+    folders: Iterator[str | Path], workers: int, reader: Callable[[Path], tuple[np.ndarray, SeriesMeta]],
+    kind: str = "thread",
 ) -> Iterator[tuple[Path, np.ndarray | Exception, SeriesMeta | None]]:
+    """``reader`` over ``folders`` in the background (at most ``workers + 1`` ahead), yielding ``(path, volume,
+    meta)`` or ``(path, exception, None)`` in input order (see :func:`read_series_many`); any reader of one
+    series (a DICOM folder, a NIfTI file: ``mgmt2d.data.series``) can use it."""
     pool: Executor
     if kind == "thread":
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="read_series")

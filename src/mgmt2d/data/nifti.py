@@ -80,19 +80,20 @@ def task2_labels(wt: np.ndarray, et: np.ndarray) -> np.ndarray:
     return labels
 
 
-def nifti_bytes(volume: np.ndarray, affine: np.ndarray) -> bytes:
-    """A gzipped NIfTI-1 file of the (S, H, W) ``volume`` (scanner-anchored q/sform, mm)."""
+def nifti_bytes(volume: np.ndarray, affine: np.ndarray, voxel_order: bool = False) -> bytes:
+    """A gzipped NIfTI-1 file of the (S, H, W) ``volume`` (scanner-anchored q/sform, mm); with
+    ``voxel_order`` the array is already in the file's voxel order (e.g. a NIfTI input's own grid)."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(to_nifti_array(volume), affine)
+    img = nib.Nifti1Image(np.asarray(volume) if voxel_order else to_nifti_array(volume), affine)
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
 
 
-def save_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray) -> Path:
-    """Write ``volume`` as ``path`` (.nii.gz) atomically."""
+def save_nifti(path: str | Path, volume: np.ndarray, affine: np.ndarray, voxel_order: bool = False) -> Path:
+    """Write ``volume`` as ``path`` (.nii.gz) atomically (``voxel_order``: see :func:`nifti_bytes`)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(nifti_bytes(volume, affine))
+        tmp.write_bytes(nifti_bytes(volume, affine, voxel_order))
     return Path(path)

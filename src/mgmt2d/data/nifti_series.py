@@ -44,10 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mgmt2d.data.contract import NIFTI_PLANES
 from mgmt2d.data.dicom import SeriesMeta
 from mgmt2d.data.nifti import LPS_TO_RAS
 
-__all__ = ["NIFTI_PLANES", "PLANE_ORIENTATION", "NiftiSeriesError", "read_nifti_series"]
+__all__ = ["NIFTI_PLANES", "PLANE_ORIENTATION", "NiftiSeriesError", "output_grid", "read_nifti_series"]
 
 # Per plane: ImageOrientationPatient (row cosines, column cosines) and nibabel's axis codes of
 # the (slice, row, column) array, which follow from it (codes name where each axis points in RAS
@@ -62,7 +63,7 @@ _AXIS_CODES: dict[str, tuple[str, str, str]] = {
     "coronal": ("P", "I", "L"),
     "sagittal": ("R", "I", "P"),
 }
-NIFTI_PLANES: tuple[str, ...] = tuple(PLANE_ORIENTATION)
+assert tuple(PLANE_ORIENTATION) == NIFTI_PLANES, "one table of planes: mgmt2d.data.contract.NIFTI_PLANES"
 
 
 class NiftiSeriesError(ValueError):
@@ -152,3 +153,31 @@ def read_nifti_series(path: str | Path, plane: str = "axial") -> tuple[np.ndarra
         orientation=tuple(float(v) for v in (*row_cos, *col_cos)),
     )
     return volume, meta
+
+
+def output_grid(volume: np.ndarray, meta: SeriesMeta) -> tuple[np.ndarray, np.ndarray]:
+    """Where an output of a series goes: ``(array, affine)`` of (S, H, W) data in reading order, ready for
+    ``mgmt2d.data.nifti.save_nifti(path, array, affine, voxel_order=True)``.
+
+    A series read from a NIfTI file goes back onto that file's own voxel grid and affine (the
+    inverse permutation and flips of :func:`read_nifti_series`), so a mask overlays the input
+    voxel for voxel; a DICOM series gets its (column, row, slice) array and
+    :func:`mgmt2d.data.nifti.series_affine`. Raises ValueError when the geometry does not allow it.
+    """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation, ornt_transform
+
+    from mgmt2d.data.nifti import series_affine, to_nifti_array
+
+    array = to_nifti_array(volume)
+    affine = series_affine(meta.positions, meta.orientation, meta.pixel_spacing, meta.slice_spacing)
+    source = meta.files[0] if meta.files else None
+    if source is None or not source.name.endswith((".nii", ".nii.gz")):
+        return array, affine
+    target = np.asarray(_load(source).affine, dtype=np.float64)
+    transform = ornt_transform(io_orientation(affine), io_orientation(target))
+    back = np.ascontiguousarray(apply_orientation(array, transform))
+    placed = affine @ inv_ornt_aff(transform, array.shape)
+    if not np.allclose(placed, target, atol=1e-3):   # the read is a pure permutation: this is float rounding
+        raise ValueError(f"{source}: the slices do not map back onto the file's grid (affines differ by "
+                         f"{float(np.abs(placed - target).max()):.3g})")
+    return back, target

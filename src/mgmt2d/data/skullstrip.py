@@ -53,6 +53,8 @@ __all__ = [
     "frame_of_reference",
     "looks_unstripped",
     "mask_volume_ml",
+    "PatientInput",
+    "patient_input",
     "series_image",
     "strip_patient",
 ]
@@ -204,8 +206,17 @@ def carry_mask(
     return carried >= 0.5
 
 
+NIFTI_SPACE = "scanner space of the NIfTI files"
+
+
 def frame_of_reference(meta: SeriesMeta) -> str:
-    """The one FrameOfReferenceUID of a DICOM series' files (headers only); refused when absent or mixed."""
+    """The one FrameOfReferenceUID of a DICOM series' files (headers only); refused when absent or mixed.
+
+    A volume read from NIfTI (a cohort case) has no UID: its files' affines place it in the case's
+    common space (the public cohorts are co-registered per case), :data:`NIFTI_SPACE`.
+    """
+    if meta.files and all(p.name.endswith((".nii", ".nii.gz")) for p in meta.files):
+        return NIFTI_SPACE
     uids: set[str] = set()
     for path in meta.files:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["FrameOfReferenceUID"])
@@ -294,6 +305,39 @@ def strip_patient(
         masks[name] = mask.astype(np.uint8)
     logger.info("skull-stripped %s with a %.0f mL brain mask from %s", ", ".join(series), brain_ml, source)
     return StrippedPatient(series=out, masks=masks, source=source, brain_ml=brain_ml, frame_uid=frame_uid)
+
+
+@dataclass
+class PatientInput:
+    """A patient's series as the segmenter will see them (:func:`patient_input`)."""
+
+    series: dict[str, tuple[np.ndarray, SeriesMeta]]
+    masks: dict[str, np.ndarray]   # type -> brain mask (S, H, W), when skull-stripped
+    note: str                      # what was done, or a warning that the series look unstripped
+
+
+def patient_input(series: Mapping[str, tuple[np.ndarray, SeriesMeta]],
+                  extract: Callable[[nib.Nifti1Image, str], np.ndarray] | None, patient: str) -> PatientInput:
+    """Skull-strip a patient's series with ``extract`` (the contract says ``skull_strip``), or, without it,
+    check one series for a skull: the models expect stripped inputs, so a series that looks unstripped is
+    a warning naming the patient and ``--skull-strip``. One check per patient (the T1w, else T1wCE, else
+    the first series): a skull is in every series of a study or in none."""
+    if not series:
+        return PatientInput({}, {}, "")
+    if extract is not None:
+        done = strip_patient(series, extract)
+        return PatientInput(done.series, done.masks,
+                            f"skull-stripped with a {done.brain_ml:.0f} mL brain mask from the {done.source} series")
+    name = next((t for t in SOURCE_TYPES if t in series), next(iter(series)))
+    volume, meta = series[name]
+    spacing = (meta.slice_spacing or 1.0, *(meta.pixel_spacing or (1.0, 1.0)))
+    check = looks_unstripped(volume, spacing)
+    note = ""
+    if check.unstripped:
+        note = (f"patient {patient}: the {name} series looks unstripped ({check.reason()}); the models expect "
+                "skull-stripped inputs: pass --skull-strip")
+        logger.warning("%s", note)
+    return PatientInput(dict(series), {}, note)
 
 
 # --------------------------------------------------------------------------- is a skull there?

@@ -38,10 +38,13 @@ from mgmt2d.classification.model import (
     predict_series,
 )
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
-from mgmt2d.data import dicom, task2
+from mgmt2d.data import series as series_io
+from mgmt2d.data import task2
 from mgmt2d.data.contract import InputContract, add_contract_arguments, contract_of, contract_overrides, shared_contract
+from mgmt2d.data.dicom import SeriesMeta
 from mgmt2d.data.io import save_npy_atomic
 from mgmt2d.data.settings import Settings, SettingsError, add_settings_argument
+from mgmt2d.data.skullstrip import PatientInput, SkullStripError, patient_input
 from mgmt2d.data.weights import WeightsLayout, detect_layout, model_dirs_layout
 from mgmt2d.device import add_device_argument, autocast_dtype, resolve_device
 from mgmt2d.engines import BackendOptions, add_backend_arguments, backend_from_args
@@ -72,11 +75,12 @@ class SeriesResult:
 
     mri_type: str
     volume: np.ndarray | None = None            # as read (None: unreadable or missing)
-    meta: dicom.SeriesMeta | None = None
+    meta: SeriesMeta | None = None
     stacked: StackedSeries | None = None        # kept slices, dropped reasons, masks
     chunk_probs: np.ndarray | None = None       # (n_chunks,) averaged over the fold models
     prob: float = float("nan")                  # mean chunk probability
     note: str = ""                              # why nothing was scored
+    brain_mask: np.ndarray | None = None        # (S, H, W) when skull-stripped
 
 
 @dataclass
@@ -87,6 +91,7 @@ class PatientResult:
     prob: float                                 # the submission's MGMT_value
     fallback: bool                              # no usable slice in any type: prob is FALLBACK
     series: list[SeriesResult]
+    note: str = ""                              # skull stripping done, or a warning that the series look unstripped
 
 
 DETAIL_COLUMNS = ["BraTS21ID", "type", "kept", "total", "chunks", "prob", "note", "kept_files", "chunk_probs"]
@@ -116,6 +121,7 @@ class Predictor:
     contract: InputContract                       # how their inputs must be made (resolved)
     files: dict[str, list[str]] = field(default_factory=dict)   # "segmenter" / MRI type -> checkpoint files
     device: torch.device = torch.device("cpu")
+    brain_extractor: Callable | None = None       # skull stripping (contract.skull_strip): a BrainExtractor
 
     @classmethod
     def from_weights(
@@ -158,19 +164,28 @@ class Predictor:
         missing = [t for t in mri_types if t not in classifiers]
         if missing:
             log.warning("no classifier for %s: those types are left out", ", ".join(missing))
-        contract = shared_contract(contracts).with_overrides(**(overrides or {}))
-        if contract.input_format != "dicom":
+        trained = shared_contract(contracts)
+        if trained.input_format == "jpg":
             raise SettingsError(
-                f"{next(iter(contracts))} was trained on {contract.input_format.upper()} slices, but inference reads "
-                "DICOM: predicting on other inputs than it was trained on is the published code's mistake we do not "
-                "repeat; train on DICOM (prepare_classification.py --input-format dicom)"
+                f"{next(iter(contracts))} was trained on JPG slices, but inference reads DICOM or NIfTI: predicting "
+                "on other inputs than it was trained on is the published code's mistake we do not repeat; train on "
+                "DICOM (prepare_classification.py --input-format dicom)"
             )
+        contract = trained.with_overrides(**(overrides or {}))
+        if contract.input_format != trained.input_format:
+            log.warning("the classifiers were trained on %s inputs; this run reads %s (--input-format)",
+                        trained.input_format, contract.input_format)
         if backend is not None:
             seg = segmenter.with_backend(seg, seg_path, contract.seg_image_size, backend)
             for path, model in loaded.items():
                 backbone_with_backend(model, path, contract.image_size, backend, device)
-        log.info("input contract: %s", contract.to_dict())
-        return cls(seg, classifiers, contract, files, device)
+        extractor = None
+        if contract.skull_strip:
+            from mgmt2d.data.skullstrip import BrainExtractor
+
+            extractor = BrainExtractor(device)
+        log.info("input contract: %s", contract.record())
+        return cls(seg, classifiers, contract, files, device, extractor)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, settings: Settings, device: torch.device,
@@ -215,10 +230,12 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace, keep_dir: Path | None = None) -> PredictOptions:
+    """The :class:`PredictOptions` of :func:`add_predictor_arguments`' flags."""
     return PredictOptions(args.mri_types, args.seg_batch_size, args.batch_size, args.workers, args.amp, keep_dir)
 
 
 def input_folder(args: argparse.Namespace, settings: Settings) -> Path:
+    """--input (DICOM patient folders or NIfTI case folders), default DICOM_DATA_DIR/test."""
     input_dir = args.input or settings["DICOM_DATA_DIR"] / "test"
     if not input_dir.is_dir():
         raise SettingsError(f"test folder {input_dir} does not exist (--input or DICOM_DATA_DIR/test)")
@@ -250,13 +267,6 @@ def classify_series(
     return np.mean(np.stack(probs), axis=0)
 
 
-def patient_series(input_dir: Path, patient: str, mri_types: Sequence[str]) -> list[tuple[str, Path]]:
-    """(type, series folder) of one patient: its folder by :func:`mgmt2d.data.task2.find_patient_folder`
-    (a numeric ID may be spelled unpadded on disk), type folders in any case (``flair``)."""
-    folder = task2.find_patient_folder(input_dir, patient)
-    return list(task2.series_folders(folder, mri_types).items()) if folder is not None else []
-
-
 def predict(
     patients: list[str],
     input_dir: Path,
@@ -277,16 +287,14 @@ def predict(
     c, device = predictor.contract, predictor.device
     opts = StackOptions(contract=c, seg_batch_size=o.seg_batch_size, keep_masks=on_patient is not None)
     types = [t for t in o.mri_types if t in predictor.classifiers]
-    plan = {p: patient_series(input_dir, p, types) for p in patients}
+    plan = {p: series_io.patient_series(input_dir, p, types, c.input_format) for p in patients}
     no_folder = {p for p in patients if not plan[p] and task2.find_patient_folder(input_dir, p) is None}
-    reader = dicom.read_series_many([path for p in patients for _, path in plan[p]], workers=max(o.workers, 1),
-                                    order=c.slice_order, rescale=c.pixel_values == "modality",
-                                    min_size=c.min_slice_size)
+    reader = series_io.read_many([path for p in patients for _, path in plan[p]], c, o.workers)
     classifier_dtype = autocast_dtype(device, o.amp)
     rows, detail = [], []
     for patient in tqdm(patients, desc="inference", unit="patient"):
         t0 = time.perf_counter()
-        series: list[tuple[str, np.ndarray, dicom.SeriesMeta]] = []
+        read: dict[str, tuple[np.ndarray, SeriesMeta]] = {}
         seen: list[SeriesResult] = []   # for on_patient
         for mri_type, _path in plan[patient]:
             _folder, volume, meta = next(reader)
@@ -294,28 +302,36 @@ def predict(
                 detail.append(_detail(patient, mri_type, note=f"unreadable: {volume}"))
                 seen.append(SeriesResult(mri_type, note=f"unreadable: {volume}"))
                 continue
-            series.append((mri_type, volume, meta))
+            read[mri_type] = (volume, meta)
         t0 = timer.add("read", t0)
+        prepared, failed = _patient_input(read, predictor.brain_extractor, patient)
+        for mri_type, note in failed.items():
+            detail.append(_detail(patient, mri_type, note=note))
+            seen.append(SeriesResult(mri_type, *read[mri_type], note=note))
+        series = [(t, v, m) for t, (v, m) in prepared.series.items()]
+        t0 = timer.add("strip", t0) if predictor.brain_extractor is not None else t0
         stacked = segment_and_stack_many(predictor.segmenter, [v for _, v, _ in series], device, opts,
                                          [m.positive_fraction for _, _, m in series]) if series else []
         t0 = timer.add("segment", t0)
         type_probs = []
         for (mri_type, volume, meta), res in zip(series, stacked):
+            mask = prepared.masks.get(mri_type)
             if res.kept == 0:
                 note = "; ".join([res.reason, *meta.warnings])
                 detail.append(_detail(patient, mri_type, note=note, total=res.total))
-                seen.append(SeriesResult(mri_type, volume, meta, res, note=res.reason))
+                seen.append(SeriesResult(mri_type, volume, meta, res, note=res.reason, brain_mask=mask))
                 continue
             if o.keep_dir is not None:
                 save_npy_atomic(o.keep_dir / f"{patient}_{mri_type}.npy", res.images)
             chunk_probs = classify_series(predictor.classifiers[mri_type], res, c, o.batch_size, classifier_dtype)
             prob = float(np.mean(chunk_probs))
             type_probs.append(prob)
-            seen.append(SeriesResult(mri_type, volume, meta, res, chunk_probs, prob))
+            seen.append(SeriesResult(mri_type, volume, meta, res, chunk_probs, prob, brain_mask=mask))
+            names = series_io.slice_names(meta)
             detail.append(_detail(
                 patient, mri_type, kept=res.kept, total=res.total, chunks=len(chunk_probs), prob=prob,
                 note="; ".join(meta.warnings),   # e.g. slices of several pixel spacings
-                kept_files=" ".join(meta.files[i].name for i in res.slice_index),
+                kept_files=" ".join(names[i] for i in res.slice_index),
                 chunk_probs=" ".join(f"{p:.6f}" for p in chunk_probs),
             ))
         missing = f"patient folder {input_dir / patient} missing" if patient in no_folder else "series missing"
@@ -331,8 +347,21 @@ def predict(
             log.warning("patient %s: %s: MGMT_value %.1f", patient, why, FALLBACK)
             rows.append({"BraTS21ID": patient, "MGMT_value": FALLBACK})
         if on_patient is not None:
-            on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen))
+            on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen, prepared.note))
     return pd.DataFrame(rows, columns=["BraTS21ID", "MGMT_value"]), pd.DataFrame(detail, columns=DETAIL_COLUMNS)
+
+
+def _patient_input(read: dict[str, tuple[np.ndarray, SeriesMeta]], extractor: Callable | None,
+                   patient: str) -> tuple[PatientInput, dict[str, str]]:
+    """The series the segmenter sees (skull-stripped when the contract says so); a patient whose
+    stripping fails keeps going unscored, each type noted (a broken patient never stops the run)."""
+    try:
+        return patient_input(read, extractor, patient), {}
+    except SkullStripError as err:
+        log.warning("patient %s: %s", patient, err)
+        tqdm.write(f"warning: patient {patient}: skull stripping failed: {err}")
+        return PatientInput({}, {}, f"skull stripping failed: {err}"), {
+            t: f"skull stripping failed: {err}" for t in read}
 
 
 def _detail(patient: str, mri_type: str, kept: int = 0, total: int = 0, chunks: int = 0, prob: float = np.nan,

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from mgmt2d.data import shards, task2
+from mgmt2d.data import cohort, shards, task2
 from mgmt2d.data.io import check_writable, write_csv_atomic, write_run_config
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import autocast_name, resolve_device
@@ -30,15 +30,20 @@ log = logging.getLogger(__name__)
 
 
 def submission_patients(input_dir: Path, sample: Path | None,
+                        input_format: str = "dicom",
                         columns: task2.LabelColumns = task2.LabelColumns()) -> tuple[list[str], list[str]]:
-    """(IDs, spelling to write) from sample_submission.csv (its ``columns``), else every patient folder.
+    """(IDs, spelling to write) from sample_submission.csv (its ``columns``), else every patient folder
+    (DICOM) or case (NIfTI).
 
     The sample is read by the one patient-CSV reader (:func:`mgmt2d.data.task2.read_id_table`): an empty
     sample, a missing column, a blank row or a patient listed twice is refused, naming the file and line.
     Patient folders the sample does not list are not scored, with a warning naming them; listed
     patients without a folder are named too (they get the fallback, see the pipeline).
     """
-    folders = task2.patient_folders(input_dir)
+    if input_format == "nifti":
+        folders = {case.case_id: case.folder for case in cohort.discover_cohort(input_dir).cases}
+    else:
+        folders = task2.patient_folders(input_dir)
     if sample is None:
         ids, spelled = list(folders), list(folders)
     else:
@@ -52,9 +57,10 @@ def submission_patients(input_dir: Path, sample: Path | None,
         if absent:
             log.warning("%d patient(s) listed in %s have no folder in %s (MGMT_value %.1f): %s",
                         len(absent), sample, input_dir, FALLBACK, ", ".join(absent))
-    for pid in ids:   # two folders of one type (FLAIR and flair): refused now, before any model runs
-        if pid in folders:
-            task2.series_folders(folders[pid])
+    if input_format != "nifti":
+        for pid in ids:   # two folders of one type (FLAIR and flair): refused now, before any model runs
+            if pid in folders:
+                task2.series_folders(folders[pid])
     return ids, spelled
 
 
@@ -80,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
     columns = task2.columns_from_args(args)
-    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, columns)
+    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, args.input_format,
+                                            columns)
     check_writable(output.parent, "submission")
     # --- sharded inference (mgmt2d.inference.partial): --merge assembles, --shard I/N predicts a part
     shard = shards.shard_of(args, overwrite_clears=False)
@@ -103,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     if args.report_dir is not None:   # the report of every patient, from the results computed here
         on_patient = report.writer(args.report_dir, models, args, patients)
     compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
-                "weights": models.files, "contract": models.contract.to_dict(),
+                "weights": models.files, "contract": models.contract.record(),
                 "classifier_autocast": autocast_name(device, args.amp),
                 "segmenter_autocast": autocast_name(device, False), "label_columns": [columns.id, columns.label]}
     if shard is not None:   # sharded inference: every shard must predict with the same models and contract

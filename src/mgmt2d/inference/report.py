@@ -12,7 +12,12 @@ model and input-contract flags) on one patient and writes ``OUT/<patient>/``:
   with the most heatmap mass in the highest and the lowest chunk (fold model 1);
 - ``<type>_slices.png``, ``<type>_chunks.png``, ``<type>_gradcam.png``;
 - ``<type>_image.nii.gz`` and ``<type>_seg.nii.gz`` (2 = WT outside ET, 4 = ET) in patient
-  space (see :mod:`mgmt2d.data.nifti`), for ITK-SNAP or 3D Slicer;
+  space (see :mod:`mgmt2d.data.nifti`; for NIfTI input on the input's own grid), for ITK-SNAP
+  or 3D Slicer, and ``<type>_brain.nii.gz`` (the brain mask) when skull-stripped;
+- ``<type>_seg.dcm`` for DICOM input: the WT and ET masks as a DICOM Segmentation object over
+  the source series (:mod:`mgmt2d.inference.dicom_seg`), for a PACS viewer, 3D Slicer or OHIF;
+- ``<patient>.json``: the probability, per-type results, the contract and the weights' SHA-256,
+  for a worklist or a structured report downstream;
 - ``report.json`` (the numbers) and ``report_config.json`` (the resolved configuration).
 
 ``inference_on_test.py --report-dir DIR`` writes the same folder for every patient from the
@@ -28,7 +33,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +43,12 @@ import numpy as np
 from mgmt2d import overlay
 from mgmt2d.classification.chunks import chunk_index
 from mgmt2d.data import nifti, task2
+from mgmt2d.data import series as series_io
 from mgmt2d.data.io import check_writable, write_run_config
+from mgmt2d.data.nifti_series import output_grid
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import resolve_device
-from mgmt2d.inference import pipeline
+from mgmt2d.inference import dicom_seg, pipeline
 from mgmt2d.inference.gradcam import ChunkCam, chunk_cam
 
 log = logging.getLogger(__name__)
@@ -66,8 +73,10 @@ def main(args: argparse.Namespace) -> int:
     if args.top_frames < 1:
         raise SettingsError(f"--top-frames {args.top_frames}: show at least 1 frame per explained chunk")
     patient = task2.format_id(args.patient, "--patient")
-    if not pipeline.patient_series(input_dir, patient, list(task2.MRI_TYPES)):
-        raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/<type>/)")
+    if not series_io.patient_series(input_dir, patient, list(task2.MRI_TYPES), args.input_format):
+        expected = "<case>_<type>.nii.gz files" if args.input_format == "nifti" else "<type>/ folders"
+        raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/ with "
+                            f"{expected}; --input-format says which)")
     out = args.out or settings["TEST_PREDICTION_FILE"].parent / "report"
     check_reports(out, [patient], args.overwrite)   # before the models load
     device = resolve_device(args.device)
@@ -86,10 +95,11 @@ def writer(out: Path, models: pipeline.Predictor, args: argparse.Namespace,
     check_reports(out, patients, bool(getattr(args, "overwrite", False)))
     check_writable(out, "report")
     top = int(getattr(args, "top_frames", 3))
-    config = {**vars(args), "report_dir": out, "contract": models.contract.to_dict(), "weights": models.files}
+    config = {**vars(args), "report_dir": out, "contract": models.contract.record(), "weights": models.files}
+    weights = dicom_seg.weights_sha256(sorted({f for files in models.files.values() for f in files}))   # once
 
     def write(result: pipeline.PatientResult) -> None:
-        write_report(out, result, models, config, top)
+        write_report(out, result, models, config, top, weights)
 
     return write
 
@@ -103,8 +113,11 @@ def check_reports(out: Path, patients: list[str], overwrite: bool) -> None:
 
 
 def write_report(out: Path, result: pipeline.PatientResult, models: pipeline.Predictor,
-                 config: dict[str, Any], top_frames: int = 3) -> Path:
-    """Write ``out/<patient>/`` (see the module doc) atomically; returns its index.html."""
+                 config: dict[str, Any], top_frames: int = 3, weights: Mapping[str, str] | None = None) -> Path:
+    """Write ``out/<patient>/`` (see the module doc) atomically; returns its index.html.
+
+    ``weights``: {checkpoint: SHA-256} for ``<patient>.json`` (hashed once per run by :func:`writer`).
+    """
     final = Path(out) / result.patient
     Path(out).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{result.patient}.tmp", dir=out))
@@ -112,6 +125,15 @@ def write_report(out: Path, result: pipeline.PatientResult, models: pipeline.Pre
         sections = [_series_section(tmp, s, models, top_frames) for s in result.series]
         summary = _summary(result, models, sections)
         (tmp / "report.json").write_text(json.dumps(summary, indent=2, default=str))
+        record = dicom_seg.patient_record(
+            result.patient, result.prob, fallback=result.fallback,
+            types={s["type"]: {"prob": s["prob"], "kept": s.get("kept"), "total": s.get("total"),
+                               "chunks": len(s.get("chunks", [])), "note": s["note"], "seg": s.get("seg")}
+                   for s in sections},
+            contract=models.contract.record(),
+            weights=weights if weights is not None else dicom_seg.weights_sha256(
+                sorted({f for files in models.files.values() for f in files})))
+        dicom_seg.write_patient_json(tmp / f"{result.patient}.json", record)
         write_run_config(tmp, "report_config.json", config)
         (tmp / INDEX).write_text(_page(result, models, sections))
         tmp.chmod(0o755)
@@ -138,8 +160,7 @@ def _series_section(folder: Path, s: pipeline.SeriesResult, models: pipeline.Pre
     st = s.stacked
     section.update(kept=st.kept, total=st.total, nonempty=st.nonempty,
                    dropped={str(k): v for k, v in sorted((st.dropped or {}).items())})
-    if s.meta is not None and s.meta.warnings:   # e.g. slices of several pixel spacings: the NIfTI uses the first
-        section["notes"] += s.meta.warnings
+    if s.meta is not None and s.meta.pixel_spacings:   # several (the notes say so): the NIfTI uses the first
         section["pixel_spacings"] = [{"spacing": list(sp), "slices": n} for sp, n in s.meta.pixel_spacings]
     _write_png(folder / f"{t}_slices.png", _montage(s.volume, st))
     section["images"].append((f"{t}_slices.png", f"{t}: every slice in reading order ({st.kept} of {st.total} "
@@ -156,17 +177,27 @@ def _series_section(folder: Path, s: pipeline.SeriesResult, models: pipeline.Pre
         section["images"].append((f"{t}_gradcam.png", f"{t}: Grad-CAM (fold model 1) of the highest and lowest "
                                   f"chunk, the {top_frames} frames with the most heatmap mass; left the frame as "
                                   "the model saw it, right the heatmap (one scale per chunk)"))
-    try:
-        affine = nifti.series_affine(s.meta.positions, s.meta.orientation, s.meta.pixel_spacing,
-                                     s.meta.slice_spacing) if s.meta is not None else None
+    masks = st.masks if st.masks is not None else np.zeros((st.total, 2, *s.volume.shape[1:]), np.uint8)
+    outputs = {f"{t}_image.nii.gz": s.volume.astype(np.float32),
+               f"{t}_seg.nii.gz": nifti.task2_labels(masks[:, 0], masks[:, 1])}
+    if s.brain_mask is not None:
+        outputs[f"{t}_brain.nii.gz"] = s.brain_mask.astype(np.uint8)
+    try:   # DICOM: placed by the series geometry; NIfTI input: on the input file's own grid and affine
+        for name, data in outputs.items():
+            nifti.save_nifti(folder / name, *output_grid(data, s.meta), voxel_order=True)
+            section["files"].append(name)
     except ValueError as err:
         section["notes"].append(f"NIfTI not written: {err}")
-        affine = None
-    if affine is not None:
-        nifti.save_nifti(folder / f"{t}_image.nii.gz", s.volume.astype(np.float32), affine)
-        masks = st.masks if st.masks is not None else np.zeros((st.total, 2, *s.volume.shape[1:]), np.uint8)
-        nifti.save_nifti(folder / f"{t}_seg.nii.gz", nifti.task2_labels(masks[:, 0], masks[:, 1]), affine)
-        section["files"] += [f"{t}_image.nii.gz", f"{t}_seg.nii.gz"]
+    if s.meta is not None and s.meta.files and not series_io.is_nifti(s.meta.files[0]):
+        try:   # the masks as a DICOM SEG over the source series (opens in 3D Slicer, OHIF, a PACS viewer)
+            dicom_seg.write_seg(s.meta.files, masks[:, 0], masks[:, 1], folder / f"{t}_seg.dcm",
+                                dicom_seg.SegOptions(label=t))
+            section["seg"] = f"{t}_seg.dcm"
+            section["files"].append(f"{t}_seg.dcm")
+        except dicom_seg.DicomSegError as err:
+            section["notes"].append(f"DICOM SEG not written: {err}")
+    for warning in s.meta.warnings if s.meta is not None else []:
+        section["notes"].append(f"reading: {warning}")
     return section
 
 
@@ -247,7 +278,7 @@ def _summary(result: pipeline.PatientResult, models: pipeline.Predictor, section
     return {
         "patient": result.patient, "MGMT_value": result.prob, "fallback": result.fallback,
         "types": {s["type"]: {k: v for k, v in s.items() if k not in ("images",)} for s in sections},
-        "models": models.files, "contract": models.contract.to_dict(),
+        "models": models.files, "contract": models.contract.record(), "note": result.note,
     }
 
 
@@ -261,6 +292,8 @@ def _page(result: pipeline.PatientResult, models: pipeline.Predictor, sections: 
         f"<h1>Patient {e(result.patient)}</h1>",
         f'<p class="probability">MGMT promoter methylation probability: <b>{result.prob:.4f}</b></p>',
     ]
+    if result.note:
+        parts.append(f"<p><b>{e(result.note)}</b></p>")
     if result.fallback:
         parts.append(f"<p><b>No usable slice in any MRI type: the probability is the fallback "
                      f"{pipeline.FALLBACK}.</b> Why, per type, below.</p>")
@@ -275,7 +308,7 @@ def _page(result: pipeline.PatientResult, models: pipeline.Predictor, sections: 
     for what, files in models.files.items():
         parts.append(f"<li>{e(what)}: {e(', '.join(files))}</li>")
     parts.append("</ul><h2>Input contract of the checkpoints</h2><table>")
-    for key, value in models.contract.to_dict().items():
+    for key, value in models.contract.record().items():
         parts.append(f"<tr><th>{e(str(key))}</th><td>{e(str(value))}</td></tr>")
     parts.append("</table>")
     for s in sections:
