@@ -49,7 +49,7 @@ PIXEL_VALUES = ("modality", "stored")
 NONEMPTY_TESTS = ("above_series_min", "stored_positive")
 INPUT_FORMATS = ("dicom", "nifti", "jpg")
 NIFTI_PLANES = ("axial", "coronal", "sagittal")
-NOT_APPLICABLE = {"nifti": ("slice_order", "pixel_values")}   # DICOM-only reading choices
+NOT_APPLICABLE = {"nifti": ("slice_order", "pixel_values", "min_slice_size")}   # DICOM-only reading choices
 # --tta-zoom: below 0.5 the brain fills under a quarter of the frame, above 2.0 under a quarter of it is left;
 # both far from what a model saw in training (scale 0.9-1.1, the reference's zoom-in 1.2). Zoom-out (< 1) is allowed.
 TTA_ZOOM_RANGE = (0.5, 2.0)
