@@ -125,6 +125,7 @@ def test_2023_layout_through_the_script_gives_the_2021_store(tmp_path: Path):
 
 
 def _main(settings: Path, *extra: str) -> int:
+    """prepare_segmentation_data.py in this process, through the one error boundary (cli.run)."""
     parser = argparse.ArgumentParser()
     segdata.add_arguments(parser)
     return cli.run(segdata.main, parser, ["--settings", str(settings), "--workers", "1", "--no-progress",

@@ -16,7 +16,6 @@ from mgmt2d.data import cohort
 from mgmt2d.data.dicom import read_series
 from mgmt2d.data.nifti import LPS_TO_RAS, series_affine, to_nifti_array
 from mgmt2d.data.nifti_series import PLANE_ORIENTATION, NiftiSeriesError, read_nifti_series
-from mgmt2d.data.patient_id import PatientIdError, validate_patient_id
 
 SHAPE = (7, 9, 5)                   # x (towards the patient's left), y (posterior), z (superior)
 SPACING = (0.9, 1.1, 2.0)
@@ -248,22 +247,6 @@ def test_unreadable_niftis_are_one_line_errors(tmp_path: Path):
     nib.save(no_orientation, str(tmp_path / "bare.nii.gz"))
     with pytest.raises(NiftiSeriesError, match="no orientation"):
         read_nifti_series(tmp_path / "bare.nii.gz")
-
-
-# --------------------------------------------------------------------------- patient IDs
-
-
-@pytest.mark.parametrize("good", ["00001", "UPENN-GBM-00002_11", "UCSF-PDGM-0004_nifti", "a.b", "...x", "-"])
-def test_plain_folder_names_are_ids(good: str):
-    assert validate_patient_id(good) == good
-
-
-@pytest.mark.parametrize("bad", ["", ".", "..", "../x", "a/b", "a\\b", "a b", "naïve", "x\n", "x" * 201, "/abs"])
-def test_ids_that_are_not_plain_folder_names_are_refused(bad: str):
-    with pytest.raises(PatientIdError) as err:
-        validate_patient_id(bad, "labels.csv row 3")
-    message = str(err.value)
-    assert "\n" not in message and "labels.csv row 3" in message and "letters" in message
 
 
 # --------------------------------------------------------------------------- discovery

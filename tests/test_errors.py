@@ -112,7 +112,7 @@ def _test_folder(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("content,needle", [
-    ("BraTS21ID,MGMT_value\n1,0.5\n2,0.5\n00001,0.5\n", "lists patient 00001 twice (lines 2 and 4)"),
+    ("BraTS21ID,MGMT_value\n1,0.5\n2,0.5\n00001,0.5\n", "lists 00001 twice (lines 2 and 4)"),
     ("", "is empty"),
     ("BraTS21ID,MGMT_value\n", "lists no patient"),
 ])

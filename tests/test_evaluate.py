@@ -15,7 +15,6 @@ from sklearn.metrics import brier_score_loss, roc_auc_score, roc_curve
 
 from mgmt2d import statistics as st
 from mgmt2d.__main__ import main as mgmt2d_main
-from mgmt2d.tools.evaluate import normalize_patient_id
 
 # ---------------------------------------------------------------------------------------------------------------------
 # A published worked example: pROC's aSAH data (Turck et al. 2010, Intensive Care Med 36:107; 113 patients,
@@ -186,20 +185,6 @@ def test_thresholds_youden_and_calibration():
 def test_single_class_is_refused():
     with pytest.raises(st.StatisticsError, match="both classes"):
         st.auc(np.ones(5, int), np.linspace(0, 1, 5))
-
-
-@pytest.mark.parametrize("raw, expected", [
-    ("109", "00109"), ("00109", "00109"), (" 7 ", "00007"), ("109.0", "00109"), ("123456", "123456"),
-    ("UPENN-GBM-00002_11", "UPENN-GBM-00002_11"), ("UCSF-PDGM-0004", "UCSF-PDGM-0004"),
-])
-def test_patient_ids(raw: str, expected: str):
-    assert normalize_patient_id(raw) == expected
-
-
-@pytest.mark.parametrize("raw", ["../etc", "a/b", "", "two words", ".."])
-def test_unsafe_patient_ids_are_refused(raw: str):
-    with pytest.raises(ValueError):
-        normalize_patient_id(raw)
 
 
 # --- the command -----------------------------------------------------------------------------------------------------

@@ -287,15 +287,20 @@ def test_patient_folder_names_are_safe_and_never_shared():
         patient_folders(["A B", "A_B"], number=False)
     with pytest.raises(OrganizeError, match="'007' and '7' are both patient 00007"):
         patient_folders(["7", "007"], number=False)
-    with pytest.raises(OrganizeError, match="PatientID 'ANON-7' is not a number.*--number-patients"):
-        patient_folders(["ANON-7"], number=False)
+    assert patient_folders(["ANON-7", "UPENN-GBM-00002_11"], number=False) == {
+        "ANON-7": "ANON-7", "UPENN-GBM-00002_11": "UPENN-GBM-00002_11"}
+    with pytest.raises(OrganizeError, match="'ANON-7' and 'anon-7' differ only in case.*--number-patients"):
+        patient_folders(["ANON-7", "anon-7"], number=False)
 
 
-def test_patient_ids_that_are_not_numbers_need_number_patients(tmp_path: Path):
+def test_patient_ids_that_are_not_numbers_are_folders_the_stage_scripts_read(tmp_path: Path):
+    from mgmt2d.data import task2
+
     export = _tiny_export(tmp_path / "export", ["ANON^7", "ANON 8"])
-    with pytest.raises(OrganizeError, match="PatientIDs 'ANON 8' and 1 more are not numbers"):
-        run_organize(export, tmp_path / "a")
-    assert not (tmp_path / "a").exists()
+    run_organize(export, tmp_path / "a")
+    got = series_csv(tmp_path / "a")
+    assert dict(zip(got.patient_id, got.patient)) == {"ANON 8": "ANON_8", "ANON^7": "ANON_7"}
+    assert list(task2.patient_folders(tmp_path / "a")) == ["ANON_7", "ANON_8"]   # what the stage scripts read
     run_organize(export, tmp_path / "b", number_patients=True)
     got = series_csv(tmp_path / "b")
     assert dict(zip(got.patient_id, got.patient)) == {"ANON 8": "00001", "ANON^7": "00002"}

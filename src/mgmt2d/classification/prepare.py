@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mgmt2d.classification.stack import StackedSeries, StackOptions, segment_and_stack_many
 from mgmt2d.data import cohort, shards, task2
 from mgmt2d.data import series as series_io
-from mgmt2d.data.contract import OURS, add_contract_arguments, contract_overrides
+from mgmt2d.data.contract import OURS, InputContract, add_contract_arguments, contract_overrides
 from mgmt2d.data.io import (
     check_writable,
     disk_full_hint,
@@ -80,28 +80,29 @@ def make_folds(labels: dict[str, int], n_folds: int = N_FOLDS, seed: int = 42) -
 
 
 def read_fold_table(path: Path) -> pd.DataFrame:
-    """A folds CSV (BraTS21ID,MGMT_value,fold) with IDs as 5-digit strings (the published file has 0, 2, 3...).
+    """A folds CSV (BraTS21ID,MGMT_value,fold), IDs by :func:`mgmt2d.data.task2.format_id` (the published
+    file spells 0, 2, 3...); read by the one patient-CSV reader, so a blank or broken row is named.
 
     Each patient in exactly one fold: a patient listed twice (in two folds, or twice in one) or
     without a fold (empty, negative or not a whole number) is refused, naming the file.
     """
-    frame = pd.read_csv(path, dtype={"BraTS21ID": str, "fold": str}, keep_default_na=False)
-    if not {"BraTS21ID", "fold"} <= set(frame.columns):
-        raise SettingsError(f"{path} must have columns BraTS21ID,MGMT_value,fold; delete it to regenerate")
-    frame["BraTS21ID"] = frame["BraTS21ID"].map(task2.format_id)
-    folds = frame["fold"].str.strip()
-    whole = folds.str.fullmatch(r"\d+")
-    if not whole.all():
-        pid, value = frame["BraTS21ID"][~whole].iloc[0], folds[~whole].iloc[0]
-        raise SettingsError(f"{path}: patient {pid} is in no fold (fold {value!r}; folds are whole numbers 0, 1, ...); "
-                            "give every patient one fold")
-    frame["fold"] = folds.astype(int)
-    twice = frame.loc[frame["BraTS21ID"].duplicated(keep=False)].groupby("BraTS21ID")["fold"].agg(list)
-    if len(twice):
-        pid, where = next(iter(twice.items()))
-        raise SettingsError(f"{path}: patient {pid} is listed {len(where)} times (folds {', '.join(map(str, where))}); "
-                            f"give every patient one row, in one fold")
-    return frame
+    rows = task2.read_id_table(path, "BraTS21ID", ("MGMT_value", "fold"), {}, key_columns=("fold",))
+    folds: dict[str, list[str]] = {}
+    for row in rows:
+        fold, label = row.values["fold"], row.values["MGMT_value"]
+        if not fold.isdigit():
+            raise SettingsError(f"{path} line {row.line}: fold is {fold!r}, not a whole number: patient {row.id} is "
+                                "in no fold; give every patient one fold 0, 1, ...")
+        if not label.isdigit():
+            raise SettingsError(f"{path} line {row.line}: MGMT_value is {label!r}, not a whole number; fix the row, "
+                                "or delete the file to regenerate it")
+        folds.setdefault(row.id, []).append(fold)
+    for pid, where in folds.items():
+        if len(where) > 1:
+            raise SettingsError(f"{path}: patient {pid} is listed {len(where)} times (folds {', '.join(where)}); "
+                                "give every patient one row, in one fold")
+    return pd.DataFrame({"BraTS21ID": [r.id for r in rows], "MGMT_value": [int(r.values["MGMT_value"]) for r in rows],
+                         "fold": [int(r.values["fold"]) for r in rows]})
 
 
 def read_folds(path: Path) -> dict[str, int]:
@@ -120,7 +121,7 @@ def folds_for(labels: dict[str, int], exclude: tuple[str, ...], seed: int) -> tu
     """(fold table, source): the published folds when the training patients (labelled minus
     ``exclude``) and their labels are exactly the published ones, else our stratified folds."""
     published = published_folds()
-    excluded = {task2.format_id(e) for e in exclude}
+    excluded = {task2.format_id(e, "--exclude") for e in exclude}
     training = {p: int(v) for p, v in labels.items() if p not in excluded}
     if training == dict(zip(published["BraTS21ID"], published["MGMT_value"].astype(int))):
         return published[["BraTS21ID", "MGMT_value", "fold"]], FOLDS_PUBLISHED
@@ -219,6 +220,7 @@ class PrepareOptions:
     overwrite: bool = False
     seed: int = 42                                   # fold assignment
     exclude: tuple[str, ...] = task2.DEFAULT_EXCLUDE
+    columns: task2.LabelColumns = task2.LabelColumns()   # of train_labels.csv (--id-column, --label-column)
     params: dict[str, Any] = field(default_factory=dict)   # recorded; a resume or a shard must match them
     shard: shards.Shard | None = None
     merge_only: bool = False                         # only assemble finished shards (no model needed)
@@ -230,11 +232,12 @@ def split_index(settings: Settings, split: str, input_format: str, options: Prep
     if input_format != "nifti":
         if options.input_dir is not None:
             raise SettingsError("--input is for NIfTI cohorts; DICOM and JPG splits are read from DICOM_DATA_DIR")
-        return task2.index_split(settings.existing("DICOM_DATA_DIR"), split, exclude=options.exclude)
+        return task2.index_split(settings.existing("DICOM_DATA_DIR"), split, exclude=options.exclude,
+                                 columns=options.columns)
     root = options.input_dir or settings["DICOM_DATA_DIR"] / split
     if not root.is_dir():
         raise SettingsError(f"NIfTI cohort folder {root} does not exist (--input, or DICOM_DATA_DIR/{split})")
-    labels = task2.read_labels(labels_path(settings, options)) if split == "train" else None
+    labels = task2.read_labels(labels_path(settings, options), options.columns) if split == "train" else None
     return cohort.index_cohort(root, split, labels, options.exclude)
 
 
@@ -332,8 +335,12 @@ def prepare(settings: Settings, split: str, model: torch.nn.Module | None, devic
 
 
 def _clean_patient_temps(out_dir: Path, patient: str) -> None:
-    """Temp files a killed run left for this patient (only its own shard ever writes them)."""
-    for folder, pattern in ((out_dir / "series", f".{patient}_*.tmp*"), (out_dir / "done", f".{patient}.csv.tmp*")):
+    """Temp files a killed run left for this patient (only its own shard ever writes them).
+
+    Exact names, not ``.<patient>_*``: patient ``A`` must not match patient ``A_11``'s files.
+    """
+    patterns = [(out_dir / "series", f".{patient}_{t}.npy.tmp*") for t in task2.MRI_TYPES]
+    for folder, pattern in [*patterns, (out_dir / "done", f".{patient}.csv.tmp*")]:
         if folder.is_dir():
             for stale in folder.glob(pattern):
                 stale.unlink(missing_ok=True)
@@ -347,7 +354,8 @@ def _assemble(settings: Settings, split: str, out_dir: Path, index: task2.Task2I
     if split == "train":
         shards.clean_stale_temps(settings["KFOLD_PATH"].parent, (settings["KFOLD_PATH"].name,))
         folds, folds_info = ensure_folds(
-            settings["KFOLD_PATH"], task2.read_labels(labels_path(settings, options)), options.seed, options.exclude
+            settings["KFOLD_PATH"], task2.read_labels(labels_path(settings, options), options.columns), options.seed,
+            options.exclude
         )
     shards.clean_stale_temps(out_dir, ("index.csv", "dataset.json"))
     frame = _collect(out_dir, index.patients, folds)
@@ -408,6 +416,8 @@ def _claim_output(out_dir: Path, params: dict[str, Any], overwrite: bool, shard:
         return
     if meta.exists():
         previous = json.loads(meta.read_text()).get("config", {})
+        if isinstance(previous.get("contract"), dict):   # made before a contract field existed: it had its default
+            previous["contract"] = InputContract.from_dict(previous["contract"]).to_dict()
         changed = sorted(k for k in params if k in previous and previous[k] != params[k] and k not in RUN_ONLY)
         if changed:
             raise SettingsError(
@@ -442,6 +452,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exclude", nargs="*", default=list(task2.DEFAULT_EXCLUDE), help="patients to drop (organisers' advice)"
     )
+    task2.add_column_arguments(parser, "the train labels (train_labels.csv or --labels)")
     parser.add_argument("--seg-amp", action="store_true",
                         help="fp16 autocast for the segmenter on CUDA (faster; the reference segmented in fp32)")
     shards.add_shard_arguments(parser, "patients of the split")
@@ -460,13 +471,16 @@ def main(args: argparse.Namespace) -> int:
         "split": args.split, "input_format": args.input_format, "seg_model": str(seg_model),
         "contract": contract.to_dict(), "seg_amp": args.seg_amp,
         "segmenter_autocast": autocast_name(device, args.seg_amp),
-        "exclude": sorted(task2.format_id(e) for e in args.exclude), "seed": args.seed,
+        "exclude": sorted(task2.format_id(e, "--exclude") for e in args.exclude), "seed": args.seed,
         **backend.to_dict(),
     }
     shard = shards.shard_of(args)
     check_writable(settings["CLASSIFICATION_DATA_DIR"] / args.split, "prepared data")
     model = None if args.merge else segmenter.with_backend(
         segmenter.load_segmenter(seg_model, device), seg_model, contract.seg_image_size, backend)
+    columns = task2.columns_from_args(args)
+    if args.split == "train":
+        params["label_columns"] = [columns.id, columns.label]
     extractor = None
     if contract.skull_strip and not args.merge:
         from mgmt2d.data.skullstrip import BrainExtractor
@@ -475,8 +489,9 @@ def main(args: argparse.Namespace) -> int:
     with disk_full_hint("then run the same command again: the finished patients are kept and it continues with "
                         "the rest"):
         frame = prepare(settings, args.split, model, device, opts, PrepareOptions(
-            args.input, args.labels, args.workers, args.overwrite, args.seed, tuple(args.exclude), params, shard,
-            args.merge, extractor))
+            input_dir=args.input, labels=args.labels, workers=args.workers, overwrite=args.overwrite, seed=args.seed,
+            exclude=tuple(args.exclude), columns=columns, params=params, shard=shard, merge_only=args.merge,
+            brain_extractor=extractor))
     out = settings["CLASSIFICATION_DATA_DIR"] / args.split
     if frame is None:
         print(f"shard {shard.label if shard else ''} of {out} finished; the index is assembled by the last shard "

@@ -14,8 +14,9 @@ UPENN-GBM     ``_``      FLAIR     T1        T1GD      T2
 UCSF-PDGM     ``_``      FLAIR     T1        T1c       T2
 ============  =========  ========  ========  ========  ========
 
-The case ID is the case folder's name, unchanged (``UPENN-GBM-00002_11``,
-``UCSF-PDGM-0004_nifti``); it must pass :func:`mgmt2d.data.patient_id.validate_patient_id`.
+The case ID is the case folder's name (``UPENN-GBM-00002_11``, ``UCSF-PDGM-0004_nifti``) by
+:func:`mgmt2d.data.task2.format_id`, the one ID rule: kept as it is, but for purely numeric
+names, which get the Kaggle 5-digit padding.
 Every other file in a case folder (segmentations, masks, ADC, bias-corrected copies, a
 sidecar) and every subfolder is ignored and listed. A type may be missing. Nothing is
 guessed: a case with two files for one type, with files of two namings, or with a name that
@@ -34,8 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from mgmt2d.data.patient_id import PatientIdError, validate_patient_id
-from mgmt2d.data.task2 import MRI_TYPES, Task2Index, format_id
+from mgmt2d.data.task2 import MRI_TYPES, PatientIdError, Task2Index, format_id
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
 def _scan_case(folder: Path) -> CohortCase:
     """The case in ``folder``; CohortError (one line) when it must be refused. May have no series."""
     try:
-        case_id = validate_patient_id(folder.name, str(folder))
+        case_id = format_id(folder.name, str(folder))
     except PatientIdError as err:
         raise CohortError(str(err)) from None
     by_type: dict[str, list[str]] = {}
@@ -264,6 +264,12 @@ def discover_cohort(root: str | Path) -> Cohort:
             empty[entry.name] = case.ignored
     if not cases:
         raise CohortError(_nothing_found(root, refused, empty, ignored))
+    seen: dict[str, Path] = {}
+    for case in cases:   # "7" and "007" are both patient 00007
+        if case.case_id in seen:
+            raise CohortError(f"{root} holds {seen[case.case_id].name} and {case.folder.name}, both patient "
+                              f"{case.case_id}: keep one folder per patient")
+        seen[case.case_id] = case.folder
     return Cohort(root, sorted(cases, key=lambda c: c.case_id), refused, empty, ignored)
 
 
@@ -291,7 +297,7 @@ def index_cohort(root: str | Path, split: str, labels: dict[str, int] | None = N
     cases, the others listed as unlabelled; ``exclude`` drops cases first. The cohort's report
     (refused and empty cases, ignored files) is logged, never dropped without a word."""
     found = discover_cohort(root)
-    excluded_set = {format_id(e) for e in exclude}
+    excluded_set = {format_id(e, "--exclude") for e in exclude}
     series = found.series_frame()
     patients, excluded, unlabelled = [], [], []
     for case in found.cases:

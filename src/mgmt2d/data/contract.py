@@ -31,6 +31,8 @@ run configuration. ``skull_strip``: the series were skull-stripped by mgmt2d (de
 inputs.
 
 Everything else is one rule for every model (see ``mgmt2d.classification.stack``).
+``min_slice_size`` (the reader's floor: a series whose slices are smaller is not an MRI) and
+``tta_zoom`` are checked here: a contract outside their ranges cannot be made.
 """
 
 from __future__ import annotations
@@ -40,12 +42,17 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from mgmt2d.data.dicom import MIN_SLICE_SIZE
+
 SLICE_ORDERS = ("position", "filename")
 PIXEL_VALUES = ("modality", "stored")
 NONEMPTY_TESTS = ("above_series_min", "stored_positive")
 INPUT_FORMATS = ("dicom", "nifti", "jpg")
 NIFTI_PLANES = ("axial", "coronal", "sagittal")
-NOT_APPLICABLE = {"nifti": ("slice_order", "pixel_values")}   # DICOM-only reading choices
+NOT_APPLICABLE = {"nifti": ("slice_order", "pixel_values", "min_slice_size")}   # DICOM-only reading choices
+# --tta-zoom: below 0.5 the brain fills under a quarter of the frame, above 2.0 under a quarter of it is left;
+# both far from what a model saw in training (scale 0.9-1.1, the reference's zoom-in 1.2). Zoom-out (< 1) is allowed.
+TTA_ZOOM_RANGE = (0.5, 2.0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ class InputContract:
     input_format: str = "dicom"        # what the slices are read from: DICOM series, NIfTI volumes, JPG (training)
     nifti_plane: str = "axial"         # input_format nifti: the plane the volumes are sliced in
     skull_strip: bool = False          # the series were skull-stripped by mgmt2d (deepbet) before segmentation
+    min_slice_size: int = MIN_SLICE_SIZE   # series whose slices are smaller (either side, pixels) are refused
 
     def __post_init__(self) -> None:
         if self.slice_order not in SLICE_ORDERS:
@@ -78,6 +86,12 @@ class InputContract:
             raise ValueError(f"nonempty_test must be one of {NONEMPTY_TESTS}, got {self.nonempty_test!r}")
         if self.nifti_plane not in NIFTI_PLANES:
             raise ValueError(f"nifti_plane must be one of {NIFTI_PLANES}, got {self.nifti_plane!r}")
+        low, high = TTA_ZOOM_RANGE
+        if not low <= self.tta_zoom <= high:   # NaN fails too
+            raise ValueError(f"--tta-zoom {self.tta_zoom:g} is out of range: the test-time zoom must be between "
+                             f"{low:g} (zoom out) and {high:g} (zoom in); 1.0 means none, the reference uses 1.2")
+        if not isinstance(self.min_slice_size, int) or self.min_slice_size < 1:
+            raise ValueError(f"min_slice_size must be a whole number of pixels >= 1, got {self.min_slice_size!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,12 +181,19 @@ def add_contract_arguments(parser: argparse.ArgumentParser, defaults: InputContr
     group.add_argument("--nonempty-test", choices=list(NONEMPTY_TESTS), default=d and d.nonempty_test,
                        help="tissue for the near-empty test: above the series minimum (ours) or stored value > 0 "
                             "(reference)")
+    group.add_argument("--min-slice-size", type=int, default=d and d.min_slice_size,
+                       help="refuse a series whose slices are smaller than this many pixels on a side (not an "
+                            f"MRI); reader's default {MIN_SLICE_SIZE}")
     if d is None:
-        group.add_argument("--tta-zoom", type=float, help="test-time zoom-in (reference 1.2; 1.0 disables)")
+        low, high = TTA_ZOOM_RANGE
+        group.add_argument("--tta-zoom", type=float, help=f"test-time zoom about the centre, {low:g} to {high:g} "
+                           "(reference 1.2: zoom in; 1.0 disables; below 1 zooms out)")
 
 
 def contract_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The contract fields a command line sets: every flag named as an :class:`InputContract` field
     (``--slice-order`` -> ``slice_order``, ...) whose value is not None."""
     names = {f.name for f in fields(InputContract)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    InputContract().with_overrides(**overrides)   # a value out of range is one line now, before any model loads
+    return overrides

@@ -33,7 +33,8 @@ def reader(contract: InputContract) -> Reader:
         return functools.partial(read_nifti_series, plane=contract.nifti_plane)
     if contract.input_format != "dicom":
         raise ValueError(f"input format {contract.input_format!r} is read by prepare_classification.py only")
-    return functools.partial(dicom.read_series, order=contract.slice_order, rescale=contract.pixel_values == "modality")
+    return functools.partial(dicom.read_series, order=contract.slice_order, rescale=contract.pixel_values == "modality",
+                             min_size=contract.min_slice_size)
 
 
 def read_many(paths: Iterable[str | Path], contract: InputContract,
@@ -42,26 +43,20 @@ def read_many(paths: Iterable[str | Path], contract: InputContract,
     return dicom.read_ahead(iter(paths), max(int(workers), 1), reader(contract))
 
 
-def patient_folders(input_dir: Path, input_format: str) -> list[Path]:
-    """Every patient folder of a split: 5-digit Kaggle folders, or the cases of a NIfTI cohort."""
-    if input_format == "nifti":
-        return [case.folder for case in cohort.discover_cohort(input_dir).cases]
-    return task2.patient_folders(input_dir)
-
-
 def patient_series(input_dir: Path, patient: str, mri_types: Sequence[str],
                    input_format: str = "dicom") -> list[tuple[str, Path]]:
-    """(type, path) of each of ``mri_types`` the patient has: a DICOM folder or a NIfTI file."""
-    folder = input_dir / patient
+    """(type, path) of each of ``mri_types`` the patient has: a DICOM folder or a NIfTI file.
+
+    The patient's folder by :func:`mgmt2d.data.task2.find_patient_folder` (a numeric ID may be
+    spelled unpadded on disk); DICOM type folders in any case (``flair``), two of one type refused.
+    """
+    folder = task2.find_patient_folder(input_dir, patient)
+    if folder is None:
+        return []
     if input_format == "nifti":
-        if not folder.is_dir():
-            return []
         found = cohort.discover_case(folder).series
         return [(t, found[t]) for t in mri_types if t in found]
-    if not folder.is_dir():  # IDs may be spelled without zero padding on disk
-        alt = [p for p in input_dir.iterdir() if p.is_dir() and p.name.isdigit() and task2.format_id(p.name) == patient]
-        folder = alt[0] if alt else folder
-    return [(t, folder / t) for t in mri_types if (folder / t).is_dir()]
+    return list(task2.series_folders(folder, mri_types).items())
 
 
 def slice_names(meta: SeriesMeta) -> list[str]:

@@ -1,15 +1,23 @@
 """SETTINGS.json: the Kaggle convention for where data and models live.
 
 Every script takes ``--settings PATH``; relative paths in the file resolve against the
-folder holding the file, so a project can be moved or cloned without editing it.
+folder holding the file, so a project can be moved or cloned without editing it. ``~`` and
+environment variables (``$HOME``, ``${DATA}``) in a path are expanded; an unset variable is an
+error. A key given twice, or a near-miss of a known key (a typo), is refused; another unknown
+key is ignored with a warning naming it. A UTF-8 BOM (Windows editors) is accepted.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KEYS: tuple[str, ...] = (
     "DICOM_DATA_DIR",
@@ -27,6 +35,8 @@ KEYS: tuple[str, ...] = (
 
 # Keys a SETTINGS.json may leave out: only the runs that use them need them.
 OPTIONAL_KEYS: tuple[str, ...] = ("CLASSIFICATION_RAW_JPG",)
+_VARIABLE = re.compile(r"\$(\w+)|\$\{([^}]*)\}")
+log = logging.getLogger(__name__)
 
 
 class SettingsError(ValueError):
@@ -64,12 +74,27 @@ def load_settings(path: str | Path = "SETTINGS.json") -> Settings:
     path = Path(path).expanduser().resolve()
     if not path.is_file():
         raise SettingsError(f"settings file {path} not found; pass --settings PATH")
+    twice: list[str] = []
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                twice.append(key)
+            out[key] = value
+        return out
+
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise SettingsError(f"settings file {path} is not valid JSON: {err}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"settings file {path} is not UTF-8 text; save it as UTF-8") from None
     if not isinstance(raw, dict):
         raise SettingsError(f"settings file {path} must hold a JSON object")
+    if twice:
+        raise SettingsError(f"settings file {path} gives {twice[0]} twice (JSON keeps only the last); keep one")
+    _check_unknown_keys(path, raw)
     missing = [k for k in KEYS if k not in raw]
     if missing:
         raise SettingsError(f"settings file {path} lacks key(s): {', '.join(missing)}")
@@ -78,8 +103,32 @@ def load_settings(path: str | Path = "SETTINGS.json") -> Settings:
     if bad:
         raise SettingsError(f"settings file {path}: every path must be a non-empty string ({'; '.join(bad)})")
     base = path.parent
-    paths = {k: (base / Path(raw[k]).expanduser()).resolve() for k in present}
+    paths = {k: (base / Path(_expand(path, k, raw[k])).expanduser()).resolve() for k in present}
     return Settings(source=path, paths=paths)
+
+
+def _check_unknown_keys(path: Path, raw: dict[str, Any]) -> None:
+    """A near-miss of a known key is a typo (its setting would be lost): refused with "did you mean";
+    any other unknown key is ignored, with a warning naming it."""
+    known = (*KEYS, *OPTIONAL_KEYS)
+    unknown = [k for k in raw if k not in known]
+    for key in unknown:
+        close = difflib.get_close_matches(str(key).upper(), known, n=1, cutoff=0.8)
+        if close:
+            raise SettingsError(f"settings file {path}: unknown key {key!r}; did you mean {close[0]}?")
+    if unknown:
+        log.warning("settings file %s: unknown key(s) %s ignored (known keys: %s)", path, ", ".join(unknown),
+                    ", ".join(known))
+
+
+def _expand(path: Path, key: str, value: str) -> str:
+    """``$NAME`` and ``${NAME}`` replaced from the environment (``~`` is expanded by the caller)."""
+    for match in _VARIABLE.finditer(value):
+        name = match.group(1) or match.group(2)
+        if name not in os.environ:
+            raise SettingsError(f"settings file {path}: {key} = {value!r} uses the environment variable "
+                                f"{name or '${}'}, which is not set; set it or write the path out")
+    return os.path.expandvars(value)
 
 
 def add_settings_argument(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,8 @@ The published solution's (``download_models.py --published t4e``, see ``mgmt2d.t
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,10 @@ from mgmt2d.data.task2 import POOLED
 
 SEGMENTER_DIR = "models/densenet121_2d_segment"
 CLASSIFIER_DIR = "models/eca_nfnet_l0_2d_classification"
+
+
+class WeightsError(ValueError):
+    """Weights that do not match what was asked for (a fold without its checkpoint); one line."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,38 @@ class WeightsLayout:
         if self.kind == "mgmt2d":
             candidates.append(self.classifier(POOLED, fold))
         return next((p for p in candidates if p.is_file()), None)
+
+    def folds_present(self, mri_type: str) -> list[int]:
+        """The folds of ``mri_type`` (or ``pooled``) that have a classifier checkpoint here."""
+        folder = self.classification_dir / mri_type
+        if self.kind == "t4e":
+            found = (re.search(r"_Fold(\d+)_", p.name) for p in folder.glob(f"{mri_type}_Fold*_*.pth"))
+        else:
+            found = (re.fullmatch(r"fold(\d+)", p.parent.name) for p in folder.glob("fold*/best.pt"))
+        return sorted({int(m.group(1)) for m in found if m})
+
+    def fold_checkpoints(self, mri_type: str, folds: Sequence[int]) -> list[Path]:
+        """The checkpoints of ``folds`` for ``mri_type``, in order: all the type's own, or (our layout, when the
+        type has none of them) all pooled; [] when neither has any (the type is left out, with a warning).
+
+        A fold missing from the models used is refused, naming its file: averaging fewer models than
+        asked for, or mixing the type's own models with pooled ones, would change every probability unseen.
+        """
+        for source in [mri_type] + ([POOLED] if self.kind == "mgmt2d" else []):
+            paths = [self.classifier(source, f) for f in folds]
+            missing = [p for p in paths if not p.is_file()]
+            if len(missing) == len(paths):
+                continue
+            if missing:
+                asked = " ".join(str(f) for f in folds)
+                have = " ".join(str(f) for f in self.folds_present(source))
+                used = f"{mri_type} uses the {source} models" if source != mri_type else f"the {mri_type} models"
+                raise WeightsError(
+                    f"--folds {asked}: {', '.join(str(p) for p in missing)} not found ({used}, folds present: "
+                    f"{have}); train the missing fold(s) or pass --folds {have}"
+                )
+            return paths
+        return []
 
 
 def model_dirs_layout(segmentation_dir: Path, classification_dir: Path) -> WeightsLayout:

@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from mgmt2d.data.io import atomic_path, write_csv_atomic, write_json_atomic
-from mgmt2d.data.task2 import MRI_TYPES
+from mgmt2d.data.task2 import MRI_TYPES, format_id
 
 logger = logging.getLogger(__name__)
 
@@ -869,7 +869,7 @@ def settings_json(data_root: str = "") -> dict[str, str]:
 
 
 def generate(
-    out: Path, patients: int, seed: int, size: str = "small", *, series_seg: bool = False
+    out: Path, patients: int, seed: int, size: str = "small", *, series_seg: bool = False, id_template: str = "{}"
 ) -> dict[str, Any]:
     """Write a synthetic dataset (Task 1 NIfTI + Task 2 DICOM + truth) under ``out``.
 
@@ -878,6 +878,9 @@ def generate(
     byte-identical files. ``series_seg`` also writes each Task 2 series' true BraTS
     labels on its own grid, (S, H, W) in reading order, to
     ``truth/series_seg/<id>/<type>.npz`` (key ``seg``), to score stage 1 on DICOM.
+    ``id_template`` spells the Task 2 patient IDs (folders, CSVs, PatientID) from the 5-digit
+    number, e.g. ``"UPENN-GBM-{}_11"`` for another cohort's IDs (they then match no Task 1 case);
+    Task 1 keeps its BraTS names, and truth/patients.csv gives both.
     Returns a summary (IDs, labels, counts, seconds).
     """
     from mgmt2d import __version__
@@ -896,6 +899,14 @@ def generate(
     plan = _plan(patients, seed)
     labels: dict[str, int] = plan["labels"]
     split = {i: "train" for i in plan["train"]} | {i: "test" for i in plan["test"]}
+    try:
+        t2 = {pid: id_template.format(pid) for pid in split}   # Task 2 spelling of each ID
+    except (KeyError, IndexError, ValueError):
+        raise ValueError(f"--id-template {id_template!r} must hold one {{}} for the 5-digit number") from None
+    for pid, spelled in t2.items():
+        if format_id(spelled, "--id-template") != spelled:
+            raise ValueError(f"--id-template {id_template!r} gives {spelled!r}, which is not a patient ID as "
+                             f"written (it reads as {format_id(spelled)}); use a template with letters")
     task1 = set(plan["task1"])
 
     patient_rows: list[dict[str, Any]] = []
@@ -912,6 +923,7 @@ def generate(
             "MGMT_value": label,
             "task1": pid in task1,
             "task2": split.get(pid, ""),
+            "task2_id": t2.get(pid, ""),
             "core_fraction": round(t.core_fraction, 4),
             "tumour_radius": round(float(np.mean(t.radii)), 3),
             "edema_margin": round(t.edema_margin, 4),
@@ -927,34 +939,35 @@ def generate(
             n_files += 5
         if pid in split:
             rng = np.random.default_rng([seed, int(pid), 3])
-            study = stable_uid("study", seed, pid)
-            frame = stable_uid("frame", seed, pid)
+            study = stable_uid("study", seed, t2[pid])
+            frame = stable_uid("frame", seed, t2[pid])
             numbers = rng.permutation(len(MRI_TYPES)) + 1
             for mri_type, plane, number in zip(MRI_TYPES, _draw_planes(rng), numbers):
                 img = render(phantom, mri_type, rng)
                 truth = write_dicom_series(
-                    out / "task2" / split[pid] / pid / mri_type, img, plane, rng,
-                    mri_type=mri_type, patient_id=pid, size=size,
+                    out / "task2" / split[pid] / t2[pid] / mri_type, img, plane, rng,
+                    mri_type=mri_type, patient_id=t2[pid], size=size,
                     noise=float(rng.uniform(0.015, 0.035)), voxel_mm=phantom.voxel_mm,
                     series_number=int(number), study_uid=study, frame_uid=frame,
                     labels_xyz=seg if series_seg else None,
                 )
                 if truth.seg is not None:
-                    _save_npz(out / "truth" / "series_seg" / pid / f"{mri_type}.npz", seg=truth.seg)
+                    _save_npz(out / "truth" / "series_seg" / t2[pid] / f"{mri_type}.npz", seg=truth.seg)
                 n_files += truth.volume.shape[0]
-                series_rows.append({"BraTS21ID": pid, "split": split[pid], "type": mri_type,
+                series_rows.append({"BraTS21ID": t2[pid], "split": split[pid], "type": mri_type,
                                     **truth.summary()})
 
     task2_dir = out / "task2"
     for split_name in ("train", "test"):  # both exist even when one is empty (1 patient)
         (task2_dir / split_name).mkdir(parents=True, exist_ok=True)
-    train_df = pd.DataFrame({"BraTS21ID": plan["train"],
+    train_df = pd.DataFrame({"BraTS21ID": [t2[i] for i in plan["train"]],
                              "MGMT_value": [labels[i] for i in plan["train"]]})
     write_csv_atomic(task2_dir / "train_labels.csv", train_df)
     write_csv_atomic(task2_dir / "sample_submission.csv",
-                     pd.DataFrame({"BraTS21ID": plan["test"], "MGMT_value": [0.5] * len(plan["test"])}))
+                     pd.DataFrame({"BraTS21ID": [t2[i] for i in plan["test"]],
+                                   "MGMT_value": [0.5] * len(plan["test"])}))
     write_csv_atomic(out / "truth" / "test_labels.csv",
-                     pd.DataFrame({"BraTS21ID": plan["test"],
+                     pd.DataFrame({"BraTS21ID": [t2[i] for i in plan["test"]],
                                    "MGMT_value": [labels[i] for i in plan["test"]]}))
     write_csv_atomic(out / "truth" / "patients.csv", pd.DataFrame(patient_rows))
     write_csv_atomic(out / "truth" / "series.csv", pd.DataFrame(series_rows))
@@ -966,9 +979,10 @@ def generate(
         "size": size,
         "grid": list(spec.grid),
         "task1_ids": plan["task1"],
-        "task2_train_ids": plan["train"],
-        "task2_test_ids": plan["test"],
-        "shared_ids": plan["shared"],
+        "task2_train_ids": [t2[i] for i in plan["train"]],
+        "task2_test_ids": [t2[i] for i in plan["test"]],
+        "shared_ids": plan["shared"],   # Task 1 IDs of patients also in Task 2 (under their Task 2 spelling there)
+        "id_template": id_template,
         "labels": {k: labels[k] for k in sorted(labels)},
         "label_rule": {
             "1": f"necrotic core radius {CORE_FRACTION_LABEL1} of the tumour radius, thin rim",
@@ -994,13 +1008,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "full: BraTS 240x240x155, 256-512 px")
     parser.add_argument("--series-seg", action="store_true",
                         help="also write each DICOM series' true labels to truth/series_seg/")
+    parser.add_argument("--id-template", default="{}",
+                        help="Task 2 patient IDs from the 5-digit number, e.g. 'UPENN-GBM-{}_11' (default: the number)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the generator; one-line error and exit code 2 on bad arguments."""
     try:
         summary = generate(args.out, args.patients, args.seed, args.size,
-                           series_seg=bool(getattr(args, "series_seg", False)))
+                           series_seg=bool(getattr(args, "series_seg", False)),
+                           id_template=getattr(args, "id_template", "{}"))
     except (ValueError, FileExistsError) as err:
         logger.error("%s", err)
         return 2

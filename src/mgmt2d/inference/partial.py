@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from mgmt2d.data import shards
+from mgmt2d.data import shards, task2
 from mgmt2d.data.io import (
     DiskFull,
     atomic_path,
@@ -43,7 +43,6 @@ from mgmt2d.data.io import (
     write_csv_atomic,
     write_json_atomic,
 )
-from mgmt2d.data.patient_id import validate_patient_id
 from mgmt2d.faults import fault_point
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def finish_shard(output: Path, shard: shards.Shard, params: dict[str, Any], sub:
     """Write this shard's parts, then its done record; assemble when it is the last. Returns what happened."""
     write_csv_atomic(_part(output, shard), sub)
     write_csv_atomic(_part(output, shard, detail=True), detail)
-    merged, note = shards.finish_and_merge(part_folder(output), shard, params, sub["BraTS21ID"].tolist(),
+    merged, note = shards.finish_and_merge(part_folder(output), shard, params, sub.iloc[:, 0].tolist(),
                                            {"seconds": seconds}, lambda p, done: _assemble(output, p, done, overwrite))
     return merged or f"shard {shard.label}: {len(sub)} patients -> {_part(output, shard)}; {note}"
 
@@ -100,11 +99,12 @@ def _assemble(output: Path, params: dict[str, Any], done: dict[shards.Shard, dic
     parts = [shards.Shard(i, count) for i in range(1, count + 1)]
     sub = pd.concat([_read(_part(output, s)) for s in parts], ignore_index=True)
     detail = pd.concat([_read(_part(output, s, detail=True)) for s in parts], ignore_index=True)
-    if sorted(sub["BraTS21ID"], key=order.__getitem__) != list(params["spelled"]):
+    sub_id, detail_id = sub.columns[0], detail.columns[0]   # BraTS21ID, or the sample's --id-column
+    if sorted(sub[sub_id], key=order.__getitem__) != list(params["spelled"]):
         raise shards.ShardError(f"the parts in {folder} do not cover the submission's patients once each; "
                                 "re-run the shards with the same sample submission")
-    sub = sub.sort_values("BraTS21ID", key=lambda c: c.map(order), kind="stable")
-    detail = detail.sort_values("BraTS21ID", key=lambda c: c.map(patient_order), kind="stable")
+    sub = sub.sort_values(sub_id, key=lambda c: c.map(order), kind="stable")
+    detail = detail.sort_values(detail_id, key=lambda c: c.map(patient_order), kind="stable")
     fault_point("merge")
     with output_lock(output):
         commit(output, sub, detail, {
@@ -223,7 +223,7 @@ class PatientStore:
     folder: Path
 
     def path(self, patient: str) -> Path:
-        return self.folder / f"{validate_patient_id(patient, str(self.folder))}.json"
+        return self.folder / f"{task2.format_id(patient, str(self.folder))}.json"
 
     def finished(self, patients: Sequence[str]) -> list[str]:
         return [p for p in patients if self.path(p).is_file()]

@@ -145,7 +145,7 @@ class Predictor:
         if not seg_path.is_file():
             raise SettingsError(
                 f"segmentation model {seg_path} not found (train_segmentation.py or download_models.py)")
-        paths = {(t, f): layout.classifier_checkpoint(t, f) for t in mri_types for f in folds}
+        paths = {t: layout.fold_checkpoints(t, folds) for t in mri_types}   # a fold missing: refused
         if not any(paths.values()):
             raise SettingsError(
                 f"no classifier checkpoint for types {list(mri_types)} folds {list(folds)} under "
@@ -157,9 +157,7 @@ class Predictor:
         contracts: dict[Path, InputContract] = {}
         classifiers: dict[str, list[MGMTClassifier]] = {}
         files: dict[str, list[str]] = {"segmenter": [str(seg_path)]}
-        for (mri_type, _fold), path in paths.items():
-            if path is None:
-                continue
+        for mri_type, path in ((t, p) for t, type_paths in paths.items() for p in type_paths):
             if path not in loaded:
                 loaded[path], config = load_trained_classifier(path, device, channels_last=device.type == "cuda")
                 contracts[path] = contract_of(config)
@@ -293,6 +291,7 @@ def predict(
                         keep_masks=on_patient is not None and o.keep_masks)
     types = [t for t in o.mri_types if t in predictor.classifiers]
     plan = {p: series_io.patient_series(input_dir, p, types, c.input_format) for p in patients}
+    no_folder = {p for p in patients if not plan[p] and task2.find_patient_folder(input_dir, p) is None}
     reader = series_io.read_many([path for p in patients for _, path in plan[p]], c, o.workers)
     classifier_dtype = autocast_dtype(device, o.amp)
     rows, detail = [], []
@@ -322,7 +321,8 @@ def predict(
         for (mri_type, volume, meta), res in zip(series, stacked):
             mask = prepared.masks.get(mri_type)
             if res.kept == 0:
-                detail.append(_detail(patient, mri_type, note=res.reason, total=res.total))
+                note = "; ".join([res.reason, *meta.warnings])
+                detail.append(_detail(patient, mri_type, note=note, total=res.total))
                 seen.append(SeriesResult(mri_type, volume, meta, res, note=res.reason, brain_mask=mask))
                 continue
             if o.keep_dir is not None:
@@ -334,18 +334,21 @@ def predict(
             names = series_io.slice_names(meta)
             detail.append(_detail(
                 patient, mri_type, kept=res.kept, total=res.total, chunks=len(chunk_probs), prob=prob,
+                note="; ".join(meta.warnings),   # e.g. slices of several pixel spacings
                 kept_files=" ".join(names[i] for i in res.slice_index),
                 chunk_probs=" ".join(f"{p:.6f}" for p in chunk_probs),
             ))
+        missing = f"patient folder {input_dir / patient} missing" if patient in no_folder else "series missing"
         for mri_type in sorted(set(o.mri_types) - {t for t, _ in plan[patient]}):
-            detail.append(_detail(patient, mri_type, note="series missing"))
-            seen.append(SeriesResult(mri_type, note="series missing"))
+            detail.append(_detail(patient, mri_type, note=missing))
+            seen.append(SeriesResult(mri_type, note=missing))
         timer.add("classify", t0)
         if type_probs:
             rows.append({"BraTS21ID": patient, "MGMT_value": float(np.mean(type_probs))})
         else:
-            tqdm.write(f"warning: patient {patient} has no usable slice in any MRI type: MGMT_value {FALLBACK}")
-            log.warning("patient %s has no usable slice in any MRI type: MGMT_value %.1f", patient, FALLBACK)
+            why = missing if patient in no_folder else "no usable slice in any MRI type"
+            tqdm.write(f"warning: patient {patient}: {why}: MGMT_value {FALLBACK}")
+            log.warning("patient %s: %s: MGMT_value %.1f", patient, why, FALLBACK)
             rows.append({"BraTS21ID": patient, "MGMT_value": FALLBACK})
         if on_patient is not None:
             on_patient(PatientResult(patient, float(rows[-1]["MGMT_value"]), not type_probs, seen,

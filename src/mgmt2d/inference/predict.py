@@ -18,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mgmt2d.data import series as series_io
-from mgmt2d.data import shards, task2
+from mgmt2d.data import cohort, shards, task2
 from mgmt2d.data.io import as_disk_full, check_writable, is_disk_full
 from mgmt2d.data.settings import SettingsError, load_settings
 from mgmt2d.device import autocast_name, resolve_device
@@ -28,6 +27,7 @@ from mgmt2d.faults import fault_point
 from mgmt2d.inference import partial, report
 from mgmt2d.inference.pipeline import (
     DETAIL_COLUMNS,
+    FALLBACK,
     PatientResult,
     Predictor,
     Timer,
@@ -40,39 +40,45 @@ log = logging.getLogger(__name__)
 
 
 def submission_patients(input_dir: Path, sample: Path | None,
-                        input_format: str = "dicom") -> tuple[list[str], list[str]]:
-    """(IDs, spelling to write) from sample_submission.csv, else every patient folder (DICOM) or case (NIfTI).
+                        input_format: str = "dicom",
+                        columns: task2.LabelColumns = task2.LabelColumns()) -> tuple[list[str], list[str]]:
+    """(IDs, spelling to write) from sample_submission.csv (its ``columns``), else every patient folder
+    (DICOM) or case (NIfTI).
 
-    A sample that is empty, lacks the column or lists a patient twice is refused, naming the
-    file: a submission must hold each patient once.
+    The sample is read by the one patient-CSV reader (:func:`mgmt2d.data.task2.read_id_table`): an empty
+    sample, a missing column, a blank row or a patient listed twice is refused, naming the file and line.
+    Patient folders the sample does not list are not scored, with a warning naming them; listed
+    patients without a folder are named too (they get the fallback, see the pipeline).
     """
-    if sample is not None and sample.is_file():
-        try:
-            raw = pd.read_csv(sample, dtype={"BraTS21ID": str})
-        except pd.errors.EmptyDataError:
-            raise SettingsError(f"{sample} is empty; it should list BraTS21ID,MGMT_value rows") from None
-        if "BraTS21ID" not in raw.columns:
-            raise SettingsError(f"{sample} lacks a BraTS21ID column")
-        if raw.empty:
-            raise SettingsError(f"{sample} lists no patient")
-        spelled = raw["BraTS21ID"].astype(str).str.strip().tolist()
-        ids = [task2.format_id(s) for s in spelled]
-        seen: dict[str, int] = {}
-        for row, pid in enumerate(ids, start=2):   # line numbers, header is line 1
-            if pid in seen:
-                raise SettingsError(f"{sample} lists patient {pid} twice (lines {seen[pid]} and {row}); "
-                                    "a submission holds each patient once: remove the duplicate")
-            seen[pid] = row
-        return ids, spelled
-    ids = [p.name if input_format == "nifti" else task2.format_id(p.name)
-           for p in series_io.patient_folders(input_dir, input_format)]
-    return ids, ids
+    if input_format == "nifti":
+        folders = {case.case_id: case.folder for case in cohort.discover_cohort(input_dir).cases}
+    else:
+        folders = task2.patient_folders(input_dir)
+    if sample is None:
+        ids, spelled = list(folders), list(folders)
+    else:
+        ids, spelled = task2.read_patient_list(sample, columns)
+        listed = set(ids)
+        unlisted = [p for p in folders if p not in listed]
+        if unlisted:
+            log.warning("%d patient folder(s) in %s are not listed in %s and are not scored: %s",
+                        len(unlisted), input_dir, sample, ", ".join(unlisted))
+        absent = [p for p in ids if p not in folders]
+        if absent:
+            log.warning("%d patient(s) listed in %s have no folder in %s (MGMT_value %.1f): %s",
+                        len(absent), sample, input_dir, FALLBACK, ", ".join(absent))
+    if input_format != "nifti":
+        for pid in ids:   # two folders of one type (FLAIR and flair): refused now, before any model runs
+            if pid in folders:
+                task2.series_folders(folders[pid])
+    return ids, spelled
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_predictor_arguments(parser)
     parser.add_argument("--output", type=Path, help="submission CSV (default TEST_PREDICTION_FILE)")
     parser.add_argument("--sample-submission", type=Path, help="default: sample_submission.csv beside the input folder")
+    task2.add_column_arguments(parser, "the sample submission (the submission is written with the same columns)")
     parser.add_argument("--keep-intermediate", action="store_true", help="save stacked slices in TEMP_DATA_DIR")
     parser.add_argument("--report-dir", type=Path,
                         help="also write the per-patient report (python -m mgmt2d report) of every patient here")
@@ -97,13 +103,15 @@ def main(args: argparse.Namespace) -> int:
         raise SettingsError("--resume continues an unsharded run; a killed shard is run again with the same "
                             "--shard I/N (its part is written when it finishes)")
     _refuse_existing(output, args.overwrite)
-    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, args.input_format)
+    columns = task2.columns_from_args(args)
+    patients, spelled = submission_patients(input_dir, sample if sample.is_file() else None, args.input_format,
+                                            columns)
     check_writable(output.parent, "submission")
     if args.merge:   # sharded inference (mgmt2d.inference.partial): assemble the finished shards
         print(partial.merge(output, args.overwrite))
         return 0
     if shard is not None:
-        return _run_shard(args, settings, input_dir, output, shard, patients, spelled)
+        return _run_shard(args, settings, input_dir, output, shard, columns, patients, spelled)
     with contextlib.ExitStack() as held:   # this run alone writes the output (and the report folder)
         held.enter_context(partial.output_lock(output))
         _refuse_existing(output, args.overwrite)
@@ -111,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         if args.report_dir is not None:
             check_writable(args.report_dir, "report")
             held.enter_context(report.report_lock(args.report_dir))
-        return _run(args, settings, input_dir, output, patients, spelled)
+        return _run(args, settings, input_dir, output, columns, patients, spelled)
 
 
 def _refuse_existing(output: Path, overwrite: bool) -> None:
@@ -119,7 +127,8 @@ def _refuse_existing(output: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it or --output another file")
 
 
-def _load(args: argparse.Namespace, settings) -> tuple[Predictor, dict, BackendOptions, torch.device]:
+def _load(args: argparse.Namespace, settings,
+          columns: task2.LabelColumns) -> tuple[Predictor, dict, BackendOptions, torch.device]:
     """The models, what they and the options make (compared between shards and on --resume), the backend."""
     device = resolve_device(args.device)
     backend = backend_from_args(args, device)
@@ -127,7 +136,7 @@ def _load(args: argparse.Namespace, settings) -> tuple[Predictor, dict, BackendO
     compared = {"mri_types": args.mri_types, "folds": args.folds, "weights_layout": layout.kind,
                 "weights": models.files, "contract": models.contract.record(),
                 "classifier_autocast": autocast_name(device, args.amp),
-                "segmenter_autocast": autocast_name(device, False)}
+                "segmenter_autocast": autocast_name(device, False), "label_columns": [columns.id, columns.label]}
     return models, compared, backend, device
 
 
@@ -138,11 +147,11 @@ def _keep_dir(args: argparse.Namespace, settings) -> Path | None:
 
 
 def _run_shard(args: argparse.Namespace, settings, input_dir: Path, output: Path, shard: shards.Shard,
-               all_patients: list[str], all_spelled: list[str]) -> int:
+               columns: task2.LabelColumns, all_patients: list[str], all_spelled: list[str]) -> int:
     """Sharded inference (:mod:`mgmt2d.inference.partial`): predict this shard's part, assemble when last."""
     patients, spelled = partial.select(shard, all_patients, all_spelled)
     keep_dir = _keep_dir(args, settings)
-    models, compared, backend, _device = _load(args, settings)
+    models, compared, backend, _device = _load(args, settings, columns)
     on_patient = None
     if args.report_dir is not None:   # the report of every patient, from the results computed here
         on_patient = report.writer(args.report_dir, models, args, patients)
@@ -152,6 +161,7 @@ def _run_shard(args: argparse.Namespace, settings, input_dir: Path, output: Path
     options = replace(options_from_args(args, keep_dir), keep_masks=on_patient is not None)
     sub, detail = models.predict(patients, input_dir, options, on_patient, timer)
     sub["BraTS21ID"] = spelled
+    sub, detail = _sample_columns(sub, detail, columns)
     print(partial.finish_shard(output, shard, shard_params, sub, detail, timer.seconds, args.overwrite))
     return 0
 
@@ -170,12 +180,12 @@ def _resume_params(args: argparse.Namespace, compared: dict, backend: BackendOpt
             "report_dir": str(args.report_dir.resolve()) if args.report_dir is not None else None}
 
 
-def _run(args: argparse.Namespace, settings, input_dir: Path, output: Path, patients: list[str],
-         spelled: list[str]) -> int:
+def _run(args: argparse.Namespace, settings, input_dir: Path, output: Path, columns: task2.LabelColumns,
+         patients: list[str], spelled: list[str]) -> int:
     """One unsharded run, holding the output: predict the patients not yet finished (each kept in
     ``<stem>.partial/`` as it finishes), then commit the submission with its sidecars."""
     keep_dir = _keep_dir(args, settings)
-    models, compared, backend, device = _load(args, settings)
+    models, compared, backend, device = _load(args, settings, columns)
     store = partial.open_store(output, _resume_params(args, compared, backend, device, input_dir, patients, spelled),
                                args.resume, args.overwrite)
     finished = set(store.finished(patients))
@@ -206,7 +216,7 @@ def _run(args: argparse.Namespace, settings, input_dir: Path, output: Path, pati
     options = replace(options_from_args(args, keep_dir), keep_masks=write_report is not None)
     try:
         models.predict(todo, input_dir, options, keep, timer)
-        sub, detail = store.load(patients, DETAIL_COLUMNS)
+        sub, detail = _sample_columns(*store.load(patients, DETAIL_COLUMNS), columns)
         config = {**vars(args), "input": input_dir, "output": output, **compared, **backend.to_dict(),
                   "seconds": timer.seconds, "resumed_patients": len(finished)}
         partial.commit(output, sub, detail, config, args.overwrite,
@@ -221,3 +231,10 @@ def _run(args: argparse.Namespace, settings, input_dir: Path, output: Path, pati
     store.remove()
     print(f"{len(sub)} patients -> {output} (per-type detail: {partial.detail_path(output)})")
     return 0
+
+
+def _sample_columns(sub: pd.DataFrame, detail: pd.DataFrame,
+                    columns: task2.LabelColumns) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The submission in the sample's columns (BraTS21ID,MGMT_value, or its --id-column/--label-column)."""
+    return (sub.rename(columns={"BraTS21ID": columns.id, "MGMT_value": columns.label}),
+            detail.rename(columns={"BraTS21ID": columns.id}))

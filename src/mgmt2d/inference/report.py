@@ -73,7 +73,7 @@ def main(args: argparse.Namespace) -> int:
     input_dir = pipeline.input_folder(args, settings)
     if args.top_frames < 1:
         raise SettingsError(f"--top-frames {args.top_frames}: show at least 1 frame per explained chunk")
-    patient = task2.format_id(args.patient)
+    patient = task2.format_id(args.patient, "--patient")
     if not series_io.patient_series(input_dir, patient, list(task2.MRI_TYPES), args.input_format):
         expected = "<case>_<type>.nii.gz files" if args.input_format == "nifti" else "<type>/ folders"
         raise SettingsError(f"no series of patient {patient} in {input_dir} (expected {input_dir / patient}/ with "
@@ -188,6 +188,8 @@ def _series_section(folder: Path, s: pipeline.SeriesResult, models: pipeline.Pre
     st = s.stacked
     section.update(kept=st.kept, total=st.total, nonempty=st.nonempty,
                    dropped={str(k): v for k, v in sorted((st.dropped or {}).items())})
+    if s.meta is not None and s.meta.pixel_spacings:   # several (the notes say so): the NIfTI uses the first
+        section["pixel_spacings"] = [{"spacing": list(sp), "slices": n} for sp, n in s.meta.pixel_spacings]
     _write_png(folder / f"{t}_slices.png", _montage(s.volume, st))
     section["images"].append((f"{t}_slices.png", f"{t}: every slice in reading order ({st.kept} of {st.total} "
                               "kept; WT yellow, ET red; dropped slices darkened with the reason)"))

@@ -479,6 +479,7 @@ def _assemble(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params
     warnings = {c: read_case_marker(out_dir, c).get("warnings", []) for c in finished}
     warnings = {c: w for c, w in warnings.items() if w}
     index = _collect_index(out_dir, finished, folds)
+    _refuse_empty_store(meta["source"]["task1_dir"], candidates, finished, {c: broken[c] for c in broken})
     write_csv_atomic(out_dir / "index.csv", index)
     write_csv_atomic(out_dir / "folds.csv", pd.DataFrame({"case": list(folds), "fold": list(folds.values())}))
     fault_point("merge")
@@ -500,6 +501,20 @@ def _assemble(out_dir: Path, meta: dict[str, Any], found: dict[str, Any], params
     })
     write_json_atomic(out_dir / "dataset.json", meta)
     return warnings, len(index)
+
+
+def _refuse_empty_store(task1_dir: str, candidates: list[str], finished: list[str], broken: dict[str, str]) -> None:
+    """A store without a single finished case is no store: one line instead of an empty "complete" one.
+
+    Nothing is marked complete (dataset.json keeps status "incomplete"); cases that did finish stay.
+    """
+    if finished:
+        return
+    if broken:
+        cid, reason = next(iter(sorted(broken.items())))
+        raise SegDataError(f"every one of the {len(candidates)} Task 1 case(s) in {task1_dir} is broken "
+                           f"({len(broken)} broken, e.g. {cid}: {reason}); fix or remove them and re-run")
+    raise SegDataError(f"no Task 1 case in {task1_dir} was prepared ({len(candidates)} to do); re-run to finish them")
 
 
 def _store_meta(task1_dir: Path, dicom_dir: str | Path | None, params: PrepareParams, leakage: str,

@@ -12,9 +12,7 @@ prints a short table. The statistics are in ``mgmt2d.statistics``.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,101 +21,21 @@ from typing import Any
 import numpy as np
 
 from mgmt2d import statistics as st
+from mgmt2d.data import task2
 from mgmt2d.data.io import atomic_path, check_writable, library_versions, write_json_atomic
 
 OUTPUTS = ("metrics.json", "roc.png", "calibration.png")
 MIN_RESAMPLES = 2000
 SHOW_IDS = 20  # patients named on stdout per list; metrics.json has them all
-_ID_CHARACTERS = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class EvaluateError(ValueError):
     """A bad input to ``evaluate``; the message names the file and the fix."""
 
 
-def normalize_patient_id(value: str) -> str:
-    """A patient ID as mgmt2d writes it: purely numeric IDs get the Kaggle 5-digit padding, others are kept.
-
-    "109" and "00109" -> "00109" ("109.0", a number that went through a float column, too);
-    "UPENN-GBM-00002_11" stays as it is. Letters, digits, '-', '_' and '.' only, so an ID is
-    always a safe folder name; anything else raises ValueError.
-    """
-    text = value.strip()
-    if re.fullmatch(r"[0-9]+(\.0)?", text):
-        return text.removesuffix(".0").zfill(5)
-    if not _ID_CHARACTERS.fullmatch(text) or set(text) == {"."}:
-        raise ValueError(f"patient ID {value!r} is not letters, digits, '-', '_' and '.'")
-    return text
-
-
-def read_id_table(path: Path, id_column: str, columns: tuple[str, ...], flags: dict[str, str] | None = None,
-                  key_columns: tuple[str, ...] = ()) -> list[tuple[int, str, dict[str, str]]]:
-    """Rows of a CSV as (line, normalized id, {column: text}); one-line errors that name file and line.
-
-    Blank rows between data rows are refused (a hand-edited file that lost a row); blank lines at the
-    very end are not rows. ``flags`` names the option that picks a column (for the error message);
-    ``key_columns`` extends the ID when a patient has one row per key (per-type file).
-    """
-    flags = {id_column: "--id-column", **(flags or {})}
-    if not path.is_file():
-        raise EvaluateError(f"{path} not found; give the path of an existing CSV file")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = [h.strip() for h in next(reader, [])]
-            if not any(header):
-                raise EvaluateError(f"{path} is empty; expected a header line {','.join((id_column, *columns))}")
-            for name in (id_column, *columns):
-                if name not in header:
-                    how = f"; name the column with {flags[name]}" if name in flags else ""
-                    raise EvaluateError(f"{path} has no column {name!r} (columns: {', '.join(header)}){how}")
-            where = {name: header.index(name) for name in (id_column, *columns)}
-            out: list[tuple[int, str, dict[str, str]]] = []
-            seen: dict[tuple[str, ...], int] = {}
-            blank = None
-            for row in reader:
-                line = reader.line_num
-                if not any(cell.strip() for cell in row):
-                    blank = blank or line
-                    continue
-                if blank is not None:
-                    raise EvaluateError(f"{path} line {blank} is blank; delete the blank line or fill in the row")
-                if len(row) != len(header):
-                    raise EvaluateError(
-                        f"{path} line {line} has {len(row)} fields but the header has {len(header)}; fix the row"
-                    )
-                try:
-                    pid = normalize_patient_id(row[where[id_column]])
-                except ValueError as err:
-                    raise EvaluateError(f"{path} line {line}: {err}; fix the ID") from None
-                values = {name: row[where[name]].strip() for name in columns}
-                key = (pid, *(values[k] for k in key_columns))
-                if key in seen:
-                    raise EvaluateError(
-                        f"{path} lists {' '.join(key)} twice (lines {seen[key]} and {line}); keep one row"
-                    )
-                seen[key] = line
-                out.append((line, pid, values))
-    except UnicodeDecodeError:
-        raise EvaluateError(f"{path} is not a UTF-8 text CSV; export it as CSV") from None
-    return out
-
-
 def read_labels(path: Path, id_column: str, label_column: str) -> dict[str, int]:
-    """Patient -> 0/1 label; anything else is one line naming file, line and value."""
-    labels = {}
-    for line, pid, values in read_id_table(path, id_column, (label_column,), {label_column: "--label-column"}):
-        text = values[label_column]
-        try:
-            number = float(text)
-        except ValueError:
-            number = math.nan
-        if number not in (0.0, 1.0):
-            raise EvaluateError(
-                f"{path} line {line}: {label_column} is {text!r} for patient {pid}; labels must be 0 or 1"
-            )
-        labels[pid] = int(number)
-    return labels
+    """Patient -> 0/1 label (:func:`mgmt2d.data.task2.read_labels`, the one labels reader)."""
+    return task2.read_labels(path, task2.LabelColumns(id_column, label_column))
 
 
 def _probability(text: str, path: Path, line: int, column: str, pid: str, allow_empty: bool = False) -> float:
@@ -138,20 +56,20 @@ def _probability(text: str, path: Path, line: int, column: str, pid: str, allow_
 def read_predictions(path: Path, id_column: str, prediction_column: str) -> dict[str, float]:
     """Patient -> probability in [0, 1], finite; anything else is one line naming file, line and value."""
     return {
-        pid: _probability(values[prediction_column], path, line, prediction_column, pid)
-        for line, pid, values in read_id_table(path, id_column, (prediction_column,),
-                                               {prediction_column: "--prediction-column"})
+        row.id: _probability(row.values[prediction_column], path, row.line, prediction_column, row.id)
+        for row in task2.read_id_table(path, id_column, (prediction_column,),
+                                       {id_column: "--id-column", prediction_column: "--prediction-column"})
     }
 
 
 def read_per_type(path: Path, id_column: str) -> dict[str, dict[str, float]]:
     """inference's <submission>_per_type.csv -> {type: {patient: prob}}, leaving out types not scored (empty prob)."""
     out: dict[str, dict[str, float]] = {}
-    for line, pid, values in read_id_table(path, id_column, ("type", "prob"), key_columns=("type",)):
-        prob = _probability(values["prob"], path, line, "prob", pid, allow_empty=True)
-        by_type = out.setdefault(values["type"], {})
+    for row in task2.read_id_table(path, id_column, ("type", "prob"), key_columns=("type",)):
+        prob = _probability(row.values["prob"], path, row.line, "prob", row.id, allow_empty=True)
+        by_type = out.setdefault(row.values["type"], {})
         if math.isfinite(prob):
-            by_type[pid] = prob
+            by_type[row.id] = prob
     return out
 
 
@@ -165,14 +83,9 @@ def read_exclusions(path: Path, id_column: str) -> list[str]:
         raise EvaluateError(f"{path} is not a UTF-8 text file; --exclude-ids takes one patient ID per line") from None
     first = lines[0] if lines else ""
     if "," in first or first.strip() == id_column:
-        return list(dict.fromkeys(pid for _, pid, _ in read_id_table(path, id_column, ())))
-    ids = []
-    for number, text in enumerate(lines, start=1):
-        if text.strip():
-            try:
-                ids.append(normalize_patient_id(text))
-            except ValueError as err:
-                raise EvaluateError(f"{path} line {number}: {err}; one patient ID per line") from None
+        return list(dict.fromkeys(row.id for row in task2.read_id_table(path, id_column)))
+    ids = [task2.format_id(text.strip(), f"{path} line {number}")
+           for number, text in enumerate(lines, start=1) if text.strip()]
     return list(dict.fromkeys(ids))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mgmt2d.data.task2 import MRI_TYPES
+from mgmt2d.data.task2 import MRI_TYPES, series_folders
 
 
 class UnreadableNiftiError(ValueError):
@@ -90,15 +90,15 @@ def describe(path: Path, volume: int | None = None) -> dict[str, Any]:
     niftis = sorted(path.glob("*.nii*"))
     if niftis:
         return {"path": str(path), "kind": "brats-case", "files": {p.name: nifti_info(p) for p in niftis}}
-    typed = [path / t for t in MRI_TYPES if (path / t).is_dir()]
+    typed = series_folders(path)   # type folders in any case (flair, T1WCE)
     if typed:
         out: dict[str, Any] = {"path": str(path), "kind": "patient", "series": {}}
-        for folder in typed:
+        for mri_type, folder in typed.items():
             try:
-                out["series"][folder.name] = series_info(folder)
+                out["series"][mri_type] = series_info(folder)
             except ValueError as err:
-                out["series"][folder.name] = {"error": str(err)}
-        out["missing_types"] = [t for t in MRI_TYPES if not (path / t).is_dir()]
+                out["series"][mri_type] = {"error": str(err)}
+        out["missing_types"] = [t for t in MRI_TYPES if t not in typed]
         return out
     return series_info(path, volume)
 

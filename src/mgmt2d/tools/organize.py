@@ -45,7 +45,6 @@ from mgmt2d.data.dicom import (
     slice_headers,
 )
 from mgmt2d.data.io import write_csv_atomic, write_run_config
-from mgmt2d.data.patient_id import MAX_ID_CHARS
 from mgmt2d.data.series_type import (
     OTHER,
     SERIES_TYPES,
@@ -54,7 +53,7 @@ from mgmt2d.data.series_type import (
     study_contrast,
     type_series,
 )
-from mgmt2d.data.task2 import MRI_TYPES, format_id
+from mgmt2d.data.task2 import MAX_ID_CHARS, MRI_TYPES, format_id
 
 logger = logging.getLogger(__name__)
 
@@ -440,9 +439,8 @@ def safe_folder_name(patient_id: str) -> str:
 def patient_folders(patient_ids: Iterable[str], number: bool) -> dict[str, str]:
     """PatientID -> patient folder name, or OrganizeError when two patients would share a folder.
 
-    ``number``: ``00001``, ``00002``, ... in PatientID order. Otherwise the PatientID made safe;
-    the stage scripts read numbered patient folders (Kaggle's BraTS21IDs) only, so a PatientID
-    that is not a number is refused with the flag that numbers them.
+    ``number``: ``00001``, ``00002``, ... in PatientID order. Otherwise the PatientID made safe
+    (the stage scripts read any plain folder name as a patient ID; numbers are padded to 5 digits).
     """
     ids = sorted({p for p in patient_ids if p})
     if number:
@@ -461,21 +459,17 @@ def patient_folders(patient_ids: Iterable[str], number: bool) -> dict[str, str]:
 
 
 def _check_stage_readable(names: dict[str, str]) -> None:
-    """The stage scripts read numeric patient folders (``task2.patient_folders``), 5-digit padded."""
-    words = sorted(pid for pid, name in names.items() if not name.isdigit())
-    if words:
-        more = f" and {len(words) - 1} more" if len(words) > 1 else ""
-        what = f"PatientIDs {words[0]!r}{more} are not numbers" if more else f"PatientID {words[0]!r} is not a number"
-        raise OrganizeError(f"{what}, and the stage scripts read numbered patient folders only (Kaggle's "
-                            "BraTS21IDs): pass --number-patients to name the patients 00001, 00002, ... (series.csv "
-                            "keeps each PatientID)")
-    padded: dict[str, str] = {}
+    """Two folders the stage scripts would read as one patient (``task2.patient_folders``) are refused:
+    numeric IDs are padded to 5 digits (``7`` and ``007``), and IDs that differ only in case would
+    share their output files on a case-insensitive disk."""
+    seen: dict[str, str] = {}
     for pid, name in sorted(names.items()):
-        key = format_id(name)
-        if key in padded:
-            raise OrganizeError(f"PatientIDs {padded[key]!r} and {pid!r} are both patient {key} to the stage scripts "
-                                "(they pad IDs to 5 digits); pass --number-patients to number the patients instead")
-        padded[key] = pid
+        key = format_id(name, f"PatientID {pid!r}")
+        other = seen.setdefault(key.casefold(), pid)
+        if other != pid:
+            how = "are both patient " + key if format_id(names[other]) == key else "differ only in case"
+            raise OrganizeError(f"PatientIDs {other!r} and {pid!r} {how} to the stage scripts; pass "
+                                "--number-patients to number the patients 00001, 00002, ... instead")
 
 
 def place_patients(series: Sequence[Series], number: bool) -> None:
