@@ -45,10 +45,12 @@ __all__ = [
     "SizeSpec",
     "Tumour",
     "add_arguments",
+    "check_request",
     "generate",
     "main",
     "make_phantom",
     "render",
+    "stable_uid",
     "write_dicom_series",
     "write_task1_case",
 ]
@@ -868,6 +870,18 @@ def settings_json(data_root: str = "") -> dict[str, str]:
     }
 
 
+def check_request(out: Path, size: str, patients: int, seed: int) -> None:
+    """What every generator refuses: an unknown size, no patients, a negative seed, a used folder."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    if patients < 1:
+        raise ValueError(f"patients must be >= 1, got {patients}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new --out")
+
+
 def generate(
     out: Path, patients: int, seed: int, size: str = "small", *, series_seg: bool = False, id_template: str = "{}"
 ) -> dict[str, Any]:
@@ -886,14 +900,7 @@ def generate(
     from mgmt2d import __version__
 
     out = Path(out)
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    if patients < 1:
-        raise ValueError(f"patients must be >= 1, got {patients}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new --out")
+    check_request(out, size, patients, seed)
     t0 = time.perf_counter()
     spec = SIZES[size]
     plan = _plan(patients, seed)

@@ -45,7 +45,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from mgmt2d.data.io import write_csv_atomic, write_json_atomic
-from mgmt2d.dev.synth import SIZES, make_phantom, render, stable_uid, write_dicom_series
+from mgmt2d.dev.synth import SIZES, check_request, make_phantom, render, stable_uid, write_dicom_series
 
 __all__ = ["ROLES", "VENDORS", "Acquisition", "Vendor", "add_arguments", "generate_export", "main"]
 
@@ -380,14 +380,7 @@ def generate_export(out: Path, patients: int = 4, seed: int = 0, size: str = "sm
     from mgmt2d import __version__
 
     out = Path(out)
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    if patients < 1:
-        raise ValueError(f"patients must be >= 1, got {patients}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new --out")
+    check_request(out, size, patients, seed)
     t0 = time.perf_counter()
     rng = np.random.default_rng([seed, 0xE4907])
     names = _Names(rng)
