@@ -173,7 +173,7 @@ LEARN_ARGS = [
     "--epochs", "20", "--warmup-epochs", "0", "--lr", "2e-4", "--patience", "20",
 ]
 # 20 epochs: with the published augmentation (independent draws, reflect-101, at native size) 12
-# epochs were too few (held-out 0.740 / 0.670 at seed 0); 20 give 0.950 / 0.980 (best epoch 16).
+# epochs were too few (held-out 0.740 / 0.670 at seed 0); 20 gave 0.950 / 0.980 then (today: README).
 # A fixed-seed regression check, deterministic on CPU at a fixed thread count. Learning from
 # random initialisation at 64 px is seed dependent: measured before the published augmentation
 # (12 epochs, TTA 1.2 / none): seed 0: 0.930 / 0.900, seed 1: 0.820 / 0.780, seed 2: 0.600 (the training

@@ -116,6 +116,17 @@ def test_inference_report_shards_and_evaluate_with_any_ids(cohort, tmp_path: Pat
     for pid in ("00007", cohort.test_id):
         assert json.loads((tmp_path / "reports" / pid / "report.json").read_text())["patient"] == pid
 
+    # unsharded, killed after its first patient, then --resume: the sharded submission byte for byte,
+    # in the sample's columns (the kept patient is stored under its ID, the row keeps its spelling)
+    whole = tmp_path / "whole" / "sub.csv"
+    killed = run_script("inference_on_test.py", *infer, "--output", whole, cwd=tmp_path,
+                        env={"MGMT2D_FAULT": "patient-done:1"})
+    assert killed.returncode == -9 and not whole.exists(), killed.stderr[-3000:]
+    proc = run_script("inference_on_test.py", *infer, "--output", whole, "--resume", cwd=tmp_path)
+    assert proc.returncode == 0 and "--resume: 1 of 2 patients already finished" in proc.stdout, proc.stderr[-3000:]
+    assert whole.read_bytes() == out.read_bytes()
+    assert whole.with_name("sub_per_type.csv").read_bytes() == out.with_name("sub_per_type.csv").read_bytes()
+
     # evaluate reads what inference wrote with the same column flags (labels: a cohort file of its own)
     labels = tmp_path / "labels.csv"
     labels.write_text(f"case,methylated\n{cohort.test_id},1\n00007,0\n")
