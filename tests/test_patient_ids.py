@@ -19,6 +19,7 @@ from helpers_scripts import one_error_line, run_script, settings_for, tiny_weigh
 
 from mgmt2d.data import task2
 from mgmt2d.dev import synth
+from mgmt2d.inference import report
 from mgmt2d.segmentation.prepare import filter_task2_overlap
 
 TEMPLATE = "UPENN-GBM-{}_11"
@@ -149,4 +150,9 @@ def test_report_of_one_patient_by_any_id(cohort, tmp_path: Path):
     # an ID that would leave the output folder is refused before anything is written
     proc = run_script("-m", "mgmt2d", "report", *common, "--patient", "../escape", cwd=tmp_path)
     one_error_line(proc, "--patient: patient ID '../escape' holds '/'")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [cohort.test_id]
+    # a report folder another run is writing (inference --report-dir, or a second report) is refused, untouched
+    with report.report_lock(tmp_path / "r"):
+        proc = run_script("-m", "mgmt2d", "report", *common, "--patient", "7", cwd=tmp_path)
+        one_error_line(proc, "is being written by another run", "choose another report folder")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [cohort.test_id]

@@ -80,10 +80,12 @@ def main(args: argparse.Namespace) -> int:
                             f"{expected}; --input-format says which)")
     out = args.out or settings["TEST_PREDICTION_FILE"].parent / "report"
     check_reports(out, [patient], args.overwrite)   # before the models load
-    device = resolve_device(args.device)
-    models, _ = pipeline.Predictor.from_args(args, settings, device)
-    write = writer(out, models, args, [patient])
-    sub, _ = models.predict([patient], input_dir, pipeline.options_from_args(args), on_patient=write)
+    check_writable(out, "report")
+    with report_lock(out):   # as inference --report-dir: one run writes a report folder at a time
+        device = resolve_device(args.device)
+        models, _ = pipeline.Predictor.from_args(args, settings, device)
+        write = writer(out, models, args, [patient])
+        sub, _ = models.predict([patient], input_dir, pipeline.options_from_args(args), on_patient=write)
     print(f"patient {patient}: MGMT_value {sub.MGMT_value.iloc[0]:.4f} -> {out / patient / INDEX}")
     return 0
 
@@ -128,7 +130,7 @@ def report_lock(out: Path) -> Iterator[None]:
     with shards.lock_file(lock) as holder:
         if holder is not None:
             raise FileExistsError(f"{out} is being written by another run (pid {holder.get('pid')} on host "
-                                  f"{holder.get('host')}; lock {lock}); wait for it or choose another --report-dir")
+                                  f"{holder.get('host')}; lock {lock}); wait for it or choose another report folder")
         yield
 
 
