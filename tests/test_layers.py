@@ -99,3 +99,31 @@ def test_the_check_sees_upward_imports(source, bad):
     name = "mgmt2d.data.x"
     found = imported(source, name, False, set(modules()))
     assert [f"{name} -> {b}" for b in found if rank(b) > rank(name)] == [bad]
+
+
+MAX_PARAMETERS = 10   # more, and a caller passes an options object (a dataclass) instead
+MAX_TRAINER_LINES = 600
+
+
+def public_functions_with_too_many_parameters() -> list[str]:
+    """Public functions and methods outside ``dev/`` (development tools) taking more than MAX_PARAMETERS."""
+    found = []
+    for name, path in modules().items():
+        if ".dev" in name:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), name)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_"):
+                a = node.args
+                named = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs) if x.arg not in ("self", "cls")]
+                if len(named) > MAX_PARAMETERS:
+                    found.append(f"{name}.{node.name} ({len(named)})")
+    return found
+
+
+def test_no_public_function_takes_more_than_ten_named_parameters():
+    assert public_functions_with_too_many_parameters() == []
+
+
+def test_the_trainer_stays_lean():
+    lines = len((PACKAGE / "training" / "trainer.py").read_text().splitlines())
+    assert lines <= MAX_TRAINER_LINES, f"training/trainer.py has {lines} lines; move a concept into its own module"
