@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers_scripts import one_error_line
 from torch import nn
 
 from mgmt2d import cli
@@ -36,17 +37,6 @@ KEYS = ("DICOM_DATA_DIR", "TASK1_DIR", "CLASSIFICATION_RAW_JPG", "SEGMENT_DATA_D
 def run_script(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, **(env or {})}, timeout=300)
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit status 2, exactly one `error:` line on stderr containing ``needles``, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
 
 
 def write_settings(root: Path, **overrides) -> Path:
@@ -85,7 +75,7 @@ def test_task1_label_3_is_an_error_naming_the_file_until_mapped(tmp_path: Path):
     (tmp_path / "task2").mkdir()
     proc = run_script("prepare_segmentation_data.py", "--settings", str(settings), "--modalities", "flair",
                       "--workers", "1", "--no-progress", cwd=tmp_path)
-    line = one_line_error(proc, "BraTS2021_00042_seg.nii.gz", "[0, 3]", "--label-map 3:4")
+    line = one_error_line(proc, "BraTS2021_00042_seg.nii.gz", "[0, 3]", "--label-map 3:4")
     assert "[3]" in line
     assert not list((tmp_path / "work").rglob("*.npy"))
     proc = run_script("prepare_segmentation_data.py", "--settings", str(settings), "--modalities", "flair",
@@ -102,7 +92,7 @@ def test_settings_path_values_must_be_non_empty_strings(tmp_path: Path, value):
     settings = write_settings(tmp_path, SEGMENT_DATA_DIR=value, TASK1_DIR="task1")
     (tmp_path / "task1").mkdir()
     proc = run_script("prepare_segmentation_data.py", "--settings", str(settings), cwd=tmp_path)
-    one_line_error(proc, "SEGMENT_DATA_DIR", str(settings))
+    one_error_line(proc, "SEGMENT_DATA_DIR", str(settings))
     assert not (tmp_path / "None").exists() and not (tmp_path / "7").exists() and not (tmp_path / "work").exists()
 
 
@@ -122,7 +112,7 @@ def test_bad_sample_submission_is_one_line_before_any_model(tmp_path: Path, cont
     settings = write_settings(tmp_path, DICOM_DATA_DIR="data")
     before = snapshot(tmp_path)
     proc = run_script("inference_on_test.py", "--settings", str(settings), "--device", "cpu", cwd=tmp_path)
-    one_line_error(proc, "sample_submission.csv", needle)
+    one_error_line(proc, "sample_submission.csv", needle)
     assert snapshot(tmp_path) == before   # no model dir needed, nothing written
 
 
@@ -135,7 +125,7 @@ def test_existing_submission_is_not_replaced_without_overwrite(tmp_path: Path):
     settings = write_settings(tmp_path, DICOM_DATA_DIR="data", TEST_PREDICTION_FILE="sub.csv")
     (tmp_path / "sub.csv").write_text("BraTS21ID,MGMT_value\n00001,0.9\n")
     proc = run_script("inference_on_test.py", "--settings", str(settings), "--device", "cpu", cwd=tmp_path)
-    one_line_error(proc, "sub.csv", "--overwrite")
+    one_error_line(proc, "sub.csv", "--overwrite")
     assert (tmp_path / "sub.csv").read_text().endswith("0.9\n")
 
 
@@ -146,7 +136,7 @@ def test_unwritable_output_fails_before_the_first_model_call(tmp_path: Path):
     settings = write_settings(tmp_path, DICOM_DATA_DIR="data")
     proc = run_script("inference_on_test.py", "--settings", str(settings), "--device", "cpu",
                       "--output", str(tmp_path / "blocker/sub.csv"), cwd=tmp_path)
-    one_line_error(proc, "cannot write the submission", str(tmp_path / "blocker"))
+    one_error_line(proc, "cannot write the submission", str(tmp_path / "blocker"))
     # (no weights exist here: the check ran before any model was looked for)
 
 
@@ -173,7 +163,7 @@ def test_cuda_request_without_cuda_is_one_line(tmp_path: Path):
     (tmp_path / "w/segmentation/fold0").mkdir(parents=True)
     proc = run_script("inference_on_test.py", "--settings", str(settings), "--weights-dir", str(tmp_path / "w"),
                       "--device", "cuda", cwd=tmp_path)
-    one_line_error(proc, "--device cuda", "--device cpu")
+    one_error_line(proc, "--device cuda", "--device cpu")
 
 
 # ------------------------------------------------------------------ smaller
@@ -291,7 +281,7 @@ def test_bad_segmenter_checkpoint_is_one_line_naming_the_file(tmp_path: Path, ca
                       "--device", "cpu", cwd=tmp_path)
     needle = {"truncated": "cannot be read", "other_stage": "does not fit the segmenter",
               "payload": "not a plain weights file"}[case]
-    line = one_line_error(proc, "segmentation/fold0/best.pt", needle)
+    line = one_error_line(proc, "segmentation/fold0/best.pt", needle)
     assert "weights_only=False" not in proc.stderr and "weights_only" not in line
     assert not (tmp_path / "pwned").exists()          # the payload never ran
     assert not [p for p in (tmp_path / "work").rglob("*") if p.is_file()]   # nothing written

@@ -306,6 +306,22 @@ def merge_lock(folder: str | Path, force: bool = False) -> Iterator[bool]:
         yield holder is None
 
 
+class Busy(ValueError):
+    """Another live run holds a lock this run needs; the message names it and the way out."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path, what: str, way_out: str) -> Iterator[None]:
+    """Hold the lock ``path`` (:func:`lock_file`) while this run writes ``what``; refuse at once (Busy)
+    when another live run holds it, naming its pid, host and start, then ``way_out``."""
+    with lock_file(path) as holder:
+        if holder is not None:
+            since = f", started {holder['started']}" if holder.get("started") else ""
+            raise Busy(f"{what} is being written by another run (pid {holder.get('pid')} on host "
+                       f"{holder.get('host')}{since}; lock {path}); {way_out}")
+        yield
+
+
 @contextlib.contextmanager
 def lock_file(path: str | Path, force: bool = False) -> Iterator[dict[str, Any] | None]:
     """Hold the lock ``path`` (exclusive create): yield None while this process holds it, else the

@@ -15,7 +15,7 @@ import csv
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,28 +186,38 @@ def read_patient_list(path: str | Path, columns: LabelColumns = LabelColumns()) 
 # --------------------------------------------------------------------------- folders
 
 
+def id_clash(names: Iterable[str]) -> tuple[str, str, str | None] | None:
+    """The first two names that would be one patient, as (first, second, their ID or None), else None.
+
+    Names are folder names or IDs; numeric ones are one patient when they pad alike ("7" and
+    "00007": the third item is "00007"), and IDs that differ only in case (third item None) would
+    share their output files on a case-insensitive disk. Call with valid IDs (:func:`format_id`).
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        pid = format_id(name)
+        other = seen.setdefault(pid.casefold(), name)
+        if other != name:
+            return other, name, (pid if format_id(other) == pid else None)
+    return None
+
+
 def patient_folders(split_dir: str | Path) -> dict[str, Path]:
     """Patient ID -> folder, for every folder of ``split_dir`` (sorted by ID; hidden folders are not patients).
 
     Every folder is a patient, so a folder whose name cannot be an ID is refused (one line), as
-    are two folders of one patient ("7" and "00007") and two IDs that differ only in case (they
-    would share their output files on a case-insensitive disk).
+    are two folders of one patient (:func:`id_clash`: "7" and "00007", or IDs that differ only in case).
     """
     split_dir = Path(split_dir)
-    found: dict[str, Path] = {}
-    folded: dict[str, str] = {}
-    for path in sorted(split_dir.iterdir(), key=lambda p: p.name):
-        if path.name.startswith(".") or not path.is_dir():
-            continue
-        pid = format_id(path.name, str(path))
-        if pid in found:
-            raise Task2Error(f"{split_dir} holds {found[pid].name} and {path.name}, both patient {pid}: "
-                             "keep one folder per patient")
-        other = folded.setdefault(pid.casefold(), pid)
-        if other != pid:
-            raise Task2Error(f"{split_dir} holds patients {other} and {pid}, whose IDs differ only in case: "
-                             "rename one (their outputs would collide on a case-insensitive disk)")
-        found[pid] = path
+    folders = [p for p in sorted(split_dir.iterdir(), key=lambda p: p.name)
+               if not p.name.startswith(".") and p.is_dir()]
+    found = {format_id(path.name, str(path)): path for path in folders}
+    clash = id_clash(p.name for p in folders)
+    if clash is not None:
+        first, second, pid = clash
+        why = f"both patient {pid}" if pid else "whose IDs differ only in case"
+        raise Task2Error(f"{split_dir} holds {first} and {second}, {why}: keep one folder per patient "
+                         "(their outputs would collide)")
     return dict(sorted(found.items()))
 
 

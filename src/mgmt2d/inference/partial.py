@@ -135,24 +135,15 @@ def lock_path(output: Path) -> Path:
     return output.with_name(output.name + ".lock")
 
 
-class OutputBusy(ValueError):
-    """Another live run holds the output's lock; the message names it."""
+OutputBusy = shards.Busy   # another live run writes this output
 
 
 @contextlib.contextmanager
 def output_lock(output: Path) -> Iterator[None]:
-    """Hold ``<output>.lock`` (:func:`mgmt2d.data.shards.lock_file`) while writing ``output``: a second run on the
-    same output is refused at once, naming the pid and host of the first (a killed run's lock on this host
-    is taken over)."""
-    lock = lock_path(output)
-    with shards.lock_file(lock) as holder:
-        if holder is not None:
-            since = f", started {holder['started']}" if holder.get("started") else ""
-            raise OutputBusy(
-                f"{output} is being written by another run (pid {holder.get('pid')} on host {holder.get('host')}"
-                f"{since}; lock {lock}); wait for it to finish or choose another --output (delete the lock only "
-                "if that run is gone)"
-            )
+    """Hold ``<output>.lock`` while writing ``output``: a second run on the same output is refused at once,
+    naming the pid and host of the first (a killed run's lock on this host is taken over)."""
+    with shards.exclusive(lock_path(output), str(output), "wait for it to finish or choose another --output "
+                          "(delete the lock only if that run is gone)"):
         yield
 
 

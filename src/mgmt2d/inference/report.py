@@ -126,11 +126,7 @@ def clean_stale_temps(out: Path, patients: list[str]) -> None:
 def report_lock(out: Path) -> Iterator[None]:
     """Hold ``out/.lock`` while a run writes reports there: a second run on the same folder is refused
     (naming the first), so it neither mixes its reports in nor removes the first's temp folders."""
-    lock = Path(out) / ".lock"
-    with shards.lock_file(lock) as holder:
-        if holder is not None:
-            raise FileExistsError(f"{out} is being written by another run (pid {holder.get('pid')} on host "
-                                  f"{holder.get('host')}; lock {lock}); wait for it or choose another report folder")
+    with shards.exclusive(Path(out) / ".lock", str(out), "wait for it or choose another report folder"):
         yield
 
 

@@ -53,7 +53,7 @@ from mgmt2d.data.series_type import (
     study_contrast,
     type_series,
 )
-from mgmt2d.data.task2 import MAX_ID_CHARS, MRI_TYPES, format_id
+from mgmt2d.data.task2 import MAX_ID_CHARS, MRI_TYPES, format_id, id_clash
 
 logger = logging.getLogger(__name__)
 
@@ -459,17 +459,18 @@ def patient_folders(patient_ids: Iterable[str], number: bool) -> dict[str, str]:
 
 
 def _check_stage_readable(names: dict[str, str]) -> None:
-    """Two folders the stage scripts would read as one patient (``task2.patient_folders``) are refused:
-    numeric IDs are padded to 5 digits (``7`` and ``007``), and IDs that differ only in case would
-    share their output files on a case-insensitive disk."""
-    seen: dict[str, str] = {}
-    for pid, name in sorted(names.items()):
-        key = format_id(name, f"PatientID {pid!r}")
-        other = seen.setdefault(key.casefold(), pid)
-        if other != pid:
-            how = "are both patient " + key if format_id(names[other]) == key else "differ only in case"
-            raise OrganizeError(f"PatientIDs {other!r} and {pid!r} {how} to the stage scripts; pass "
-                                "--number-patients to number the patients 00001, 00002, ... instead")
+    """Two folders the stage scripts would read as one patient (:func:`mgmt2d.data.task2.id_clash`) are
+    refused: numeric IDs are padded to 5 digits (``7`` and ``007``), and IDs that differ only in case
+    would share their output files on a case-insensitive disk."""
+    by_name = {name: pid for pid, name in sorted(names.items())}
+    for name, pid in by_name.items():
+        format_id(name, f"PatientID {pid!r}")
+    clash = id_clash(by_name)
+    if clash is not None:
+        first, second, pid = clash
+        why = f"are both patient {pid}" if pid else "differ only in case"
+        raise OrganizeError(f"PatientIDs {by_name[first]!r} and {by_name[second]!r} {why} to the stage scripts; "
+                            "pass --number-patients to number the patients 00001, 00002, ... instead")
 
 
 def place_patients(series: Sequence[Series], number: bool) -> None:
